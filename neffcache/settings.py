@@ -1,0 +1,50 @@
+"""Server-side settings: service and workers read them once at start and pass them down.
+
+Every field is an environment variable with the NEFFCACHE_ prefix (NEFFCACHE_DATABASE_URL,
+...). Nothing here connects to anything: building Settings is pure.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="NEFFCACHE_", extra="ignore")
+
+    # --- where things live ---
+    database_url: str = "sqlite:///var/neffcache.db"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # file:///abs/path or a relative path for the folder store; s3://bucket/prefix for S3.
+    storage_url: str = "var/objects"
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = None
+    presign_expiry_s: int = Field(default=900, ge=10)
+
+    # --- limits ---
+    max_upload_bytes: int = Field(default=8 * 1024**3, ge=1)
+    # RQ queue names start with this, so several deployments (or test runs) share one Redis.
+    queue_prefix: str = "neffcache"
+
+    # --- compiling ---
+    compile_timeout_s: float = Field(default=3 * 3600, gt=0)
+    max_attempts: int = Field(default=3, ge=1)
+    retry_backoff_s: float = Field(default=30.0, ge=0)
+    heartbeat_interval_s: float = Field(default=5.0, gt=0)
+    # A worker silent for this long is lost; its running job is retried as `worker_lost`.
+    worker_lost_after_s: float = Field(default=60.0, gt=0)
+    # Workers seen within this window count as registered toolchains for version resolution.
+    toolchain_ttl_s: float = Field(default=24 * 3600.0, gt=0)
+    log_tail_bytes: int = Field(default=4096, ge=256)
+
+    # --- the worker ---
+    worker_backend: str = "inductor"  # inductor | neuronx-cc
+    neuronx_cc_path: str = "neuronx-cc"
+    # The Neuron runtime a compile host's NEFFs are meant for; detected from dpkg when unset.
+    worker_runtime_version: str | None = None
+    # `cuda` is served only where a GPU is present; this forces it off or on.
+    worker_cuda: bool | None = None
+    work_dir: str | None = None  # parent of the per-job temp dirs; the system temp dir if unset
