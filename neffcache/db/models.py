@@ -1,0 +1,170 @@
+"""SQLAlchemy models: blobs, jobs, artifacts and their files, cache events, workers.
+
+Tables are created only by the Alembic migrations in migrations/; these classes describe them.
+Shared by the service and the workers (both write here), never imported by the client.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# Job states and failure classes (DESIGN.md: Job).
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
+ACTIVE_STATES = (QUEUED, RUNNING)
+FINAL_STATES = (SUCCEEDED, FAILED, CANCELLED)
+COMPILE_ERROR, TIMEOUT, OOM, WORKER_LOST, INVALID_INPUT = (
+    "compile_error", "timeout", "oom", "worker_lost", "invalid_input",
+)
+# Transient failures are retried with backoff; the others are remembered.
+TRANSIENT_FAILURES = (TIMEOUT, OOM, WORKER_LOST)
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes on every backend (SQLite keeps no zone, so we put it back)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTCDateTime column")
+        return value.astimezone(timezone.utc) if value is not None else None
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(table_name)s_%(column_0_name)s",
+            "uq": "uq_%(table_name)s_%(column_0_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+
+
+class Blob(Base):
+    __tablename__ = "blobs"
+    digest: Mapped[str] = mapped_column(String(71), primary_key=True)  # "sha256:<hex>"
+    size: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), index=True)
+    manifest: Mapped[dict[str, Any]] = mapped_column(JSON)
+    queue: Mapped[str] = mapped_column(String(255))
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    failure_class: Mapped[str | None] = mapped_column(String(32))
+    message: Mapped[str | None] = mapped_column(Text)
+    log_tail: Mapped[str | None] = mapped_column(Text)
+    log_digest: Mapped[str | None] = mapped_column(String(71))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer)
+    worker_id: Mapped[str | None] = mapped_column(String(255))
+    requested_by: Mapped[str | None] = mapped_column(String(128))
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        # At most one queued or running job per key, enforced by the database itself so that
+        # concurrent submissions of one key cannot both create a job.
+        Index(
+            "uq_jobs_active_key",
+            "key",
+            unique=True,
+            postgresql_where=state.in_(ACTIVE_STATES),
+            sqlite_where=state.in_(ACTIVE_STATES),
+        ),
+    )
+
+
+class Artifact(Base):
+    __tablename__ = "artifacts"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    manifest: Mapped[dict[str, Any]] = mapped_column(JSON)
+    namespace: Mapped[str] = mapped_column(String(64))
+    model_digest: Mapped[str] = mapped_column(String(71), index=True)
+    target: Mapped[str] = mapped_column(String(16))
+    compiler_name: Mapped[str] = mapped_column(String(32))
+    compiler_version: Mapped[str] = mapped_column(String(64))
+    runtime_version: Mapped[str] = mapped_column(String(64))
+    compile_seconds: Mapped[float] = mapped_column(Float)
+    job_id: Mapped[str | None] = mapped_column(String(36))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    files: Mapped[list["ArtifactFile"]] = relationship(
+        back_populates="artifact", order_by="ArtifactFile.name", lazy="selectin"
+    )
+
+
+class ArtifactFile(Base):
+    __tablename__ = "artifact_files"
+    artifact_key: Mapped[str] = mapped_column(ForeignKey("artifacts.key", ondelete="CASCADE"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    digest: Mapped[str] = mapped_column(String(71))
+    size: Mapped[int] = mapped_column(BigInteger)
+    artifact: Mapped[Artifact] = relationship(back_populates="files")
+
+
+class CacheEvent(Base):
+    """One lookup, compile request or download, with its outcome: the source of stats and hits."""
+
+    __tablename__ = "cache_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # lookup | compile | download
+    outcome: Mapped[str] = mapped_column(String(8))  # hit | miss
+    key: Mapped[str] = mapped_column(String(64), index=True)
+    target: Mapped[str] = mapped_column(String(16))
+    compiler_name: Mapped[str] = mapped_column(String(32))
+    compiler_version: Mapped[str] = mapped_column(String(64))
+    caller: Mapped[str | None] = mapped_column(String(128))
+    # For a hit: the compile time the caller did not spend.
+    saved_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class Worker(Base):
+    __tablename__ = "workers"
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    compiler_name: Mapped[str] = mapped_column(String(32))
+    compiler_version: Mapped[str] = mapped_column(String(64))
+    runtime_name: Mapped[str] = mapped_column(String(32))
+    runtime_version: Mapped[str] = mapped_column(String(64))
+    toolchain: Mapped[dict[str, Any]] = mapped_column(JSON)
+    queues: Mapped[list[str]] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(16))  # idle | busy | stopped
+    current_job: Mapped[str | None] = mapped_column(String(36))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_heartbeat: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)

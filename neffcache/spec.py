@@ -1,0 +1,136 @@
+"""The compile spec: what to build, as CI and pods send it. Schema only; the key is in key.py.
+
+Shared by the service (request validation), the worker and the client (spec files), so it
+depends on pydantic alone.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+TARGETS = ("trn1", "trn1n", "inf2", "trn2", "trn3", "cpu", "cuda")
+NEURON_TARGETS = ("trn1", "trn1n", "inf2", "trn2", "trn3")
+DTYPES = (
+    "float32", "float16", "bfloat16", "float64",
+    "float8_e4m3fn", "float8_e5m2",
+    "int8", "int16", "int32", "int64", "uint8", "bool",
+)
+# Which model format, targets and runtime each compiler goes with.
+COMPILERS: dict[str, dict[str, Any]] = {
+    "neuronx-cc": {"format": "hlo", "targets": NEURON_TARGETS, "runtime": "neuron-runtime"},
+    "inductor": {"format": "torch-export", "targets": ("cpu", "cuda"), "runtime": "torch"},
+}
+DIGEST_PATTERN = r"^sha256:[0-9a-f]{64}$"
+VERSION_PATTERN = r"^[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}$"
+NAMESPACE_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+INPUT_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.:-]{0,127}$"
+MAX_FLAGS = 64
+MAX_FLAG_LENGTH = 512
+
+_DIGEST_RE = re.compile(DIGEST_PATTERN)
+
+
+def is_digest(value: str) -> bool:
+    return bool(_DIGEST_RE.match(value))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelRef(_Strict):
+    format: Literal["hlo", "torch-export"]
+    digest: str = Field(pattern=DIGEST_PATTERN, description="sha256:<64 lowercase hex> of the uploaded blob")
+
+
+class InputSpec(_Strict):
+    name: str = Field(pattern=INPUT_NAME_PATTERN)
+    shape: list[int] = Field(min_length=1, max_length=16)
+    dtype: Literal[DTYPES]  # type: ignore[valid-type]
+
+    @field_validator("shape")
+    @classmethod
+    def _dims_positive(cls, shape: list[int]) -> list[int]:
+        bad = [d for d in shape if d < 1]
+        if bad:
+            raise ValueError(f"every dimension must be a positive integer, got {shape}")
+        return shape
+
+
+class CompilerSpec(_Strict):
+    name: Literal["neuronx-cc", "inductor"]
+    version: str | None = Field(default=None, pattern=VERSION_PATTERN)
+    flags: list[str] = Field(default_factory=list, max_length=MAX_FLAGS)
+
+    @field_validator("flags")
+    @classmethod
+    def _flags_sane(cls, flags: list[str]) -> list[str]:
+        for flag in flags:
+            if not flag or len(flag) > MAX_FLAG_LENGTH or any(c in flag for c in "\x00\n\r"):
+                raise ValueError(f"flag {flag[:40]!r} is empty, too long or has control characters")
+        return flags
+
+
+class RuntimeSpec(_Strict):
+    name: Literal["neuron-runtime", "torch"]
+    version: str | None = Field(default=None, pattern=VERSION_PATTERN)
+
+
+class CompileSpec(_Strict):
+    model: ModelRef
+    inputs: list[InputSpec] = Field(min_length=1, max_length=256)
+    target: Literal[TARGETS]  # type: ignore[valid-type]
+    compiler: CompilerSpec
+    runtime: RuntimeSpec | None = None
+    namespace: str = Field(default="default", pattern=NAMESPACE_PATTERN)
+    allow_toolchain_mismatch: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_runtime(cls, data: Any) -> Any:
+        # The runtime name follows from the compiler, so a spec may leave `runtime` out.
+        if isinstance(data, dict) and data.get("runtime") is None:
+            compiler = data.get("compiler")
+            name = compiler.get("name") if isinstance(compiler, dict) else None
+            if name in COMPILERS:
+                data = {**data, "runtime": {"name": COMPILERS[name]["runtime"]}}
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "CompileSpec":
+        rules = COMPILERS[self.compiler.name]
+        if self.target not in rules["targets"]:
+            raise ValueError(
+                f"target {self.target!r} is not built by compiler {self.compiler.name!r} "
+                f"(it builds {', '.join(rules['targets'])})"
+            )
+        if self.model.format != rules["format"]:
+            raise ValueError(
+                f"model.format {self.model.format!r} does not fit compiler {self.compiler.name!r} "
+                f"(it takes {rules['format']!r})"
+            )
+        assert self.runtime is not None
+        if self.runtime.name != rules["runtime"]:
+            raise ValueError(
+                f"runtime.name {self.runtime.name!r} does not fit compiler {self.compiler.name!r} "
+                f"(its output runs on {rules['runtime']!r})"
+            )
+        names = [i.name for i in self.inputs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"inputs: names must be unique, got {names}")
+        return self
+
+    def is_resolved(self) -> bool:
+        return bool(self.compiler.version and self.runtime and self.runtime.version)
+
+
+class CompileRequest(_Strict):
+    spec: CompileSpec
+    force: bool = Field(default=False, description="recompile even if the last compile of this key failed")
+
+
+class LookupRequest(_Strict):
+    spec: CompileSpec

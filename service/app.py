@@ -1,0 +1,41 @@
+"""The FastAPI application: built by create_app(settings), which connects to nothing."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from neffcache.settings import Settings
+from service import errors
+from service.context import ServiceContext
+from service.routes import artifacts, blobs, compile, health, jobs, stats, workers
+
+
+def create_app(settings: Settings | None = None, ctx: ServiceContext | None = None) -> FastAPI:
+    settings = settings or Settings()
+    context = ctx or ServiceContext.from_settings(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        context.close()
+
+    app = FastAPI(
+        title="neffcache",
+        version="0.1.0",
+        description="Compile farm and artifact cache for AWS Neuron. Every error is "
+        '`{"error": "<stable code>", "detail": "<message>"}`.',
+        lifespan=lifespan,
+    )
+    app.state.ctx = context
+    errors.install(app)
+    for module in (blobs, compile, jobs, artifacts, stats, workers, health):
+        app.include_router(module.router)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """For `uvicorn --factory service.app:app_from_env`: settings from the environment."""
+    return create_app(Settings())

@@ -1,0 +1,189 @@
+"""The cache's decisions: is this spec a hit, a job to join, a remembered failure, or a new job.
+
+Each public function is one unit of work: it opens one session (which commits once, at the
+end) and only after that commit does anything outside the database (enqueueing).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from neffcache.db.models import (
+    ACTIVE_STATES,
+    COMPILE_ERROR,
+    FAILED,
+    INVALID_INPUT,
+    QUEUED,
+    Artifact,
+    Blob,
+    CacheEvent,
+    Job,
+    utcnow,
+)
+from neffcache.errors import BlobMissing, NotFound
+from neffcache.key import key_for_spec, manifest_diff
+from neffcache.dispatch import dispatch
+from neffcache.queue import queue_for_manifest
+from neffcache.spec import CompileSpec
+from service.context import ServiceContext
+from service.toolchains import resolve_spec
+from service.views import artifact_view, job_view
+
+# Failures that the same inputs will reproduce: answered from memory until a forced retry.
+REMEMBERED_FAILURES = (COMPILE_ERROR, INVALID_INPUT)
+NEAREST_LIMIT = 5
+NEAREST_SCAN = 200
+
+
+@dataclass
+class Outcome:
+    status_code: int
+    body: dict[str, Any]
+
+
+def _resolve(ctx: ServiceContext, session: Session, spec: CompileSpec) -> tuple[CompileSpec, dict[str, Any], str]:
+    resolved = resolve_spec(session, spec, ctx.settings.toolchain_ttl_s)
+    manifest, key = key_for_spec(resolved.model_dump(mode="json"))
+    return resolved, manifest, key
+
+
+def _record(session: Session, ctx: ServiceContext, kind: str, manifest: dict[str, Any], key: str,
+            artifact: Artifact | None, caller: str | None) -> None:
+    outcome = "hit" if artifact is not None else "miss"
+    session.add(
+        CacheEvent(
+            kind=kind,
+            outcome=outcome,
+            key=key,
+            target=manifest["target"],
+            compiler_name=manifest["compiler"]["name"],
+            compiler_version=manifest["compiler"]["version"],
+            caller=caller,
+            saved_seconds=artifact.compile_seconds if artifact is not None else 0.0,
+        )
+    )
+    ctx.metrics.cache_request(kind, outcome, manifest["target"])
+
+
+def artifact_hits(session: Session, key: str) -> int:
+    return session.scalar(
+        select(func.count()).select_from(CacheEvent).where(CacheEvent.key == key, CacheEvent.outcome == "hit")
+    ) or 0
+
+
+def active_job(session: Session, key: str) -> Job | None:
+    return session.scalar(select(Job).where(Job.key == key, Job.state.in_(ACTIVE_STATES)))
+
+
+def latest_job(session: Session, key: str) -> Job | None:
+    return session.scalar(select(Job).where(Job.key == key).order_by(Job.created_at.desc()).limit(1))
+
+
+def _create_or_join(session: Session, ctx: ServiceContext, manifest: dict[str, Any], key: str,
+                    caller: str | None) -> tuple[Job, bool]:
+    """Insert the key's job, or join the one a concurrent request just inserted.
+
+    The unique index on active jobs per key decides the race; the savepoint lets this
+    transaction go on after losing it.
+    """
+    job = Job(
+        id=str(uuid.uuid4()),
+        key=key,
+        manifest=manifest,
+        queue=queue_for_manifest(ctx.settings.queue_prefix, manifest),
+        state=QUEUED,
+        attempts=0,
+        max_attempts=ctx.settings.max_attempts,
+        requested_by=caller,
+        cancel_requested=False,
+        created_at=utcnow(),
+    )
+    try:
+        with session.begin_nested():
+            session.add(job)
+        return job, True
+    except IntegrityError:
+        existing = active_job(session, key)
+        if existing is None:  # it finished between the two statements: a plain retry
+            raise
+        return existing, False
+
+
+def submit_compile(ctx: ServiceContext, spec: CompileSpec, force: bool, caller: str | None) -> Outcome:
+    created: Job | None = None
+    with ctx.db.session() as session:
+        resolved, manifest, key = _resolve(ctx, session, spec)
+        if session.get(Blob, resolved.model.digest) is None:
+            raise BlobMissing(
+                f"spec.model.digest: blob {resolved.model.digest} has not been uploaded "
+                f"(PUT /v1/blobs/{resolved.model.digest} first)"
+            )
+        artifact = session.get(Artifact, key)
+        _record(session, ctx, "compile", manifest, key, artifact, caller)
+        spec_out = resolved.model_dump(mode="json")
+        if artifact is not None:
+            return Outcome(200, {"status": "hit", "key": key, "spec": spec_out,
+                                 "artifact": artifact_view(artifact, artifact_hits(session, key))})
+        running = active_job(session, key)
+        if running is not None:
+            return Outcome(202, {"status": "queued", "key": key, "spec": spec_out,
+                                 "job": job_view(running), "deduplicated": True})
+        last = latest_job(session, key)
+        if not force and last is not None and last.state == FAILED and last.failure_class in REMEMBERED_FAILURES:
+            return Outcome(200, {"status": "failed", "key": key, "spec": spec_out, "job": job_view(last)})
+        job, created_now = _create_or_join(session, ctx, manifest, key, caller)
+        if created_now:
+            created = job
+        body = {"status": "queued", "key": key, "spec": spec_out, "job": job_view(job),
+                "deduplicated": not created_now}
+    if created is not None:
+        dispatch(ctx.db, ctx.redis, created.queue, created.id, attempt=1)
+    return Outcome(202, body)
+
+
+def lookup(ctx: ServiceContext, spec: CompileSpec, caller: str | None) -> Outcome:
+    with ctx.db.session() as session:
+        resolved, manifest, key = _resolve(ctx, session, spec)
+        artifact = session.get(Artifact, key)
+        _record(session, ctx, "lookup", manifest, key, artifact, caller)
+        if artifact is not None:
+            return Outcome(200, {"status": "hit", "key": key, "spec": resolved.model_dump(mode="json"),
+                                 "artifact": artifact_view(artifact, artifact_hits(session, key))})
+        nearest = nearest_manifests(session, manifest)
+    raise NotFound(
+        f"no artifact for key {key}" + (f"; {len(nearest)} published for the same model differ" if nearest else
+                                       "; nothing is published for this model"),
+        key=key,
+        nearest=nearest,
+    )
+
+
+def nearest_manifests(session: Session, manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """Published manifests of the same model, closest first, with the fields that differ."""
+    rows = session.scalars(
+        select(Artifact)
+        .where(Artifact.model_digest == manifest["model"]["digest"])
+        .order_by(Artifact.created_at.desc())
+        .limit(NEAREST_SCAN)
+    ).all()
+    scored = [(manifest_diff(manifest, a.manifest), a) for a in rows]
+    scored.sort(key=lambda pair: len(pair[0]))
+    return [{"key": a.key, "differs": diff, "manifest": a.manifest} for diff, a in scored[:NEAREST_LIMIT]]
+
+
+def get_artifact(session: Session, key: str) -> Artifact:
+    artifact = session.get(Artifact, key)
+    if artifact is None:
+        raise NotFound(f"artifact {key} does not exist", key=key)
+    return artifact
+
+
+def record_download(ctx: ServiceContext, artifact: Artifact, caller: str | None) -> None:
+    with ctx.db.session() as session:
+        _record(session, ctx, "download", artifact.manifest, artifact.key, artifact, caller)

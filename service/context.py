@@ -1,0 +1,38 @@
+"""What every request handler needs, built once from Settings when the app starts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from neffcache.db.session import Database
+from neffcache.queue import connect_redis
+from neffcache.settings import Settings
+from neffcache.storage import ObjectStore, open_store
+from service.metrics import ServiceMetrics
+
+
+@dataclass
+class ServiceContext:
+    settings: Settings
+    db: Database
+    store: ObjectStore
+    metrics: ServiceMetrics = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.metrics = ServiceMetrics(self.db, self.settings)
+
+    @cached_property
+    def redis(self) -> Any:
+        # Built on first use: creating the client does not connect either.
+        return connect_redis(self.settings.redis_url)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "ServiceContext":
+        return cls(settings=settings, db=Database(settings.database_url), store=open_store(settings))
+
+    def close(self) -> None:
+        self.db.dispose()
+        if "redis" in self.__dict__:
+            self.redis.close()

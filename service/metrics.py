@@ -1,0 +1,90 @@
+"""Prometheus metrics at /metrics.
+
+Request counters live in this process. Compile results, durations, queue depth and live
+workers are read from the database at scrape time: workers write them there, and every
+service replica then reports the same truth.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import TYPE_CHECKING, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from sqlalchemy import case, func, select
+
+from neffcache.db.models import QUEUED, Artifact, Job, Worker, utcnow, FINAL_STATES
+
+if TYPE_CHECKING:
+    from neffcache.db.session import Database
+    from neffcache.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400)
+
+
+class _DatabaseCollector:
+    def __init__(self, db: "Database", settings: "Settings") -> None:
+        self.db = db
+        self.settings = settings
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            yield from self._collect()
+        except Exception as exc:  # noqa: BLE001 - a scrape must not fail because the DB is down
+            log.warning("metrics: database unavailable: %s", exc)
+
+    def _collect(self) -> Iterator[Metric]:
+        compiles = CounterMetricFamily(
+            "neffcache_compiles", "Finished compile jobs by result and failure class",
+            labels=["result", "failure_class"],
+        )
+        queued = GaugeMetricFamily("neffcache_jobs_queued", "Queued jobs per toolchain queue", labels=["queue"])
+        live = GaugeMetricFamily("neffcache_workers_live", "Workers with a recent heartbeat", labels=["compiler"])
+        buckets_sql = [func.sum(case((Artifact.compile_seconds <= b, 1), else_=0)) for b in DURATION_BUCKETS]
+        with self.db.session() as s:
+            for state, failure, count in s.execute(
+                select(Job.state, Job.failure_class, func.count()).where(Job.state.in_(FINAL_STATES))
+                .group_by(Job.state, Job.failure_class)
+            ):
+                compiles.add_metric([state, failure or ""], count)
+            for queue, count in s.execute(
+                select(Job.queue, func.count()).where(Job.state == QUEUED).group_by(Job.queue)
+            ):
+                queued.add_metric([queue], count)
+            since = utcnow() - timedelta(seconds=self.settings.worker_lost_after_s)
+            for compiler, count in s.execute(
+                select(Worker.compiler_name + "==" + Worker.compiler_version, func.count())
+                .where(Worker.last_heartbeat >= since, Worker.state != "stopped")
+                .group_by(Worker.compiler_name, Worker.compiler_version)
+            ):
+                live.add_metric([compiler], count)
+            row = s.execute(select(func.count(), func.coalesce(func.sum(Artifact.compile_seconds), 0.0), *buckets_sql)).one()
+        total, seconds_sum, *cumulative = row
+        hist = HistogramMetricFamily(
+            "neffcache_compile_duration_seconds", "Compile time of published artifacts",
+            buckets=[(str(float(b)), int(c or 0)) for b, c in zip(DURATION_BUCKETS, cumulative)]
+            + [("+Inf", int(total))],
+            sum_value=float(seconds_sum),
+        )
+        yield from (compiles, hist, queued, live)
+
+
+class ServiceMetrics:
+    def __init__(self, db: "Database", settings: "Settings") -> None:
+        # A registry per app, not the global one: several apps (tests) live in one process.
+        self.registry = CollectorRegistry()
+        self.cache_requests = Counter(
+            "neffcache_cache_requests", "Lookups, compile requests and downloads by outcome",
+            ["kind", "outcome", "target"], registry=self.registry,
+        )
+        self.registry.register(_DatabaseCollector(db, settings))
+
+    def cache_request(self, kind: str, outcome: str, target: str) -> None:
+        self.cache_requests.labels(kind, outcome, target).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

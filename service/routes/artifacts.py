@@ -1,0 +1,80 @@
+"""Published artifacts: metadata, listing, and file downloads (presigned on S3)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import RedirectResponse, Response, StreamingResponse
+from sqlalchemy import or_, select
+
+from neffcache.db.models import Artifact
+from neffcache.errors import CorruptObject, NotFound
+from service import cache
+from service.pagination import MAX_LIMIT, next_cursor, page
+from service.routes.deps import caller, context, stream_chunks
+from service.views import artifact_view, bare_hex
+
+router = APIRouter(prefix="/v1/artifacts", tags=["artifacts"])
+
+
+@router.get("")
+def list_artifacts(
+    request: Request,
+    model: str | None = Query(None, description="model digest, sha256:<hex>"),
+    target: str | None = None,
+    compiler: str | None = Query(None, description="compiler name, version, or name==version"),
+    limit: int = Query(50, ge=1, le=MAX_LIMIT),
+    cursor: str | None = None,
+) -> dict[str, Any]:
+    query = select(Artifact)
+    if model:
+        query = query.where(Artifact.model_digest == model)
+    if target:
+        query = query.where(Artifact.target == target)
+    if compiler:
+        name, sep, version = compiler.partition("==")
+        if sep:
+            query = query.where(Artifact.compiler_name == name, Artifact.compiler_version == version)
+        else:
+            query = query.where(or_(Artifact.compiler_name == compiler, Artifact.compiler_version == compiler))
+    with context(request).db.session() as session:
+        rows = session.scalars(page(query, Artifact.created_at, Artifact.key, limit, cursor)).all()
+        rows, cursor_out = next_cursor(rows, limit, lambda a: a.created_at, lambda a: a.key)
+        return {"artifacts": [artifact_view(a) for a in rows], "next_cursor": cursor_out}
+
+
+@router.get("/{key}")
+def get_artifact(key: str, request: Request) -> dict[str, Any]:
+    with context(request).db.session() as session:
+        artifact = cache.get_artifact(session, key)
+        return artifact_view(artifact, cache.artifact_hits(session, key))
+
+
+@router.get(
+    "/{key}/files/{name}",
+    responses={307: {"description": "redirect to a presigned URL (S3)"}, 200: {"description": "the bytes (folder store)"}},
+)
+def download_file(key: str, name: str, request: Request) -> Response:
+    """Download one file of an artifact; counts a hit. The sha256 is in X-Neffcache-Sha256."""
+    ctx = context(request)
+    with ctx.db.session() as session:
+        artifact = cache.get_artifact(session, key)
+        entry = next((f for f in artifact.files if f.name == name), None)
+        if entry is None:
+            raise NotFound(f"artifact {key} has no file {name!r} (it has {', '.join(f.name for f in artifact.files)})")
+    hex_digest = bare_hex(entry.digest)
+    headers = {"X-Neffcache-Sha256": hex_digest, "X-Neffcache-Size": str(entry.size)}
+    url = ctx.store.presigned_url(hex_digest, ctx.settings.presign_expiry_s, filename=name)
+    if url is not None:
+        cache.record_download(ctx, artifact, caller(request))
+        return RedirectResponse(url, status_code=307, headers=headers)
+    stream = ctx.store.open(hex_digest)
+    if stream is None:
+        raise CorruptObject(f"file {name!r} of artifact {key} ({entry.digest}) is missing from the object store")
+    cache.record_download(ctx, artifact, caller(request))
+    headers.update({
+        "Content-Length": str(entry.size),
+        "Content-Disposition": f'attachment; filename="{name}"',
+    })
+    return StreamingResponse(stream_chunks(stream), media_type="application/octet-stream", headers=headers)

@@ -1,0 +1,74 @@
+"""Model blobs: content-addressed uploads, verified by the server while streaming."""
+
+from __future__ import annotations
+
+import tempfile
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from neffcache.db.models import Blob
+from neffcache.errors import InvalidParameter, TooLarge
+from service.context import ServiceContext
+from service.routes.deps import context, parse_digest
+
+router = APIRouter(prefix="/v1/blobs", tags=["blobs"])
+SPOOL_IN_MEMORY = 8 * 1024 * 1024
+
+
+def _known_size(ctx: ServiceContext, digest: str) -> int | None:
+    """Size of a blob that is both recorded and still in the store, else None."""
+    with ctx.db.session() as session:
+        row = session.get(Blob, digest)
+        size = row.size if row else None
+    if size is not None and ctx.store.stat(parse_digest(digest)) is None:
+        return None  # recorded but gone from the store: take the upload again
+    return size
+
+
+def _record(ctx: ServiceContext, digest: str, size: int) -> None:
+    with ctx.db.session() as session:
+        if session.get(Blob, digest) is None:
+            session.add(Blob(digest=digest, size=size))
+
+
+def _too_large(limit: int) -> TooLarge:
+    return TooLarge(f"body: upload exceeds the limit of {limit} bytes (NEFFCACHE_MAX_UPLOAD_BYTES)", limit=limit)
+
+
+@router.put("/{digest}", status_code=201, responses={200: {"description": "already present"}})
+async def put_blob(digest: str, request: Request) -> JSONResponse:
+    """Upload a model blob; the server recomputes sha256 while streaming and keeps nothing on mismatch."""
+    ctx = context(request)
+    hex_digest = parse_digest(digest)
+    limit = ctx.settings.max_upload_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise InvalidParameter(f"Content-Length: {declared!r} is not a byte count")
+        if int(declared) > limit:
+            raise _too_large(limit)
+    size = await run_in_threadpool(_known_size, ctx, digest)
+    if size is not None:
+        return JSONResponse({"digest": digest, "size": size, "created": False}, status_code=200)
+    with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY) as spool:
+        received = 0
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > limit:
+                raise _too_large(limit)
+            spool.write(chunk)
+        spool.seek(0)
+        result = await run_in_threadpool(ctx.store.put, spool, hex_digest, limit)
+    await run_in_threadpool(_record, ctx, digest, result.size)
+    return JSONResponse({"digest": digest, "size": result.size, "created": True}, status_code=201)
+
+
+@router.head("/{digest}")
+def head_blob(digest: str, request: Request) -> Response:
+    """200 when the blob is stored (its size in Content-Length), 404 when not."""
+    size = _known_size(context(request), f"sha256:{parse_digest(digest)}")
+    if size is None:
+        return Response(status_code=404)
+    return Response(status_code=200, headers={"Content-Length": str(size)})

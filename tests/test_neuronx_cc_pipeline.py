@@ -1,0 +1,85 @@
+"""The neuronx-cc path through service -> queue -> worker, against the test double."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from neffcache.key import key_for_spec
+from tests.support.api import hlo_model, neuron_spec, upload, wait_job
+
+pytestmark = pytest.mark.stack
+
+DOUBLE_VERSION = "2.27.5334.0+2d6a2ba2b"  # what tests/doubles/bin/neuronx-cc reports by default
+
+
+def _argv_for(record_path, model_marker: str) -> list[str]:
+    for line in record_path.read_text().splitlines():
+        argv = json.loads(line)
+        if any(model_marker in a for a in argv):
+            return argv
+    raise AssertionError(f"no neuronx-cc run recorded for {model_marker}")
+
+
+def test_compile_carries_canonical_flags_target_and_reported_version(api: httpx.Client, running) -> None:
+    digest = upload(api, hlo_model())
+    spec = neuron_spec(digest, target="trn2", compiler={
+        "name": "neuronx-cc", "flags": ["-O3", "--auto-cast", "none", "-lnc", "2", "--verbose=info"],
+    })
+    r = api.post("/v1/compile", json={"spec": spec})
+    assert r.status_code == 202, r.text
+    body = r.json()
+    # The version left out of the spec is filled in with exactly what the binary reports.
+    assert body["spec"]["compiler"]["version"] == DOUBLE_VERSION
+    manifest, key = key_for_spec(body["spec"])
+    assert body["key"] == key and manifest["compiler"]["version"] == DOUBLE_VERSION
+    job = wait_job(api, body["job"]["id"])
+    assert job["state"] == "succeeded", job
+
+    lines = [json.loads(x) for x in running.double_record.read_text().splitlines()]
+    argv = next(a for a in lines if "--target" in a and a[a.index("--target") + 1] == "trn2")
+    assert argv[0] == "compile"
+    assert argv[argv.index("--framework") + 1] == "XLA"
+    assert argv[-3:] == ["--auto-cast=none", "--logical-nc-config=2", "--optlevel=3"]
+    assert "--verbose=info" not in argv
+
+    artifact = api.get(f"/v1/artifacts/{key}").json()
+    names = {f["name"] for f in artifact["files"]}
+    assert names == {"model.neff", "compile.log"}
+    assert artifact["manifest"]["compiler"]["flags"] == ["--auto-cast=none", "--logical-nc-config=2", "--optlevel=3"]
+
+
+def test_failed_compile_keeps_log_tail_and_is_remembered_until_forced(api: httpx.Client) -> None:
+    digest = upload(api, hlo_model("double:fail"))
+    spec = neuron_spec(digest)
+    first = api.post("/v1/compile", json={"spec": spec}).json()
+    job = wait_job(api, first["job"]["id"])
+    assert job["state"] == "failed" and job["failure_class"] == "compile_error"
+    assert "compilation failed" in job["log_tail"]
+    assert job["attempts"] == 1  # deterministic: not retried
+    log = api.get(f"/v1/jobs/{job['id']}/log")
+    assert log.status_code == 200 and "compilation failed" in log.text
+
+    again = api.post("/v1/compile", json={"spec": spec})
+    assert again.status_code == 200
+    assert again.json()["status"] == "failed" and again.json()["job"]["id"] == job["id"]
+
+    forced = api.post("/v1/compile", json={"spec": spec, "force": True})
+    assert forced.status_code == 202 and forced.json()["job"]["id"] != job["id"]
+    assert wait_job(api, forced.json()["job"]["id"])["failure_class"] == "compile_error"
+
+
+@pytest.mark.parametrize("directive, failure_class", [("double:hang", "timeout"), ("double:kill", "oom")])
+def test_transient_failures_are_retried_then_recorded(api: httpx.Client, directive: str, failure_class: str) -> None:
+    digest = upload(api, hlo_model(directive))
+    r = api.post("/v1/compile", json={"spec": neuron_spec(digest)})
+    job = wait_job(api, r.json()["job"]["id"], timeout_s=90)
+    assert job["state"] == "failed", job
+    assert job["failure_class"] == failure_class
+    assert job["attempts"] == job["max_attempts"] == 2
+    # A transient failure is not remembered: the next request compiles again.
+    again = api.post("/v1/compile", json={"spec": neuron_spec(digest)})
+    assert again.status_code == 202 and again.json()["job"]["id"] != job["id"]
+    api.post(f"/v1/jobs/{again.json()['job']['id']}/cancel")

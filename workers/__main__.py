@@ -1,0 +1,81 @@
+"""`neffcache-worker` (or `python -m workers`): a compile host's worker process.
+
+Detects the toolchain this host runs, registers it, listens on the queues of exactly that
+toolchain, and sends heartbeats (each followed by a sweep for lost workers' jobs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import sys
+import uuid
+
+from neffcache.db.session import Database
+from neffcache.queue import connect_redis, queues_for_toolchain
+from neffcache.settings import Settings
+from neffcache.storage import open_store
+from workers import context, registry
+from workers.backends.base import load_backend
+
+log = logging.getLogger("neffcache.worker")
+
+
+def build_context(settings: Settings) -> context.WorkerContext:
+    backend = load_backend(settings)
+    toolchain = backend.detect()
+    worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    queues = queues_for_toolchain(
+        settings.queue_prefix, toolchain.compiler_name, toolchain.compiler_version,
+        toolchain.targets, toolchain.isas,
+    )
+    return context.WorkerContext(
+        settings=settings,
+        db=Database(settings.database_url),
+        store=open_store(settings),
+        redis=connect_redis(settings.redis_url),
+        backend=backend,
+        toolchain=toolchain,
+        worker_id=worker_id,
+        queues=queues,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="neffcache-worker", description=__doc__)
+    parser.add_argument("--burst", action="store_true", help="exit when the queues are empty")
+    parser.add_argument("--print-toolchain", action="store_true", help="print the detected toolchain and exit")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings()
+    try:
+        ctx = build_context(settings)
+    except Exception as exc:  # noqa: BLE001 - one readable line for the operator
+        print(f"neffcache-worker: cannot start: {exc}", file=sys.stderr)
+        return 2
+    if args.print_toolchain:
+        print(ctx.toolchain.as_dict())
+        return 0
+    from rq import SimpleWorker
+
+    context.install(ctx)
+    registry.register(ctx)
+    heartbeat = registry.Heartbeat(ctx)
+    heartbeat.start()
+    log.info("worker %s: %s==%s for %s; queues %s", ctx.worker_id, ctx.toolchain.compiler_name,
+             ctx.toolchain.compiler_version, ", ".join(ctx.toolchain.targets), ", ".join(ctx.queues))
+    # SimpleWorker runs each job in this process: the compiler itself already runs in a child
+    # process group that we time out and kill, and the heartbeat thread keeps beating meanwhile.
+    worker = SimpleWorker(ctx.queues, connection=ctx.redis, name=ctx.worker_id)
+    try:
+        worker.work(burst=args.burst, with_scheduler=True, logging_level="WARNING")
+    finally:
+        heartbeat.stop()
+        registry.mark_stopped(ctx)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""Job state transitions a worker makes: claim, publish (the commit point), fail or retry.
+
+Every transition is a conditional UPDATE on the job's current state, so a job run twice (an
+RQ redelivery, a sweep racing a slow worker) changes nothing the second time.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from neffcache.db.models import (
+    CANCELLED,
+    FAILED,
+    QUEUED,
+    RUNNING,
+    SUCCEEDED,
+    TRANSIENT_FAILURES,
+    Artifact,
+    ArtifactFile,
+    Job,
+    utcnow,
+)
+from neffcache.dispatch import dispatch
+from workers.context import WorkerContext
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    id: str
+    key: str
+    manifest: dict[str, Any]
+    attempt: int
+
+
+@dataclass(frozen=True)
+class PublishedFile:
+    name: str
+    digest: str  # "sha256:<hex>"
+    size: int
+
+
+def claim(ctx: WorkerContext, job_id: str) -> ClaimedJob | None:
+    """queued -> running for this worker, or None when the job is not ours to run."""
+    with ctx.db.session() as session:
+        job = session.get(Job, job_id)
+        if job is None or job.state != QUEUED:
+            return None
+        if session.get(Artifact, job.key) is not None:
+            # Published meanwhile (by a forced job or another host): nothing to compile.
+            _set(session, job_id, QUEUED, state=SUCCEEDED, finished_at=utcnow(), message="already published")
+            return None
+        claimed = _set(
+            session, job_id, QUEUED,
+            state=RUNNING, attempts=Job.attempts + 1, worker_id=ctx.worker_id,
+            started_at=utcnow(), finished_at=None,
+        )
+        if not claimed:
+            return None
+        session.refresh(job)
+        return ClaimedJob(job.id, job.key, job.manifest, job.attempts)
+
+
+def cancel_requested(ctx: WorkerContext, job_id: str) -> bool:
+    with ctx.db.session() as session:
+        job = session.get(Job, job_id)
+        return job is None or job.cancel_requested or job.state != RUNNING
+
+
+def publish(ctx: WorkerContext, job: ClaimedJob, files: list[PublishedFile], log_digest: str,
+            seconds: float, message: str) -> bool:
+    """Record the artifact and finish the job in one transaction: the row is the commit point.
+
+    The files are already in the object store (digest verified). An artifact is immutable:
+    if another attempt published this key first, that one stands.
+    """
+    manifest = job.manifest
+    with ctx.db.session() as session:
+        if session.get(Artifact, job.key) is None:
+            try:
+                with session.begin_nested():
+                    session.add(
+                        Artifact(
+                            key=job.key,
+                            manifest=manifest,
+                            namespace=manifest["namespace"],
+                            model_digest=manifest["model"]["digest"],
+                            target=manifest["target"],
+                            compiler_name=manifest["compiler"]["name"],
+                            compiler_version=manifest["compiler"]["version"],
+                            runtime_version=manifest["runtime"]["version"],
+                            compile_seconds=seconds,
+                            job_id=job.id,
+                            created_at=utcnow(),
+                            files=[ArtifactFile(name=f.name, digest=f.digest, size=f.size) for f in files],
+                        )
+                    )
+            except IntegrityError:
+                log.info("key %s was published concurrently; keeping the first", job.key)
+        return _set(
+            session, job.id, RUNNING, only_worker=ctx.worker_id,
+            state=SUCCEEDED, finished_at=utcnow(), failure_class=None,
+            message=message, log_digest=log_digest, log_tail=None,
+        )
+
+
+def retry_delay(settings: Any, attempt: int) -> float:
+    return settings.retry_backoff_s * (2 ** max(attempt - 1, 0))
+
+
+def fail(ctx: WorkerContext, session: Session, job_id: str, failure_class: str, message: str,
+         log_tail: str | None, log_digest: str | None, expected_worker: str | None) -> tuple[str, int, float] | None:
+    """Record a failed attempt. Transient classes go back to the queue while attempts remain.
+
+    Returns (queue, next attempt, delay) when the caller must enqueue a retry after commit.
+    """
+    job = session.get(Job, job_id)
+    if job is None or job.state != RUNNING or (expected_worker and job.worker_id != expected_worker):
+        return None
+    common = {"failure_class": failure_class, "log_tail": log_tail, "log_digest": log_digest}
+    where_worker = {"only_worker": job.worker_id}
+    if failure_class == "cancelled" or job.cancel_requested:
+        _set(session, job_id, RUNNING, **where_worker, state=CANCELLED, finished_at=utcnow(),
+             message=f"cancelled while running: {message}", **{**common, "failure_class": None})
+        return None
+    if failure_class in TRANSIENT_FAILURES and job.attempts < job.max_attempts:
+        delay = retry_delay(ctx.settings, job.attempts)
+        moved = _set(session, job_id, RUNNING, **where_worker, state=QUEUED, enqueued_at=None, worker_id=None,
+                     message=f"attempt {job.attempts} of {job.max_attempts} failed ({failure_class}: {message}); "
+                             f"retrying in {delay:g} s", **common)
+        return (job.queue, job.attempts + 1, delay) if moved else None
+    _set(session, job_id, RUNNING, **where_worker, state=FAILED, finished_at=utcnow(),
+         message=f"{failure_class}: {message}" + (f" (after {job.attempts} attempts)" if job.attempts > 1 else ""),
+         **common)
+    return None
+
+
+def fail_and_maybe_retry(ctx: WorkerContext, job_id: str, failure_class: str, message: str,
+                         log_tail: str | None = None, log_digest: str | None = None,
+                         expected_worker: str | None = None) -> None:
+    with ctx.db.session() as session:
+        retry = fail(ctx, session, job_id, failure_class, message, log_tail, log_digest, expected_worker)
+    if retry is not None:
+        enqueue_retry(ctx, job_id, *retry)
+
+
+def enqueue_retry(ctx: WorkerContext, job_id: str, queue: str, attempt: int, delay: float) -> None:
+    dispatch(ctx.db, ctx.redis, queue, job_id, attempt, delay_s=delay)
+
+
+def _set(session: Session, job_id: str, from_state: str, *, only_worker: str | None = None, **values: Any) -> bool:
+    """Conditional transition: only from `from_state` (and, when given, only for that worker)."""
+    query = update(Job).where(Job.id == job_id, Job.state == from_state)
+    if only_worker is not None:
+        query = query.where(Job.worker_id == only_worker)
+    return session.execute(query.values(**values)).rowcount == 1

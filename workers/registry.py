@@ -1,0 +1,118 @@
+"""A worker's presence: registration, heartbeats, and the sweep it runs on each beat.
+
+The sweep is what makes a dead worker harmless: a running job whose worker has been silent
+for `worker_lost_after_s` fails as `worker_lost` (and is retried), and a queued job that never
+reached Redis (the enqueue after commit failed) is enqueued. Every live worker sweeps; the
+conditional updates make concurrent sweeps safe.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from datetime import timedelta
+
+from sqlalchemy import select
+
+from neffcache.db.models import QUEUED, RUNNING, WORKER_LOST, Job, Worker, utcnow
+from neffcache.dispatch import dispatch
+from workers import jobs
+from workers.context import WorkerContext
+
+log = logging.getLogger(__name__)
+# A queued job not in Redis this long after its last change is re-enqueued.
+ORPHAN_GRACE_S = 30.0
+
+
+def register(ctx: WorkerContext) -> None:
+    t = ctx.toolchain
+    with ctx.db.session() as session:
+        session.merge(
+            Worker(
+                id=ctx.worker_id,
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                compiler_name=t.compiler_name,
+                compiler_version=t.compiler_version,
+                runtime_name=t.runtime_name,
+                runtime_version=t.runtime_version,
+                toolchain=t.as_dict(),
+                queues=ctx.queues,
+                state="idle",
+                current_job=None,
+                started_at=utcnow(),
+                last_heartbeat=utcnow(),
+            )
+        )
+
+
+def beat(ctx: WorkerContext, state: str | None = None, current_job: str | None = None, clear_job: bool = False) -> None:
+    with ctx.db.session() as session:
+        worker = session.get(Worker, ctx.worker_id)
+        if worker is None:  # deleted by an operator: come back
+            session.rollback()
+            register(ctx)
+            return
+        worker.last_heartbeat = utcnow()
+        if state:
+            worker.state = state
+        if current_job or clear_job:
+            worker.current_job = current_job
+
+
+def sweep(ctx: WorkerContext) -> None:
+    now = utcnow()
+    lost_before = now - timedelta(seconds=ctx.settings.worker_lost_after_s)
+    with ctx.db.session() as session:
+        lost_workers = set(
+            session.scalars(select(Worker.id).where(Worker.last_heartbeat < lost_before, Worker.state != "stopped"))
+        )
+        running = session.execute(select(Job.id, Job.worker_id).where(Job.state == RUNNING)).all()
+        known = set(session.scalars(select(Worker.id)))
+        victims = [(jid, wid) for jid, wid in running if wid in lost_workers or wid not in known]
+    for job_id, worker_id in victims:
+        log.warning("job %s: worker %s is lost; failing the attempt as worker_lost", job_id, worker_id)
+        jobs.fail_and_maybe_retry(
+            ctx, job_id, WORKER_LOST, f"worker {worker_id} stopped sending heartbeats",
+            expected_worker=worker_id,
+        )
+    orphan_before = now - timedelta(seconds=ORPHAN_GRACE_S)
+    with ctx.db.session() as session:
+        orphans = session.execute(
+            select(Job.id, Job.queue, Job.attempts).where(
+                Job.state == QUEUED, Job.enqueued_at.is_(None), Job.created_at < orphan_before,
+                Job.queue.in_(ctx.queues),
+            )
+        ).all()
+    for job_id, queue, attempts in orphans:
+        log.info("job %s is queued but was never enqueued; enqueueing it", job_id)
+        dispatch(ctx.db, ctx.redis, queue, job_id, attempts + 1)
+
+
+def mark_stopped(ctx: WorkerContext) -> None:
+    with ctx.db.session() as session:
+        worker = session.get(Worker, ctx.worker_id)
+        if worker is not None:
+            worker.state, worker.current_job, worker.last_heartbeat = "stopped", None, utcnow()
+
+
+class Heartbeat(threading.Thread):
+    """Beats and sweeps every `heartbeat_interval_s` until stopped."""
+
+    def __init__(self, ctx: WorkerContext) -> None:
+        super().__init__(name="neffcache-heartbeat", daemon=True)
+        self.ctx = ctx
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.wait(self.ctx.settings.heartbeat_interval_s):
+            try:
+                beat(self.ctx)
+                sweep(self.ctx)
+            except Exception as exc:  # noqa: BLE001 - a database blip must not kill the worker
+                log.warning("heartbeat failed: %s", exc)
+
+    def stop(self) -> None:
+        self.stopping.set()
