@@ -35,7 +35,8 @@ class RegisteredToolchain:
 
 def registered_toolchains(session: Session, ttl_s: float) -> list[RegisteredToolchain]:
     since = utcnow() - timedelta(seconds=ttl_s)
-    rows = session.scalars(select(Worker).where(Worker.last_heartbeat >= since)).all()
+    # A worker that stopped cleanly was taken out of service; one that went silent may return.
+    rows = session.scalars(select(Worker).where(Worker.last_heartbeat >= since, Worker.state != "stopped")).all()
     found = {
         RegisteredToolchain(
             w.compiler_name,
