@@ -9,7 +9,6 @@ never imports the workers.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from datetime import timedelta
 from typing import Any
 
 COMPILE_TASK = "workers.tasks.run_compile_job"
@@ -60,9 +59,9 @@ def version_matches(requested: str, offered: str) -> bool:
     return requested == offered or requested == _base_version(offered)
 
 
-def enqueue_compile(redis: Any, queue_name: str, job_id: str, attempt: int, delay_s: float = 0.0) -> None:
-    """Put one attempt of a job on its queue. The RQ id names the attempt, so enqueueing the
-    same attempt twice replaces it rather than running it twice."""
+def enqueue_compile(redis: Any, queue_name: str, job_id: str, attempt: int) -> None:
+    """Put one attempt of a job on its queue. The RQ id names the attempt; a duplicate delivery
+    is harmless because the worker's claim is conditional on the job's state."""
     from rq import Queue  # imported here: the client never needs rq
 
     queue = Queue(queue_name, connection=redis)
@@ -73,10 +72,7 @@ def enqueue_compile(redis: Any, queue_name: str, job_id: str, attempt: int, dela
         "failure_ttl": 7 * 24 * 3600,
         "description": f"compile job {job_id} attempt {attempt}",
     }
-    if delay_s > 0:
-        queue.enqueue_in(timedelta(seconds=delay_s), COMPILE_TASK, job_id, **kwargs)
-    else:
-        queue.enqueue(COMPILE_TASK, job_id, **kwargs)
+    queue.enqueue(COMPILE_TASK, job_id, **kwargs)
 
 
 def connect_redis(url: str) -> Any:

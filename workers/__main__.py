@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     # process group that we time out and kill, and the heartbeat thread keeps beating meanwhile.
     worker = SimpleWorker(ctx.queues, connection=ctx.redis, name=ctx.worker_id)
     try:
-        worker.work(burst=args.burst, with_scheduler=True, logging_level="WARNING")
+        worker.work(burst=args.burst, logging_level="WARNING")
     finally:
         heartbeat.stop()
         registry.mark_stopped(ctx)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import update
@@ -26,7 +27,6 @@ from neffcache.db.models import (
     Job,
     utcnow,
 )
-from neffcache.dispatch import dispatch
 from workers.context import WorkerContext
 
 log = logging.getLogger(__name__)
@@ -115,44 +115,37 @@ def retry_delay(settings: Any, attempt: int) -> float:
     return settings.retry_backoff_s * (2 ** max(attempt - 1, 0))
 
 
-def fail(ctx: WorkerContext, session: Session, job_id: str, failure_class: str, message: str,
-         log_tail: str | None, log_digest: str | None, expected_worker: str | None) -> tuple[str, int, float] | None:
-    """Record a failed attempt. Transient classes go back to the queue while attempts remain.
+def fail_and_maybe_retry(ctx: WorkerContext, job_id: str, failure_class: str, message: str,
+                         log_tail: str | None = None, log_digest: str | None = None,
+                         expected_worker: str | None = None) -> None:
+    """Record a failed attempt. Transient classes go back to the queue while attempts remain."""
+    with ctx.db.session() as session:
+        _fail(ctx, session, job_id, failure_class, message, log_tail, log_digest, expected_worker)
 
-    Returns (queue, next attempt, delay) when the caller must enqueue a retry after commit.
-    """
+
+def _fail(ctx: WorkerContext, session: Session, job_id: str, failure_class: str, message: str,
+          log_tail: str | None, log_digest: str | None, expected_worker: str | None) -> None:
     job = session.get(Job, job_id)
     if job is None or job.state != RUNNING or (expected_worker and job.worker_id != expected_worker):
-        return None
+        return
     common = {"failure_class": failure_class, "log_tail": log_tail, "log_digest": log_digest}
     where_worker = {"only_worker": job.worker_id}
     if failure_class == "cancelled" or job.cancel_requested:
         _set(session, job_id, RUNNING, **where_worker, state=CANCELLED, finished_at=utcnow(),
              message=f"cancelled while running: {message}", **{**common, "failure_class": None})
-        return None
+        return
     if failure_class in TRANSIENT_FAILURES and job.attempts < job.max_attempts:
+        # Back to the queue with a due time; the sweep of a worker that has this toolchain
+        # enqueues it then (so a retry also waits for a host to come back).
         delay = retry_delay(ctx.settings, job.attempts)
-        moved = _set(session, job_id, RUNNING, **where_worker, state=QUEUED, enqueued_at=None, worker_id=None,
-                     message=f"attempt {job.attempts} of {job.max_attempts} failed ({failure_class}: {message}); "
-                             f"retrying in {delay:g} s", **common)
-        return (job.queue, job.attempts + 1, delay) if moved else None
+        _set(session, job_id, RUNNING, **where_worker, state=QUEUED, enqueued_at=None, worker_id=None,
+             not_before=utcnow() + timedelta(seconds=delay),
+             message=f"attempt {job.attempts} of {job.max_attempts} failed ({failure_class}: {message}); "
+                     f"retrying in {delay:g} s", **common)
+        return
     _set(session, job_id, RUNNING, **where_worker, state=FAILED, finished_at=utcnow(),
          message=f"{failure_class}: {message}" + (f" (after {job.attempts} attempts)" if job.attempts > 1 else ""),
          **common)
-    return None
-
-
-def fail_and_maybe_retry(ctx: WorkerContext, job_id: str, failure_class: str, message: str,
-                         log_tail: str | None = None, log_digest: str | None = None,
-                         expected_worker: str | None = None) -> None:
-    with ctx.db.session() as session:
-        retry = fail(ctx, session, job_id, failure_class, message, log_tail, log_digest, expected_worker)
-    if retry is not None:
-        enqueue_retry(ctx, job_id, *retry)
-
-
-def enqueue_retry(ctx: WorkerContext, job_id: str, queue: str, attempt: int, delay: float) -> None:
-    dispatch(ctx.db, ctx.redis, queue, job_id, attempt, delay_s=delay)
 
 
 def _set(session: Session, job_id: str, from_state: str, *, only_worker: str | None = None, **values: Any) -> bool:

@@ -14,7 +14,7 @@ import socket
 import threading
 from datetime import timedelta
 
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 
 from neffcache.db.models import QUEUED, RUNNING, WORKER_LOST, Job, Worker, utcnow
 from neffcache.dispatch import dispatch
@@ -22,8 +22,9 @@ from workers import jobs
 from workers.context import WorkerContext
 
 log = logging.getLogger(__name__)
-# A queued job not in Redis this long after its last change is re-enqueued.
-ORPHAN_GRACE_S = 30.0
+# A new job not in Redis this long after it was created is enqueued by the sweep (the
+# service enqueues right after its commit; this covers a Redis failure at that moment).
+ORPHAN_GRACE_S = 10.0
 
 
 def register(ctx: WorkerContext) -> None:
@@ -80,14 +81,18 @@ def sweep(ctx: WorkerContext) -> None:
         )
     orphan_before = now - timedelta(seconds=ORPHAN_GRACE_S)
     with ctx.db.session() as session:
-        orphans = session.execute(
+        due = session.execute(
             select(Job.id, Job.queue, Job.attempts).where(
-                Job.state == QUEUED, Job.enqueued_at.is_(None), Job.created_at < orphan_before,
+                Job.state == QUEUED,
+                Job.enqueued_at.is_(None),
                 Job.queue.in_(ctx.queues),
+                or_(
+                    Job.not_before <= now,  # a retry whose backoff has passed
+                    and_(Job.not_before.is_(None), Job.created_at < orphan_before),  # a lost first enqueue
+                ),
             )
         ).all()
-    for job_id, queue, attempts in orphans:
-        log.info("job %s is queued but was never enqueued; enqueueing it", job_id)
+    for job_id, queue, attempts in due:
         dispatch(ctx.db, ctx.redis, queue, job_id, attempts + 1)
 
 

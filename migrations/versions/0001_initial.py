@@ -45,6 +45,7 @@ def upgrade() -> None:
         sa.Column("cancel_requested", sa.Boolean, nullable=False),
         _ts("created_at", nullable=False),
         _ts("enqueued_at"),
+        _ts("not_before"),
         _ts("started_at"),
         _ts("finished_at"),
     )

@@ -30,7 +30,9 @@ Behaviour is chosen by the INPUT FILE's content, so each job can ask for its own
 
 Environment:
     NEURONX_CC_DOUBLE_VERSION  the version `--version` reports (default 2.27.5334.0+2d6a2ba2b)
-    NEURONX_CC_DOUBLE_RECORD   a file to which each invocation's argv is appended as a JSON line
+    NEURONX_CC_DOUBLE_RECORD   a file to which each invocation's argv is appended as a JSON line;
+                               each `compile` also appends the sha256 of its input file to
+                               `<that file>.inputs`, so a test can count compiles of one model
 
 Standard library only, so the wrapper script can run it with any python3.
 """
@@ -297,6 +299,9 @@ def main(argv: list[str]) -> int:
     if record:
         with open(record, "a", encoding="utf-8") as f:
             f.write(json.dumps(argv) + "\n")
+        if len(argv) > 1 and argv[0] == "compile" and os.path.isfile(argv[1]):
+            with open(argv[1], "rb") as model, open(record + ".inputs", "a", encoding="utf-8") as f:
+                f.write(hashlib.sha256(model.read()).hexdigest() + "\n")
     version = os.environ.get("NEURONX_CC_DOUBLE_VERSION", DEFAULT_VERSION)
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: neuronx-cc <command> [parameters]\ncommands: compile, list-operators")

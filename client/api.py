@@ -1,0 +1,228 @@
+"""A small Python client for the neffcache HTTP API: one method per endpoint.
+
+    from client.api import NeffcacheClient
+
+    with NeffcacheClient("http://neffcache:8080", token="...") as nc:
+        outcome = nc.compile(spec)               # {"status": "hit"|"queued"|"failed", "key", ...}
+        artifact = nc.lookup(spec)["artifact"]   # raises NotFound (with .extra["nearest"]) on a miss
+
+Every refusal of the service is raised as the neffcache.errors exception its body names
+(NotFound, InvalidSpec, Unauthorized, ...); a service that cannot be reached, or does not
+answer in time, is raised as Unreachable. Nothing here prints.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from neffcache import errors
+from neffcache.errors import NeffcacheError, Unreachable, UsageError
+
+CHUNK_BYTES = 1024 * 1024
+USER_AGENT = "neffcache-client/0.1.0"
+
+# Status codes whose error bodies are not ours (a proxy, an older server) -> a code to raise.
+_STATUS_CODES = {401: "unauthorized", 403: "forbidden", 404: "not_found", 413: "too_large",
+                 502: "unreachable", 503: "unreachable", 504: "unreachable"}
+
+
+class NeffcacheClient:
+    def __init__(self, url: str, token: str | None = None, *, timeout_s: float = 60.0,
+                 max_connections: int = 16) -> None:
+        url = url.strip().rstrip("/")
+        if not url.startswith(("http://", "https://")):
+            raise UsageError(f"service URL {url!r} must start with http:// or https:// (NEFFCACHE_URL or --url)")
+        self.url = url
+        headers = {"User-Agent": USER_AGENT}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        timeout = httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0))
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        self._http = httpx.Client(base_url=url, headers=headers, timeout=timeout, limits=limits,
+                                  follow_redirects=False)
+        # Presigned object-store URLs carry their own signature: never send them our token.
+        self._plain = httpx.Client(headers={"User-Agent": USER_AGENT}, timeout=timeout, limits=limits,
+                                   follow_redirects=True)
+        self.timeout_s = timeout_s
+
+    # --- plumbing ------------------------------------------------------------------------------
+    def close(self) -> None:
+        self._http.close()
+        self._plain.close()
+
+    def __enter__(self) -> NeffcacheClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _transport_error(self, exc: Exception, what: str, where: str | None = None) -> NeffcacheError:
+        where = where or self.url
+        if isinstance(exc, httpx.TimeoutException):
+            return Unreachable(f"{where} did not answer {what} within {self.timeout_s:g} s")
+        if isinstance(exc, (httpx.InvalidURL, httpx.UnsupportedProtocol)):
+            return UsageError(f"bad service URL {where!r}: {exc}")
+        reason = str(exc) or type(exc).__name__
+        return Unreachable(f"cannot reach the neffcache service at {where} ({what}): {reason}")
+
+    def error_from(self, response: httpx.Response, what: str) -> NeffcacheError:
+        """The exception an error response stands for (our JSON body, or the bare status)."""
+        body: Any = None
+        try:
+            if response.content:
+                body = response.json()
+        except (ValueError, httpx.ResponseNotRead):
+            body = None
+        status = response.status_code
+        if isinstance(body, dict) and "error" in body:
+            err = errors.from_body(body)
+            if status == 404 and err.detail == "Not Found":  # the router's own 404: no such endpoint
+                err = errors.NotFound(f"{what}: this service has no such endpoint (is it an older version?)")
+        else:
+            code = _STATUS_CODES.get(status, "internal_error" if status >= 500 else "invalid_parameter")
+            text = (response.text or "").strip().splitlines()
+            detail = f"{what}: HTTP {status}" + (f": {text[0][:200]}" if text else "")
+            err = errors.from_body({"error": code, "detail": detail})
+        if err.code == "unauthorized":
+            err.detail = f"{err.detail or 'unauthorized'} (set NEFFCACHE_TOKEN or pass --token)"
+        elif err.code == "forbidden":
+            err.detail = f"{err.detail or 'forbidden'} (the token lacks the scope {what} needs)"
+        err.extra.setdefault("http_status", status)
+        return err
+
+    def request(self, method: str, path: str, *, ok: tuple[int, ...] = (200,), **kwargs: Any) -> httpx.Response:
+        what = f"{method} {path}"
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc, what) from None
+        if response.status_code not in ok:
+            raise self.error_from(response, what)
+        return response
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        response = self.request(method, path, **kwargs)
+        try:
+            body = response.json()
+        except ValueError:
+            raise errors.NeffcacheError(f"{method} {path}: the service answered something that is not JSON") from None
+        return body
+
+    # --- blobs ---------------------------------------------------------------------------------
+    def blob_size(self, digest: str) -> int | None:
+        """The stored size of a blob, or None when the service does not have it."""
+        response = self.request("HEAD", f"/v1/blobs/{digest}", ok=(200, 404))
+        if response.status_code == 404:
+            return None
+        return int(response.headers.get("content-length", "0"))
+
+    def upload_blob(self, digest: str, path: Path,
+                    progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+        """PUT a file as blob `digest`; `progress(n)` is called with each chunk's size."""
+        size = os.path.getsize(path)
+
+        def chunks() -> Iterator[bytes]:
+            with open(path, "rb") as f:
+                while chunk := f.read(CHUNK_BYTES):
+                    if progress:
+                        progress(len(chunk))
+                    yield chunk
+
+        # With Content-Length set, httpx sends the iterator without chunked encoding.
+        headers = {"Content-Length": str(size), "Content-Type": "application/octet-stream"}
+        return self._json("PUT", f"/v1/blobs/{digest}", content=chunks(), headers=headers, ok=(200, 201))
+
+    # --- the cache -----------------------------------------------------------------------------
+    def compile(self, spec: dict[str, Any], force: bool = False) -> dict[str, Any]:
+        """{"status": "hit"|"queued"|"failed", "key", "spec", "artifact"|"job", ["deduplicated"]}."""
+        return self._json("POST", "/v1/compile", json={"spec": spec, "force": force}, ok=(200, 202))
+
+    def lookup(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """The hit ({"status": "hit", "key", "spec", "artifact"}); NotFound with key and nearest on a miss."""
+        return self._json("POST", "/v1/lookup", json={"spec": spec})
+
+    def artifact(self, key: str) -> dict[str, Any]:
+        return self._json("GET", f"/v1/artifacts/{key}")
+
+    def artifacts(self, *, model: str | None = None, target: str | None = None, compiler: str | None = None,
+                  limit: int = 50, cursor: str | None = None) -> dict[str, Any]:
+        params = _params(model=model, target=target, compiler=compiler, limit=limit, cursor=cursor)
+        return self._json("GET", "/v1/artifacts", params=params)
+
+    @contextmanager
+    def open_file(self, key: str, name: str) -> Iterator[tuple[httpx.Response, str | None]]:
+        """Stream one artifact file: yields (response, the sha256 the service announced).
+
+        The service answers with the bytes or a redirect to a presigned URL; the redirect is
+        followed without our Authorization header.
+        """
+        path = f"/v1/artifacts/{key}/files/{name}"
+        what = f"GET {path}"
+        try:
+            first = self._http.send(self._http.build_request("GET", path), stream=True)
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc, what) from None
+        try:
+            announced = first.headers.get("x-neffcache-sha256")
+            if first.status_code in (301, 302, 303, 307, 308):
+                location = first.headers.get("location")
+                if not location:
+                    raise errors.NeffcacheError(f"{what}: redirect without a Location")
+                location = str(first.url.join(location))
+                first.close()
+                try:
+                    second = self._plain.send(self._plain.build_request("GET", location), stream=True)
+                except httpx.HTTPError as exc:
+                    host = httpx.URL(location).host
+                    raise self._transport_error(exc, f"download of {name}", f"the object store ({host})") from None
+                try:
+                    if second.status_code != 200:
+                        second.read()
+                        raise errors.StorageError(
+                            f"the object store refused the download of {name} of {key}: HTTP {second.status_code}"
+                        )
+                    yield second, announced
+                finally:
+                    second.close()
+                return
+            if first.status_code != 200:
+                first.read()
+                raise self.error_from(first, what)
+            yield first, announced
+        finally:
+            first.close()
+
+    # --- jobs ----------------------------------------------------------------------------------
+    def job(self, job_id: str) -> dict[str, Any]:
+        return self._json("GET", f"/v1/jobs/{job_id}")
+
+    def jobs(self, *, state: str | None = None, limit: int = 50, cursor: str | None = None) -> dict[str, Any]:
+        return self._json("GET", "/v1/jobs", params=_params(state=state, limit=limit, cursor=cursor))
+
+    def job_log(self, job_id: str) -> str:
+        return self.request("GET", f"/v1/jobs/{job_id}/log").text
+
+    def cancel_job(self, job_id: str) -> tuple[dict[str, Any], bool]:
+        """(the job, True if it was cancelled at once / False if its worker was asked to stop)."""
+        response = self.request("POST", f"/v1/jobs/{job_id}/cancel", ok=(200, 202))
+        return response.json(), response.status_code == 200
+
+    # --- inspection ----------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        return self._json("GET", "/v1/stats")
+
+    def hits(self, key: str | None = None, limit: int = 50) -> dict[str, Any]:
+        return self._json("GET", "/v1/hits", params=_params(key=key, limit=limit))
+
+    def workers(self) -> dict[str, Any]:
+        return self._json("GET", "/v1/workers")
+
+
+def _params(**values: Any) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if v is not None}

@@ -1,0 +1,115 @@
+"""How the CLI shows things: rich tables on stdout for people, JSON for scripts, one-line
+messages and progress on stderr (so `--json` output on stdout is never mixed with them)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from datetime import datetime, timezone
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+
+def _console(stderr: bool) -> Console:
+    stream = sys.stderr if stderr else sys.stdout
+    width = None
+    if not stream.isatty() and "COLUMNS" not in os.environ:
+        width = 200  # a pipe or a CI log: do not wrap 64-character keys at 80 columns
+    return Console(stderr=stderr, width=width, highlight=False, soft_wrap=False)
+
+
+out = _console(stderr=False)
+err = _console(stderr=True)
+
+
+def say(message: str) -> None:
+    """One plain line for people, on stderr."""
+    err.print(Text(message))
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def line(message: str) -> None:
+    """One plain line of a command's result, on stdout."""
+    out.print(Text(message))
+
+
+def table(title: str | None, columns: list[str], rows: list[list[Any]]) -> None:
+    t = Table(title=title, title_justify="left", show_lines=False)
+    for c in columns:
+        t.add_column(c, overflow="fold")
+    for row in rows:
+        t.add_row(*[cell if isinstance(cell, Text) else Text("" if cell is None else str(cell)) for cell in row])
+    out.print(t)
+
+
+def human_bytes(n: int | float | None) -> str:
+    if n is None:
+        return ""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+def human_seconds(s: float | None) -> str:
+    if s is None:
+        return ""
+    if s < 60:
+        return f"{s:.1f} s"
+    if s < 3600:
+        return f"{s / 60:.1f} min"
+    return f"{s / 3600:.1f} h"
+
+
+def when(iso: str | None) -> str:
+    """ISO timestamp -> '2026-01-02 03:04:05Z (5 min ago)'."""
+    if not iso:
+        return ""
+    try:
+        ts = datetime.fromisoformat(iso)
+    except ValueError:
+        return iso
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=timezone.utc)
+    ago = (datetime.now(timezone.utc) - ts).total_seconds()
+    stamp = ts.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+    return f"{stamp} ({human_seconds(max(ago, 0))} ago)"
+
+
+def short(value: str | None, n: int = 12) -> str:
+    if not value:
+        return ""
+    value = value.split(":", 1)[1] if value.startswith("sha256:") else value
+    return value[:n]
+
+
+def transfer_progress(disable: bool = False) -> Progress:
+    """A byte progress bar on stderr; drawn only on a terminal (CI logs stay clean)."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        disable=disable or not err.is_terminal,
+        transient=False,
+    )
