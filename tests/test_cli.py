@@ -1,0 +1,316 @@
+"""The `neffcache` command end to end, as a subprocess against the running stack.
+
+Each call runs `python -m client.cli` (what the `neffcache` console script runs) with
+NEFFCACHE_URL pointing at the test service, and checks the exit code, stdout (parsed with
+--json) and stderr (one line, never a traceback).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from tests.support.api import NEURON_RUNTIME, hlo_model, neuron_spec, upload, wait_job
+from tests.support.stack import REPO
+
+pytestmark = pytest.mark.stack
+
+
+@dataclass
+class Result:
+    rc: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> Any:
+        return json.loads(self.stdout)
+
+    def one_line_error(self) -> str:
+        """stderr is exactly one line, with no traceback."""
+        lines = self.stderr.strip().splitlines()
+        assert len(lines) == 1, self.stderr
+        assert "Traceback" not in self.stderr
+        return lines[0]
+
+
+def client_env(url: str, token: str | None = None, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEFFCACHE_")}
+    env.update({"NEFFCACHE_URL": url, "COLUMNS": "250", "PYTHONUNBUFFERED": "1"})
+    if token:
+        env["NEFFCACHE_TOKEN"] = token
+    env.update(extra)
+    return env
+
+
+def run_cli(args: list[str], env: dict[str, str], cwd: Path | None = None, timeout: float = 180) -> Result:
+    proc = subprocess.run([sys.executable, "-m", "client.cli", *args], env={**env, "PYTHONPATH": str(REPO)},
+                          cwd=cwd or REPO, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.fixture
+def cli(running):
+    """cli(*args, **env) -> Result, against the running stack (with its token, once it has one)."""
+    token = getattr(running, "token", None)
+
+    def call(*args: str, cwd: Path | None = None, timeout: float = 180, **extra_env: str) -> Result:
+        return run_cli(list(args), client_env(running.url, token, **extra_env), cwd=cwd, timeout=timeout)
+
+    return call
+
+
+def sha256_hex(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def write_yaml(path: Path, data: Any) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+# --- the inductor backend, end to end ----------------------------------------------------------
+def test_compile_wait_lookup_pull_stats_hits_on_inductor(cli, tmp_path: Path) -> None:
+    import importlib.metadata
+
+    from tests.support.models import save_tiny_exported_model
+
+    project = tmp_path / "ci"
+    save_tiny_exported_model(project / "graphs" / "mlp.pt2", batch=2, features=12, seed=23)
+    spec_file = write_yaml(project / "neffs.yaml", [{
+        "name": "mlp-b2",
+        "model": {"path": "graphs/mlp.pt2"},  # relative to the spec file, not to the cwd
+        "inputs": ["x=2x12:float32"],
+        "target": "cpu",
+        "compiler": {"name": "inductor"},
+    }])
+
+    before = cli("stats", "--json").json()
+    compiled = cli("compile", "--spec", str(spec_file), "--wait", "--timeout", "400", "--json", cwd=tmp_path,
+                   timeout=450)
+    assert compiled.rc == 0, compiled.stderr
+    [result] = compiled.json()["results"]
+    assert result["status"] == "succeeded" and result["name"] == "mlp-b2", result
+    key = result["key"]
+    torch_version = importlib.metadata.version("torch")
+    assert result["spec"]["runtime"] == {"name": "torch", "version": torch_version}
+    assert {f["name"] for f in result["artifact"]["files"]} >= {"model.pt2"}
+
+    again = cli("compile", "--spec", str(spec_file), "--json")
+    assert again.rc == 0 and again.json()["results"][0]["status"] == "hit"
+    human = cli("compile", "--spec", str(spec_file))
+    assert human.rc == 0 and key in human.stdout and "hit" in human.stdout
+
+    looked = cli("lookup", "--spec", str(spec_file), "--json")
+    assert looked.rc == 0, looked.stderr
+    assert looked.json()["results"][0]["status"] == "hit" and looked.json()["results"][0]["key"] == key
+
+    dest = tmp_path / "neffs"
+    lock = dest / "neffs.lock"
+    # The local torch is the runtime: detected from its package metadata, no flag needed.
+    pulled = cli("pull", "--spec", str(spec_file), "--dest", str(dest), "--lock", str(lock), "--json")
+    assert pulled.rc == 0, pulled.stderr
+    [artifact] = pulled.json()["artifacts"]
+    assert artifact["key"] == key and artifact["runtime"]["version"] == torch_version
+    for f in artifact["files"]:
+        path = dest / key / f["name"]
+        assert f["status"] == "downloaded" and Path(f["path"]) == path
+        assert sha256_hex(path) == f["sha256"] and path.stat().st_size == f["size"]
+    assert not [p for p in (dest / key).iterdir() if p.name.startswith(".")]  # no temp files left
+    locked = json.loads(lock.read_text())
+    assert locked["lock_version"] == 1 and locked["artifacts"][0]["key"] == key
+    assert locked["artifacts"][0]["names"] == ["mlp-b2"]
+    assert {(f["name"], f["digest"]) for f in locked["artifacts"][0]["files"]} == {
+        (f["name"], "sha256:" + f["sha256"]) for f in artifact["files"]
+    }
+
+    # A restarted pod resumes: files already there with the right digest are not fetched again.
+    again = cli("pull", key, "--dest", str(dest), "--json")
+    assert again.rc == 0, again.stderr
+    assert {f["status"] for f in again.json()["artifacts"][0]["files"]} == {"present"}
+
+    after = cli("stats", "--json").json()
+    assert after["lookups"] - before["lookups"] >= 5  # compile x3, lookup, pull's lookup
+    assert after["hits"] - before["hits"] >= 4
+    assert after["downloads"] - before["downloads"] == len(artifact["files"])
+    assert after["compile_seconds_saved"] > before["compile_seconds_saved"]
+    assert f"inductor=={torch_version}" in after["by_compiler"]
+    human_stats = cli("stats")
+    assert human_stats.rc == 0 and "hit rate" in human_stats.stdout
+
+    hits = cli("hits", key, "--json")
+    assert hits.rc == 0, hits.stderr
+    mine = [h for h in hits.json()["hits"] if h["key"] == key]
+    assert {h["kind"] for h in mine} >= {"compile", "lookup", "download"}
+    assert all(h["outcome"] == "hit" for h in mine)
+
+    shown = cli("show", key, "--json")
+    assert shown.rc == 0 and shown.json()["key"] == key and shown.json()["hits"] >= 4
+    listed = cli("ls", "--model", str(project / "graphs" / "mlp.pt2"), "--json")
+    assert [a["key"] for a in listed.json()["artifacts"]] == [key]
+
+
+# --- the neuronx-cc double: the other commands -------------------------------------------------
+def test_compile_from_flags_wait_and_logs(cli, tmp_path: Path) -> None:
+    model = tmp_path / "model.hlo.pb"
+    model.write_bytes(hlo_model())
+    args = ["compile", str(model), "--input", "input_ids=1x128:int64", "--target", "trn1",
+            "--runtime-version", NEURON_RUNTIME, "--flag=-O2"]
+    first = cli(*args, "--wait", "--json")
+    assert first.rc == 0, first.stderr
+    [result] = first.json()["results"]
+    assert result["status"] == "succeeded"
+    assert result["spec"]["compiler"]["flags"] == ["-O2"] and result["spec"]["model"]["format"] == "hlo"
+    job_id = result["job"]["id"]
+    # The model was uploaded by the first call; a person sees the key and "hit" the second time.
+    second = cli(*args)
+    assert second.rc == 0 and result["key"] in second.stdout and "hit" in second.stdout
+
+    log = cli("logs", job_id)
+    assert log.rc == 0 and "Compiler status PASS" in log.stdout
+    followed = cli("logs", job_id, "--follow", "--json")
+    assert followed.rc == 0 and followed.json()["state"] == "succeeded"
+
+    jobs = cli("jobs", "--state", "succeeded", "--limit", "500", "--json")
+    assert job_id in {j["id"] for j in jobs.json()["jobs"]}
+    human_jobs = cli("jobs", "--limit", "5")
+    assert human_jobs.rc == 0 and "state" in human_jobs.stdout
+
+    workers = cli("workers", "--json")
+    compilers = {w["toolchain"]["compiler_name"] for w in workers.json()["workers"] if w["state"] != "stopped"}
+    assert {"inductor", "neuronx-cc"} <= compilers
+    assert "neuronx-cc==" in cli("workers").stdout
+
+    finished = cli("cancel", job_id)
+    assert finished.rc == 2 and "already ended" in finished.one_line_error()
+
+
+def test_failed_compile_exits_1_and_is_remembered_until_forced(cli, tmp_path: Path) -> None:
+    model = tmp_path / "bad.hlo.pb"
+    model.write_bytes(hlo_model("double:fail"))
+    args = ["compile", str(model), "--input", "input_ids=1x128:int64", "--target", "trn1",
+            "--runtime-version", NEURON_RUNTIME]
+    waited = cli(*args, "--wait")
+    assert waited.rc == 1, (waited.stdout, waited.stderr)
+    assert "compile_error" in waited.stdout and "failed" in waited.stderr
+    remembered = cli(*args, "--json")
+    assert remembered.rc == 1 and remembered.json()["results"][0]["status"] == "failed"
+    job_id = remembered.json()["results"][0]["job"]["id"]
+    followed = cli("logs", job_id, "--follow")
+    assert followed.rc == 1 and "compilation failed" in followed.stdout
+    forced = cli(*args, "--force", "--json")
+    assert forced.rc == 0 and forced.json()["results"][0]["status"] == "queued"
+    assert forced.json()["results"][0]["job"]["id"] != job_id
+
+
+def test_wait_timeout_exits_3_and_cancel_stops_the_job(cli, tmp_path: Path) -> None:
+    model = tmp_path / "slow.hlo.pb"
+    model.write_bytes(hlo_model("double:sleep=3"))
+    spec = write_yaml(tmp_path / "slow.yaml", {
+        "model": {"path": model.name}, "inputs": [{"name": "input_ids", "shape": [1, 128], "dtype": "int64"}],
+        "target": "trn1", "compiler": {"name": "neuronx-cc"}, "runtime": {"name": "neuron-runtime",
+                                                                         "version": NEURON_RUNTIME},
+    })
+    timed = cli("compile", "--spec", str(spec), "--wait", "--timeout", "0.5", "--poll-interval", "0.1")
+    assert timed.rc == 3, (timed.stdout, timed.stderr)
+    assert "timed out" in timed.stderr.strip().splitlines()[-1]
+    joined = cli("compile", "--spec", str(spec), "--json")
+    [r] = joined.json()["results"]
+    assert r["status"] == "queued" and r["deduplicated"] is True
+    cancelled = cli("cancel", r["job"]["id"], "--json")
+    assert cancelled.rc == 0, cancelled.stderr
+    assert cancelled.json()["state"] in ("cancelled", "running")
+    followed = cli("logs", r["job"]["id"], "--follow", "--poll-interval", "0.2", timeout=60)
+    assert followed.rc == 1  # ended cancelled
+
+
+def test_lookup_miss_shows_the_nearest_manifest_and_the_field(cli, api: httpx.Client, tmp_path: Path) -> None:
+    data = hlo_model()
+    digest = upload(api, data)
+    job = api.post("/v1/compile", json={"spec": neuron_spec(digest)}).json()["job"]
+    assert wait_job(api, job["id"])["state"] == "succeeded"
+    (tmp_path / "m.hlo.pb").write_bytes(data)
+    spec = write_yaml(tmp_path / "wider.yaml", {**neuron_spec(digest), "inputs": ["input_ids=1x256:int64"]})
+    miss = cli("lookup", "--spec", str(spec), "--json")
+    assert miss.rc == 4
+    [r] = miss.json()["results"]
+    assert r["status"] == "miss"
+    assert r["nearest"][0]["differs"] == [{"field": "inputs[0].shape", "wanted": [1, 256], "found": [1, 128]}]
+    human = cli("lookup", "--spec", str(spec))
+    assert human.rc == 4
+    assert "inputs[0].shape" in human.stdout and "[1,256]" in human.stdout and "[1,128]" in human.stdout
+    # by flags, with the model given as a file: same miss
+    flags = cli("lookup", str(tmp_path / "m.hlo.pb"), "--input", "input_ids=1x256:int64", "--target", "trn1",
+                "--runtime-version", NEURON_RUNTIME, "--flag=-O2", "--json")
+    assert flags.rc == 4 and flags.json()["results"][0]["key"] == r["key"]
+
+
+def test_show_and_ls_of_something_missing_exit_4(cli) -> None:
+    shown = cli("show", "0" * 64)
+    assert shown.rc == 4 and "does not exist" in shown.one_line_error()
+    assert cli("ls", "--model", "sha256:" + "1" * 64, "--json").json()["artifacts"] == []
+    assert cli("logs", "no-such-job").rc == 4
+
+
+# --- errors a person makes, and a service that is not there ------------------------------------
+def test_unreachable_service_exits_6_with_one_line(tmp_path: Path) -> None:
+    from tests.support.stack import free_port
+
+    env = client_env(f"http://127.0.0.1:{free_port()}")
+    for args in (["stats"], ["pull", "a" * 64, "--dest", str(tmp_path / "d")], ["jobs", "--json"]):
+        r = run_cli(args, env)
+        assert r.rc == 6, (args, r.stdout, r.stderr)
+        assert "cannot reach" in r.one_line_error()
+    assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize("content, in_message", [
+    ("model: [\n", "not valid YAML at line 2"),
+    ("- model: {digest: 'sha256:abc', format: hlo}\n", "model.digest"),
+    ("model: {path: missing.pt2}\ninputs: ['x=1x2:float32']\ntarget: cpu\ncompiler: inductor\n", "no such file"),
+    ("model: {path: m.bin}\ninputs: ['x=1x2:float33']\ntarget: cpu\ncompiler: inductor\n", "inputs[0].dtype"),
+    ("model: {path: m.bin}\ninputs: ['x=1x2:float32']\ntarget: trn1\ncompiler: inductor\n", "target 'trn1'"),
+    ("model: {path: m.bin}\ninputs: ['x=1x2:float32']\ntarget: cpu\ncompiler: inductor\nflavour: x\n", "flavour"),
+    ("[]\n", "holds no spec"),
+])
+def test_bad_spec_file_exits_2_with_one_line(cli, tmp_path: Path, content: str, in_message: str) -> None:
+    (tmp_path / "m.bin").write_bytes(b"model")
+    spec = tmp_path / "bad.yaml"
+    spec.write_text(content)
+    for command in ("compile", "lookup", "pull"):
+        extra = ["--dest", str(tmp_path / "dest")] if command == "pull" else []
+        r = cli(command, "--spec", str(spec), *extra)
+        assert r.rc == 2, (command, r.stdout, r.stderr)
+        assert in_message in r.one_line_error()
+    assert not (tmp_path / "dest").exists()
+
+
+def test_a_spec_the_service_refuses_exits_2(cli, tmp_path: Path) -> None:
+    (tmp_path / "m.hlo.pb").write_bytes(hlo_model())
+    # Valid in shape, but no registered worker has this compiler version.
+    r = cli("compile", str(tmp_path / "m.hlo.pb"), "--input", "a=1:int8", "--target", "trn1",
+            "--compiler-version", "9.9.9", "--json")
+    assert r.rc == 2, r.stderr
+    assert r.json()["error"] in ("toolchain_unavailable", "toolchain_ambiguous")
+    assert "compiler" in r.one_line_error() or "runtime" in r.one_line_error()
+
+
+def test_usage_errors_exit_2(cli, tmp_path: Path) -> None:
+    for args, text in ((["pull", "a" * 64], "--dest"), (["pull", "--dest", str(tmp_path)], "nothing to pull"),
+                       (["pull", "xyz", "--dest", str(tmp_path)], "not an artifact key"),
+                       (["compile"], "nothing to do"), (["compile", "--bogus"], "No such option"),
+                       (["compile", str(tmp_path), "--input", "x=1:int8"], "--target"),
+                       (["compile", "m", "--input", "x:1", "--target", "cpu"], "NAME=DIMxDIM"),
+                       (["jobs", "--state", "done"], "--state")):
+        r = cli(*args)
+        assert r.rc == 2, (args, r.stderr)
+        assert text in r.one_line_error(), (args, r.stderr)

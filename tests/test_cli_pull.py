@@ -1,0 +1,193 @@
+"""`neffcache pull` fails closed: corrupt bytes, a runtime mismatch or one missing spec write nothing
+under a final name, and each exits with its documented code."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from neffcache.settings import Settings
+from neffcache.storage import open_store
+from tests.support.api import NEURON_RUNTIME, hlo_model, neuron_spec, upload, wait_job
+from tests.support.tamper import overwrite_stored_bytes
+from tests.test_cli import cli, client_env, run_cli, write_yaml  # noqa: F401 - cli is a fixture
+
+pytestmark = pytest.mark.stack
+
+
+def published(api: httpx.Client, *directives: str) -> tuple[bytes, dict[str, Any]]:
+    """Compile a fresh model on the neuronx-cc double; (model bytes, artifact)."""
+    data = hlo_model(*directives)
+    digest = upload(api, data)
+    body = api.post("/v1/compile", json={"spec": neuron_spec(digest)}).json()
+    assert wait_job(api, body["job"]["id"])["state"] == "succeeded"
+    return data, api.get(f"/v1/artifacts/{body['key']}").json()
+
+
+def files_under(path: Path) -> list[Path]:
+    return sorted(p for p in path.rglob("*") if p.is_file()) if path.exists() else []
+
+
+def test_pull_by_key_into_dest_key_name(cli, api: httpx.Client, tmp_path: Path) -> None:
+    _, artifact = published(api)
+    key = artifact["key"]
+    dest = tmp_path / "neffs"
+    r = cli("pull", key, "--dest", str(dest), "--runtime-version", NEURON_RUNTIME)
+    assert r.rc == 0, r.stderr
+    assert "pulled 1 artifact" in r.stderr
+    for f in artifact["files"]:
+        path = dest / key / f["name"]
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == f["sha256"]
+
+    # A file lost or damaged on the volume is fetched again; the intact one is left alone.
+    neff = dest / key / "model.neff"
+    log = dest / key / "compile.log"
+    neff.write_bytes(b"half a neff")
+    log.unlink()
+    again = cli("pull", key, "--dest", str(dest), "--json", NEFFCACHE_RUNTIME_VERSION=NEURON_RUNTIME)
+    assert again.rc == 0, again.stderr
+    status = {f["name"]: f["status"] for f in again.json()["artifacts"][0]["files"]}
+    assert status == {"model.neff": "downloaded", "compile.log": "downloaded"}
+    assert hashlib.sha256(neff.read_bytes()).hexdigest() == next(
+        f["sha256"] for f in artifact["files"] if f["name"] == "model.neff")
+    third = cli("pull", key, "--dest", str(dest), "--json", "--runtime-version", f"neuron-runtime={NEURON_RUNTIME}")
+    assert {f["status"] for f in third.json()["artifacts"][0]["files"]} == {"present"}
+
+
+def test_object_altered_after_publishing_exits_5_and_leaves_nothing_under_its_name(
+        cli, api: httpx.Client, stack_settings: dict[str, Any], tmp_path: Path) -> None:
+    _, artifact = published(api)
+    key = artifact["key"]
+    neff = next(f for f in artifact["files"] if f["name"] == "model.neff")
+    store = open_store(Settings(**stack_settings))
+    original = store.open(neff["sha256"]).read()
+    # Same length, one byte flipped: only the digest can tell.
+    overwrite_stored_bytes(store, neff["sha256"], original[:-1] + bytes([original[-1] ^ 0xFF]))
+    try:
+        dest = tmp_path / "neffs"
+        r = cli("pull", key, "--dest", str(dest), "--runtime-version", NEURON_RUNTIME, "--json")
+        assert r.rc == 5, (r.stdout, r.stderr)
+        line = r.one_line_error()
+        assert "model.neff" in line and neff["sha256"] in line
+        assert r.json()["error"] == "integrity_failure"
+        assert not (dest / key / "model.neff").exists()
+        assert not [p for p in files_under(dest) if p.name.startswith(".")]  # no temp file left behind
+    finally:
+        overwrite_stored_bytes(store, neff["sha256"], original)
+
+
+def test_runtime_mismatch_exits_5_naming_both_versions(cli, api: httpx.Client, tmp_path: Path) -> None:
+    _, artifact = published(api)
+    dest = tmp_path / "neffs"
+    by_flag = cli("pull", artifact["key"], "--dest", str(dest), "--runtime-version", "2.33.9.0")
+    assert by_flag.rc == 5
+    line = by_flag.one_line_error()
+    assert NEURON_RUNTIME in line and "2.33.9.0" in line and "--runtime-version" in line
+    by_env = cli("pull", artifact["key"], "--dest", str(dest), NEFFCACHE_RUNTIME_VERSION="2.31.0.0")
+    assert by_env.rc == 5
+    assert NEURON_RUNTIME in by_env.stderr and "2.31.0.0" in by_env.stderr and "NEFFCACHE_RUNTIME_VERSION" in by_env.stderr
+    # No neuron-ls and no dpkg package on this machine: unknown is refused too (fail closed).
+    detected = cli("pull", artifact["key"], "--dest", str(dest), PATH="/nonexistent")
+    assert detected.rc == 5 and NEURON_RUNTIME in detected.one_line_error()
+    assert files_under(dest) == []
+
+
+def test_one_spec_of_three_missing_exits_4_and_writes_nothing(cli, api: httpx.Client, tmp_path: Path) -> None:
+    first, _ = published(api)
+    second, _ = published(api)
+    (tmp_path / "a.hlo.pb").write_bytes(first)
+    (tmp_path / "b.hlo.pb").write_bytes(second)
+    (tmp_path / "never.hlo.pb").write_bytes(hlo_model())  # never compiled, never uploaded
+
+    def spec(path: str, name: str) -> dict[str, Any]:
+        s = neuron_spec("sha256:" + "0" * 64)
+        s["model"] = {"path": path}
+        return {"name": name, **s}
+
+    spec_file = write_yaml(tmp_path / "deploy.yaml",
+                           [spec("a.hlo.pb", "a"), spec("never.hlo.pb", "never"), spec("b.hlo.pb", "b")])
+    dest = tmp_path / "neffs"
+    r = cli("pull", "--spec", str(spec_file), "--dest", str(dest), "--lock", str(dest / "lock.json"),
+            "--runtime-version", NEURON_RUNTIME, "--json")
+    assert r.rc == 4, (r.stdout, r.stderr)
+    line = r.one_line_error()
+    assert "1 of 3" in line and "(never)" in line and "(a)" not in line
+    assert r.json()["error"] == "not_found" and len(r.json()["misses"]) == 1
+    assert not dest.exists()
+
+    # The same with the two that exist: both land, and the lock names them.
+    ok_file = write_yaml(tmp_path / "ok.yaml", [spec("a.hlo.pb", "a"), spec("b.hlo.pb", "b")])
+    ok = cli("pull", "--spec", str(ok_file), "--dest", str(dest), "--lock", str(dest / "lock.json"),
+             "--runtime-version", NEURON_RUNTIME)
+    assert ok.rc == 0, ok.stderr
+    lock = json.loads((dest / "lock.json").read_text())
+    assert [a["names"] for a in lock["artifacts"]] == [["a"], ["b"]]
+    for a in lock["artifacts"]:
+        for f in a["files"]:
+            assert "sha256:" + hashlib.sha256((dest / f["path"]).read_bytes()).hexdigest() == f["digest"]
+
+
+def test_missing_key_exits_4_and_writes_nothing(cli, api: httpx.Client, tmp_path: Path) -> None:
+    _, artifact = published(api)
+    dest = tmp_path / "neffs"
+    r = cli("pull", artifact["key"], "f" * 64, "--dest", str(dest), "--runtime-version", NEURON_RUNTIME)
+    assert r.rc == 4 and "f" * 64 in r.one_line_error()
+    assert not dest.exists()
+
+
+# --- authorisation, as the client handles it ---------------------------------------------------
+class _Refusing(BaseHTTPRequestHandler):
+    """Answers every request with one fixed error body, and records the Authorization header."""
+
+    status = 401
+    seen: list[str | None] = []
+
+    def do_GET(self) -> None:  # noqa: N802
+        type(self).seen.append(self.headers.get("Authorization"))
+        code = {401: "unauthorized", 403: "forbidden"}[self.status]
+        body = json.dumps({"error": code, "detail": f"{code} (test stub)"}).encode()
+        self.send_response(self.status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def refusing_server() -> Iterator[tuple[str, type[_Refusing]]]:
+    handler = type("Handler", (_Refusing,), {"seen": []})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", handler
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("status, code", [(401, "unauthorized"), (403, "forbidden")])
+def test_401_and_403_exit_6_with_one_line_and_the_token_is_sent(refusing_server, status: int, code: str,
+                                                                tmp_path: Path) -> None:
+    # A stub answering 401/403 stands in until the service's own auth is in this tree; the
+    # service's routes are covered by its table-driven auth test.
+    url, handler = refusing_server
+    handler.status = status
+    r = run_cli(["stats"], client_env(url, token="tok-env"))
+    assert r.rc == 6 and code in r.one_line_error()
+    r = run_cli(["--token", "tok-flag", "pull", "a" * 64, "--dest", str(tmp_path / "d"), "--json"],
+                client_env(url, token="tok-env"))
+    assert r.rc == 6 and r.json()["error"] == code
+    assert handler.seen == ["Bearer tok-env", "Bearer tok-flag"]
+    assert not (tmp_path / "d").exists()
