@@ -24,6 +24,12 @@ class Settings(BaseSettings):
     s3_secret_access_key: str | None = None
     presign_expiry_s: int = Field(default=900, ge=10)
 
+    # --- who may do what ---
+    # Off only for a single-user machine (`make run` turns it off and says so at start-up).
+    auth_required: bool = True
+    # An admin token accepted before any token exists in the database (stored nowhere).
+    bootstrap_admin_token: str | None = None
+
     # --- limits ---
     max_upload_bytes: int = Field(default=8 * 1024**3, ge=1)
     # RQ queue names start with this, so several deployments (or test runs) share one Redis.

@@ -5,12 +5,17 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import logging
+
 from fastapi import FastAPI
 
 from neffcache.settings import Settings
 from service import errors
 from service.context import ServiceContext
-from service.routes import artifacts, blobs, compile, health, jobs, stats, workers
+from service.routes import artifacts, blobs, compile, health, jobs, stats, tokens, workers
+
+
+log = logging.getLogger("neffcache.service")
 
 
 def create_app(settings: Settings | None = None, ctx: ServiceContext | None = None) -> FastAPI:
@@ -19,6 +24,9 @@ def create_app(settings: Settings | None = None, ctx: ServiceContext | None = No
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if not settings.auth_required:
+            log.warning("AUTHENTICATION IS OFF (NEFFCACHE_AUTH_REQUIRED=false): anyone who can reach "
+                        "this port can compile, download and cancel. Use this only on a single-user machine.")
         yield
         context.close()
 
@@ -31,7 +39,7 @@ def create_app(settings: Settings | None = None, ctx: ServiceContext | None = No
     )
     app.state.ctx = context
     errors.install(app)
-    for module in (blobs, compile, jobs, artifacts, stats, workers, health):
+    for module in (blobs, compile, jobs, artifacts, stats, workers, tokens, health):
         app.include_router(module.router)
     return app
 

@@ -26,6 +26,8 @@ def _children_env(data: Path, redis_url: str) -> dict[str, str]:
         "NEFFCACHE_REDIS_URL": redis_url,
         "NEFFCACHE_WORKER_BACKEND": "inductor",
         "NEFFCACHE_WORK_DIR": str(data / "work"),
+        # One user on one machine: no tokens. Never expose this port; production sets it on.
+        "NEFFCACHE_AUTH_REQUIRED": "false",
     }
     for name, value in defaults.items():
         env.setdefault(name, value)
@@ -102,6 +104,10 @@ def main(argv: list[str] | None = None) -> int:
                 print("neffcache: the service or the worker did not come up; see the output above", file=sys.stderr)
                 code = 1
         else:
+            if env["NEFFCACHE_AUTH_REQUIRED"].lower() in ("false", "0", "no"):
+                print("\n*** AUTHENTICATION IS OFF: anyone who can reach this port can use the cache. ***\n"
+                      "*** Fine for one user on this machine; set NEFFCACHE_AUTH_REQUIRED=true otherwise. ***",
+                      flush=True)
             print(f"\nneffcache is running at {url}  (API docs: {url}/docs)\n"
                   f"  data: {data}\n  redis: {redis_url}\n  Ctrl-C stops it.\n", flush=True)
             while not stopping and all(p.poll() is None for p in procs):

@@ -31,6 +31,7 @@ FAST_CLOCKS = {
     "worker_lost_after_s": 4.0,
 }
 MAX_UPLOAD_BYTES = 32 * 1024 * 1024
+ADMIN_TOKEN = "nfc_test-bootstrap-admin"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -80,6 +81,8 @@ def stack_settings(request: pytest.FixtureRequest, tmp_path_factory: pytest.Temp
         "redis_url": redis_url,
         "queue_prefix": f"neffcache-test-{run}",
         "max_upload_bytes": MAX_UPLOAD_BYTES,
+        "auth_required": True,
+        "bootstrap_admin_token": ADMIN_TOKEN,
         **FAST_CLOCKS,
         **storage,
     }
@@ -89,6 +92,7 @@ class RunningStack:
     def __init__(self, stack: Stack, record_path: Path) -> None:
         self.stack = stack
         self.url = stack.url
+        self.admin_token = ADMIN_TOKEN
         self.double_record = record_path  # argv of every neuronx-cc double run, one JSON line each
 
 
@@ -114,5 +118,25 @@ def running(stack_settings: dict[str, Any], tmp_path_factory: pytest.TempPathFac
 
 @pytest.fixture(scope="session")
 def api(running: RunningStack) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=running.url, timeout=60) as client:
+    """An HTTP client carrying the bootstrap admin token."""
+    with httpx.Client(base_url=running.url, timeout=60, headers=running.stack.auth_headers) as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+def tokens(running: RunningStack, stack_settings: dict[str, Any]) -> dict[str, str]:
+    """One token per scope, created with the real `neffcache-admin` command: {"read": ..., ...}."""
+    import json
+    import subprocess
+    import sys
+
+    made = {}
+    env = running.stack.env()
+    for scope in ("read", "write", "admin"):
+        out = subprocess.run(
+            [sys.executable, "-m", "service.admin", "token", "create", "--name", f"test-{scope}-{uuid.uuid4().hex[:6]}",
+             "--scope", scope, "--json"],
+            env=env, capture_output=True, text=True, check=True,
+        )
+        made[scope] = json.loads(out.stdout)["token"]
+    return made

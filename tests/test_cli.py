@@ -59,9 +59,9 @@ def run_cli(args: list[str], env: dict[str, str], cwd: Path | None = None, timeo
 
 
 @pytest.fixture
-def cli(running):
-    """cli(*args, **env) -> Result, against the running stack (with its token, once it has one)."""
-    token = getattr(running, "token", None)
+def cli(running, tokens):
+    """cli(*args, **env) -> Result, against the running stack, as CI would run it (a write token)."""
+    token = tokens["write"]
 
     def call(*args: str, cwd: Path | None = None, timeout: float = 180, **extra_env: str) -> Result:
         return run_cli(list(args), client_env(running.url, token, **extra_env), cwd=cwd, timeout=timeout)
@@ -79,7 +79,7 @@ def write_yaml(path: Path, data: Any) -> Path:
 
 
 # --- the inductor backend, end to end ----------------------------------------------------------
-def test_compile_wait_lookup_pull_stats_hits_on_inductor(cli, tmp_path: Path) -> None:
+def test_compile_wait_lookup_pull_stats_hits_on_inductor(cli, running, tmp_path: Path) -> None:
     import importlib.metadata
 
     from tests.support.models import save_tiny_exported_model
@@ -147,16 +147,23 @@ def test_compile_wait_lookup_pull_stats_hits_on_inductor(cli, tmp_path: Path) ->
     human_stats = cli("stats")
     assert human_stats.rc == 0 and "hit rate" in human_stats.stdout
 
-    hits = cli("hits", key, "--json")
-    assert hits.rc == 0, hits.stderr
-    mine = [h for h in hits.json()["hits"] if h["key"] == key]
-    assert {h["kind"] for h in mine} >= {"compile", "lookup", "download"}
-    assert all(h["outcome"] == "hit" for h in mine)
-
     shown = cli("show", key, "--json")
     assert shown.rc == 0 and shown.json()["key"] == key and shown.json()["hits"] >= 4
     listed = cli("ls", "--model", str(project / "graphs" / "mlp.pt2"), "--json")
     assert [a["key"] for a in listed.json()["artifacts"]] == [key]
+    assert key in cli("ls", "--target", "cpu", "--compiler", "inductor").stdout
+
+    hits = cli("hits", key, "--json")
+    if hits.rc == 4 and "no such endpoint" in hits.stderr:
+        # TODO(lead): remove once GET /v1/hits is in the service (issue 3, in progress in parallel).
+        pytest.xfail("the service has no GET /v1/hits yet")
+    assert hits.rc == 0, hits.stderr
+    mine = [h for h in hits.json()["hits"] if h["key"] == key]
+    assert {h["kind"] for h in mine} >= {"compile", "lookup", "download"}
+    assert all(h["outcome"] == "hit" for h in mine)
+    assert all(h["caller"] for h in mine)  # attributed to the token's name
+    human_hits = cli("hits", key)
+    assert human_hits.rc == 0 and "download" in human_hits.stdout
 
 
 # --- the neuronx-cc double: the other commands -------------------------------------------------

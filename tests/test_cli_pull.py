@@ -36,11 +36,12 @@ def files_under(path: Path) -> list[Path]:
     return sorted(p for p in path.rglob("*") if p.is_file()) if path.exists() else []
 
 
-def test_pull_by_key_into_dest_key_name(cli, api: httpx.Client, tmp_path: Path) -> None:
+def test_pull_by_key_into_dest_key_name(cli, api: httpx.Client, tokens: dict[str, str], tmp_path: Path) -> None:
     _, artifact = published(api)
     key = artifact["key"]
     dest = tmp_path / "neffs"
-    r = cli("pull", key, "--dest", str(dest), "--runtime-version", NEURON_RUNTIME)
+    # A serving pod holds a read-only token.
+    r = cli("pull", key, "--dest", str(dest), "--runtime-version", NEURON_RUNTIME, NEFFCACHE_TOKEN=tokens["read"])
     assert r.rc == 0, r.stderr
     assert "pulled 1 artifact" in r.stderr
     for f in artifact["files"]:
@@ -191,3 +192,17 @@ def test_401_and_403_exit_6_with_one_line_and_the_token_is_sent(refusing_server,
     assert r.rc == 6 and r.json()["error"] == code
     assert handler.seen == ["Bearer tok-env", "Bearer tok-flag"]
     assert not (tmp_path / "d").exists()
+
+
+def test_no_token_and_a_token_without_the_scope_exit_6(running, tokens: dict[str, str], tmp_path: Path) -> None:
+    anonymous = run_cli(["stats"], client_env(running.url))
+    assert anonymous.rc == 6 and "NEFFCACHE_TOKEN" in anonymous.one_line_error()
+    unknown = run_cli(["ls", "--token", "nfc_not-a-real-token"], client_env(running.url))
+    assert unknown.rc == 6 and "NEFFCACHE_TOKEN" in unknown.one_line_error()
+    model = tmp_path / "m.hlo.pb"
+    model.write_bytes(hlo_model())
+    read_only = run_cli(["compile", str(model), "--input", "input_ids=1x128:int64", "--target", "trn1",
+                         "--runtime-version", NEURON_RUNTIME, "--json"], client_env(running.url, tokens["read"]))
+    assert read_only.rc == 6, read_only.stderr
+    assert read_only.json()["error"] == "forbidden"
+    read_only.one_line_error()

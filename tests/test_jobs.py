@@ -33,7 +33,7 @@ def test_twenty_concurrent_identical_requests_make_one_job_and_one_compile(api: 
     spec = neuron_spec(digest)
 
     def submit(_: int) -> httpx.Response:
-        with httpx.Client(base_url=running.url, timeout=60) as client:
+        with httpx.Client(base_url=running.url, timeout=60, headers=running.stack.auth_headers) as client:
             return client.post("/v1/compile", json={"spec": spec})
 
     with ThreadPoolExecutor(20) as pool:

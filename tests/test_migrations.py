@@ -17,7 +17,7 @@ from neffcache.db import migrate
 from neffcache.db.models import Base
 from neffcache.db.session import normalise_url
 
-TABLES = {"blobs", "jobs", "artifacts", "artifact_files", "cache_events", "workers"}
+TABLES = {"blobs", "jobs", "artifacts", "artifact_files", "cache_events", "workers", "api_tokens"}
 
 
 def _databases() -> list[str]:

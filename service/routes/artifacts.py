@@ -11,11 +11,12 @@ from sqlalchemy import or_, select
 from neffcache.db.models import Artifact
 from neffcache.errors import CorruptObject, NotFound
 from service import cache
+from service.auth import READ
 from service.pagination import MAX_LIMIT, next_cursor, page
 from service.routes.deps import caller, context, stream_chunks
 from service.views import artifact_view, bare_hex
 
-router = APIRouter(prefix="/v1/artifacts", tags=["artifacts"])
+router = APIRouter(prefix="/v1/artifacts", tags=["artifacts"], dependencies=[READ])
 
 
 @router.get("")

@@ -10,6 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from neffcache.db.models import Blob
 from neffcache.errors import InvalidParameter, TooLarge
+from service.auth import READ, WRITE
 from service.context import ServiceContext
 from service.routes.deps import context, parse_digest
 
@@ -37,7 +38,7 @@ def _too_large(limit: int) -> TooLarge:
     return TooLarge(f"body: upload exceeds the limit of {limit} bytes (NEFFCACHE_MAX_UPLOAD_BYTES)", limit=limit)
 
 
-@router.put("/{digest}", status_code=201, responses={200: {"description": "already present"}})
+@router.put("/{digest}", status_code=201, dependencies=[WRITE], responses={200: {"description": "already present"}})
 async def put_blob(digest: str, request: Request) -> JSONResponse:
     """Upload a model blob; the server recomputes sha256 while streaming and keeps nothing on mismatch."""
     ctx = context(request)
@@ -65,7 +66,7 @@ async def put_blob(digest: str, request: Request) -> JSONResponse:
     return JSONResponse({"digest": digest, "size": result.size, "created": True}, status_code=201)
 
 
-@router.head("/{digest}")
+@router.head("/{digest}", dependencies=[READ])
 def head_blob(digest: str, request: Request) -> Response:
     """200 when the blob is stored (its size in Content-Length), 404 when not."""
     size = _known_size(context(request), f"sha256:{parse_digest(digest)}")

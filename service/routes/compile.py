@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 
 from neffcache.spec import CompileRequest, LookupRequest
 from service import cache
+from service.auth import READ, WRITE
 from service.routes.deps import caller, context
 
 router = APIRouter(prefix="/v1", tags=["cache"])
@@ -16,6 +17,7 @@ router = APIRouter(prefix="/v1", tags=["cache"])
 
 @router.post(
     "/compile",
+    dependencies=[WRITE],
     responses={
         200: {"description": "hit (artifact) or a remembered compile_error (job)"},
         202: {"description": "queued: a new job, or the key's running job (deduplicated)"},
@@ -28,6 +30,6 @@ def compile_spec(body: CompileRequest, request: Request) -> JSONResponse:
     return JSONResponse(outcome.body, status_code=outcome.status_code)
 
 
-@router.post("/lookup", responses={404: {"description": "miss, with the key and the nearest manifests"}})
+@router.post("/lookup", dependencies=[READ], responses={404: {"description": "miss, with the key and the nearest manifests"}})
 def lookup_spec(body: LookupRequest, request: Request) -> dict[str, Any]:
     return cache.lookup(context(request), body.spec, caller(request)).body

@@ -11,6 +11,7 @@ from sqlalchemy import select, update
 
 from neffcache.db.models import CANCELLED, QUEUED, RUNNING, Job, utcnow
 from neffcache.errors import JobFinished, NotFound, CorruptObject
+from service.auth import READ, WRITE
 from service.pagination import MAX_LIMIT, next_cursor, page
 from service.routes.deps import context, stream_chunks
 from service.views import job_view, bare_hex
@@ -27,7 +28,7 @@ def _get(session: Any, job_id: str) -> Job:
     return job
 
 
-@router.get("")
+@router.get("", dependencies=[READ])
 def list_jobs(
     request: Request,
     state: JobState | None = None,
@@ -43,13 +44,13 @@ def list_jobs(
         return {"jobs": [job_view(j) for j in rows], "next_cursor": cursor_out}
 
 
-@router.get("/{job_id}")
+@router.get("/{job_id}", dependencies=[READ])
 def get_job(job_id: str, request: Request) -> dict[str, Any]:
     with context(request).db.session() as session:
         return job_view(_get(session, job_id))
 
 
-@router.get("/{job_id}/log", response_class=StreamingResponse)
+@router.get("/{job_id}/log", dependencies=[READ], response_class=StreamingResponse)
 def get_job_log(job_id: str, request: Request) -> StreamingResponse:
     """The whole compiler log of the job's last attempt (text)."""
     ctx = context(request)
@@ -64,7 +65,7 @@ def get_job_log(job_id: str, request: Request) -> StreamingResponse:
     return StreamingResponse(stream_chunks(stream), media_type="text/plain; charset=utf-8")
 
 
-@router.post("/{job_id}/cancel", responses={202: {"description": "running: the worker was asked to stop"}})
+@router.post("/{job_id}/cancel", dependencies=[WRITE], responses={202: {"description": "running: the worker was asked to stop"}})
 def cancel_job(job_id: str, request: Request) -> JSONResponse:
     """Cancel a queued job at once; ask the worker running a job to stop it."""
     ctx = context(request)

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from neffcache.db.models import FAILED, SUCCEEDED, CacheEvent, Job
+from service.auth import READ
+from service.pagination import MAX_LIMIT
 from service.routes.deps import context
+from service.views import iso
 
-router = APIRouter(prefix="/v1", tags=["stats"])
+router = APIRouter(prefix="/v1", tags=["stats"], dependencies=[READ])
 LOOKUP_KINDS = ("lookup", "compile")
 
 
@@ -63,3 +66,22 @@ def stats(request: Request) -> dict[str, Any]:
         "by_target": by_target,
         "by_compiler": by_compiler,
     }
+
+
+@router.get("/hits")
+def hits(
+    request: Request,
+    key: str | None = None,
+    caller: str | None = Query(None, description="token name"),
+    limit: int = Query(100, ge=1, le=MAX_LIMIT),
+) -> dict[str, Any]:
+    """Which caller hit which artifact, and when (newest first)."""
+    query = select(CacheEvent).where(CacheEvent.outcome == "hit")
+    if key:
+        query = query.where(CacheEvent.key == key)
+    if caller:
+        query = query.where(CacheEvent.caller == caller)
+    with context(request).db.session() as session:
+        rows = session.scalars(query.order_by(CacheEvent.at.desc(), CacheEvent.id.desc()).limit(limit)).all()
+        return {"hits": [{"key": e.key, "caller": e.caller, "kind": e.kind, "outcome": e.outcome,
+                          "target": e.target, "at": iso(e.at)} for e in rows]}

@@ -9,10 +9,11 @@ from fastapi import APIRouter, Request
 from sqlalchemy import select
 
 from neffcache.db.models import Worker, utcnow
+from service.auth import READ
 from service.routes.deps import context
 from service.views import worker_view
 
-router = APIRouter(prefix="/v1", tags=["workers"])
+router = APIRouter(prefix="/v1", tags=["workers"], dependencies=[READ])
 
 
 @router.get("/workers")

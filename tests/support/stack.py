@@ -70,6 +70,11 @@ class Stack:
         self.processes: list[Process] = []
         self.url = ""
 
+    @property
+    def auth_headers(self) -> dict[str, str]:
+        token = self.settings.get("bootstrap_admin_token")
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
     def env(self, overrides: dict[str, Any] | None = None, extra: dict[str, str] | None = None) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("NEFFCACHE_")}
         env.update(settings_env({**self.settings, **(overrides or {})}))
@@ -105,7 +110,7 @@ class Stack:
             while time.monotonic() < deadline:
                 if not proc.alive():
                     raise RuntimeError(f"worker {name} exited:\n{proc.log_tail()}")
-                workers = httpx.get(f"{self.url}/v1/workers", timeout=5).json()["workers"]
+                workers = httpx.get(f"{self.url}/v1/workers", headers=self.auth_headers, timeout=5).json()["workers"]
                 if any(w["pid"] == proc.pid and w["state"] != "stopped" for w in workers):
                     return proc
                 time.sleep(0.2)

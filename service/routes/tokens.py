@@ -1,0 +1,21 @@
+"""Token listing for admins (tokens are created and revoked with `neffcache-admin`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from neffcache import tokens
+from service.auth import ADMIN
+from service.routes.deps import context
+from service.views import iso
+
+router = APIRouter(prefix="/v1", tags=["tokens"], dependencies=[ADMIN])
+
+
+@router.get("/tokens")
+def list_tokens(request: Request) -> dict[str, Any]:
+    with context(request).db.session() as session:
+        return {"tokens": [{"name": t.name, "scope": t.scope, "created_at": iso(t.created_at),
+                            "revoked_at": iso(t.revoked_at)} for t in tokens.list_tokens(session)]}
