@@ -115,7 +115,7 @@ def retry_delay(settings: Any, attempt: int) -> float:
     return settings.retry_backoff_s * (2 ** max(attempt - 1, 0))
 
 
-def fail_and_maybe_retry(ctx: WorkerContext, job_id: str, failure_class: str, message: str,
+def record_failure(ctx: WorkerContext, job_id: str, failure_class: str, message: str,
                          log_tail: str | None = None, log_digest: str | None = None,
                          expected_worker: str | None = None) -> None:
     """Record a failed attempt. Transient classes go back to the queue while attempts remain."""

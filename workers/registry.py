@@ -75,7 +75,7 @@ def sweep(ctx: WorkerContext) -> None:
         victims = [(jid, wid) for jid, wid in running if wid in lost_workers or wid not in known]
     for job_id, worker_id in victims:
         log.warning("job %s: worker %s is lost; failing the attempt as worker_lost", job_id, worker_id)
-        jobs.fail_and_maybe_retry(
+        jobs.record_failure(
             ctx, job_id, WORKER_LOST, f"worker {worker_id} stopped sending heartbeats",
             expected_worker=worker_id,
         )

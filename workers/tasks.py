@@ -32,7 +32,7 @@ def run_compile_job(job_id: str) -> str:
         return _run(ctx, claimed)
     except Exception as exc:  # noqa: BLE001 - whatever broke here, the job must not stay `running`
         log.exception("job %s: worker error", job_id)
-        jobs.fail_and_maybe_retry(ctx, job_id, WORKER_LOST, f"worker error: {type(exc).__name__}: {exc}",
+        jobs.record_failure(ctx, job_id, WORKER_LOST, f"worker error: {type(exc).__name__}: {exc}",
                                   expected_worker=ctx.worker_id)
         return "worker error"
     finally:
@@ -54,7 +54,7 @@ def _run(ctx: WorkerContext, job: jobs.ClaimedJob) -> str:
     settings = ctx.settings
     refusal = _refusal(ctx, job.manifest)
     if refusal:
-        jobs.fail_and_maybe_retry(ctx, job.id, INVALID_INPUT, refusal, expected_worker=ctx.worker_id)
+        jobs.record_failure(ctx, job.id, INVALID_INPUT, refusal, expected_worker=ctx.worker_id)
         return refusal
     last_poll = [0.0, False]
 
@@ -72,11 +72,11 @@ def _run(ctx: WorkerContext, job: jobs.ClaimedJob) -> str:
         try:
             found = ctx.store.fetch_to_path(model_hex, model_path)
         except CorruptObject as exc:
-            jobs.fail_and_maybe_retry(ctx, job.id, INVALID_INPUT, f"model blob is corrupt: {exc.detail}",
+            jobs.record_failure(ctx, job.id, INVALID_INPUT, f"model blob is corrupt: {exc.detail}",
                                       expected_worker=ctx.worker_id)
             return "corrupt input"
         if not found:
-            jobs.fail_and_maybe_retry(ctx, job.id, INVALID_INPUT,
+            jobs.record_failure(ctx, job.id, INVALID_INPUT,
                                       f"model blob {job.manifest['model']['digest']} is missing from the object store",
                                       expected_worker=ctx.worker_id)
             return "missing input"
@@ -98,7 +98,7 @@ def _finish(ctx: WorkerContext, job: jobs.ClaimedJob, outcome: CompileOutcome) -
     log_put = ctx.store.put_path(outcome.log_path)
     log_digest = f"sha256:{log_put.digest}"
     if not outcome.ok:
-        jobs.fail_and_maybe_retry(
+        jobs.record_failure(
             ctx, job.id, outcome.failure_class or "compile_error", outcome.message,
             log_tail=_log_tail(outcome.log_path, ctx.settings.log_tail_bytes), log_digest=log_digest,
             expected_worker=ctx.worker_id,
