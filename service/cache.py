@@ -19,6 +19,7 @@ from neffcache.db.models import (
     COMPILE_ERROR,
     FAILED,
     INVALID_INPUT,
+    INVALID_OUTPUT,
     QUEUED,
     Artifact,
     Blob,
@@ -36,7 +37,7 @@ from service.toolchains import resolve_spec
 from service.views import artifact_view, job_view
 
 # Failures that the same inputs will reproduce: answered from memory until a forced retry.
-REMEMBERED_FAILURES = (COMPILE_ERROR, INVALID_INPUT)
+REMEMBERED_FAILURES = (COMPILE_ERROR, INVALID_INPUT, INVALID_OUTPUT)
 NEAREST_LIMIT = 5
 NEAREST_SCAN = 200
 

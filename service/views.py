@@ -21,7 +21,8 @@ def artifact_view(artifact: Artifact, hits: int | None = None) -> dict[str, Any]
         "key": artifact.key,
         "manifest": artifact.manifest,
         "files": [
-            {"name": f.name, "sha256": bare_hex(f.digest), "digest": f.digest, "size": f.size}
+            {"name": f.name, "sha256": bare_hex(f.digest), "digest": f.digest, "size": f.size,
+             **({"neff": f.neff} if f.neff else {})}
             for f in artifact.files
         ],
         "compile_seconds": round(artifact.compile_seconds, 3),

@@ -83,3 +83,34 @@ def test_transient_failures_are_retried_then_recorded(api: httpx.Client, directi
     again = api.post("/v1/compile", json={"spec": neuron_spec(digest)})
     assert again.status_code == 202 and again.json()["job"]["id"] != job["id"]
     api.post(f"/v1/jobs/{again.json()['job']['id']}/cancel")
+
+
+def test_a_valid_neff_is_published_with_its_header_fields(api: httpx.Client) -> None:
+    digest = upload(api, hlo_model())
+    spec = neuron_spec(digest, target="trn2", compiler={"name": "neuronx-cc", "flags": ["--lnc=2"]})
+    queued = api.post("/v1/compile", json={"spec": spec}).json()
+    assert wait_job(api, queued["job"]["id"])["state"] == "succeeded"
+    files = {f["name"]: f for f in api.get(f"/v1/artifacts/{queued['key']}").json()["files"]}
+    assert files["model.neff"]["neff"] == {
+        "neff_version": "2.0", "neff_build_version": DOUBLE_VERSION, "lnc_size": 2, "feature_bits": 0,
+        "num_tpb": 1, "name": "model",
+    }
+    assert "neff" not in files["compile.log"]
+
+
+@pytest.mark.parametrize("directive, reason", [
+    ("double:truncated", "but the file has"),
+    ("double:inconsistent", "header_size 10"),
+    ("double:notar", "not a tarball"),
+    ("double:future", "neff_version 3.0"),
+])
+def test_an_invalid_neff_fails_the_job_and_publishes_nothing(api: httpx.Client, directive: str, reason: str) -> None:
+    digest = upload(api, hlo_model(directive))
+    queued = api.post("/v1/compile", json={"spec": neuron_spec(digest)}).json()
+    job = wait_job(api, queued["job"]["id"])
+    assert job["state"] == "failed" and job["failure_class"] == "invalid_output", job
+    assert reason in job["message"] and job["attempts"] == 1
+    assert api.get(f"/v1/artifacts/{queued['key']}").status_code == 404
+    assert api.post("/v1/lookup", json={"spec": neuron_spec(digest)}).status_code == 404
+    # Deterministic: remembered like a compile error.
+    assert api.post("/v1/compile", json={"spec": neuron_spec(digest)}).json()["status"] == "failed"

@@ -45,6 +45,7 @@ class PublishedFile:
     name: str
     digest: str  # "sha256:<hex>"
     size: int
+    neff: dict[str, Any] | None = None  # the NEFF header summary, for a NEFF
 
 
 def claim(ctx: WorkerContext, job_id: str) -> ClaimedJob | None:
@@ -99,7 +100,7 @@ def publish(ctx: WorkerContext, job: ClaimedJob, files: list[PublishedFile], log
                             compile_seconds=seconds,
                             job_id=job.id,
                             created_at=utcnow(),
-                            files=[ArtifactFile(name=f.name, digest=f.digest, size=f.size) for f in files],
+                            files=[ArtifactFile(name=f.name, digest=f.digest, size=f.size, neff=f.neff) for f in files],
                         )
                     )
             except IntegrityError:

@@ -11,8 +11,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from neffcache.db.models import INVALID_INPUT, WORKER_LOST
+from neffcache import neff
+from neffcache.db.models import INVALID_INPUT, INVALID_OUTPUT, WORKER_LOST
 from neffcache.errors import CorruptObject
+from neffcache.neff import InvalidNeff
 from neffcache.queue import version_matches
 from workers import context, jobs, registry
 from workers.backends.base import CompileOutcome
@@ -86,6 +88,11 @@ def _run(ctx: WorkerContext, job: jobs.ClaimedJob) -> str:
         return _finish(ctx, job, outcome)
 
 
+def _neff_summary(path: Path) -> dict:
+    with open(path, "rb") as f:
+        return neff.validate(f, path.stat().st_size).summary()
+
+
 def _log_tail(path: Path, limit: int) -> str:
     with open(path, "rb") as f:
         f.seek(0, 2)
@@ -104,10 +111,18 @@ def _finish(ctx: WorkerContext, job: jobs.ClaimedJob, outcome: CompileOutcome) -
             expected_worker=ctx.worker_id,
         )
         return f"failed: {outcome.failure_class}"
+    try:
+        neff_headers = {name: _neff_summary(path) for name, path in outcome.files.items() if name.endswith(".neff")}
+    except InvalidNeff as exc:
+        # Never publish what a runtime could not load; the same compile would write it again.
+        jobs.record_failure(ctx, job.id, INVALID_OUTPUT, f"the compiler wrote an invalid NEFF: {exc}",
+                            log_tail=_log_tail(outcome.log_path, ctx.settings.log_tail_bytes),
+                            log_digest=log_digest, expected_worker=ctx.worker_id)
+        return "failed: invalid_output"
     files = [jobs.PublishedFile("compile.log", log_digest, log_put.size)]
     for name, path in sorted(outcome.files.items()):
         put = ctx.store.put_path(path)  # digest computed while writing; atomic under its name
-        files.append(jobs.PublishedFile(name, f"sha256:{put.digest}", put.size))
+        files.append(jobs.PublishedFile(name, f"sha256:{put.digest}", put.size, neff_headers.get(name)))
     published = jobs.publish(ctx, job, files, log_digest, outcome.seconds,
                              f"compiled in {outcome.seconds:.1f} s on {ctx.worker_id}")
     return "published" if published else "finished elsewhere"

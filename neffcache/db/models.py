@@ -29,8 +29,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
 ACTIVE_STATES = (QUEUED, RUNNING)
 FINAL_STATES = (SUCCEEDED, FAILED, CANCELLED)
-COMPILE_ERROR, TIMEOUT, OOM, WORKER_LOST, INVALID_INPUT = (
-    "compile_error", "timeout", "oom", "worker_lost", "invalid_input",
+COMPILE_ERROR, TIMEOUT, OOM, WORKER_LOST, INVALID_INPUT, INVALID_OUTPUT = (
+    "compile_error", "timeout", "oom", "worker_lost", "invalid_input", "invalid_output",
 )
 # Transient failures are retried with backoff; the others are remembered.
 TRANSIENT_FAILURES = (TIMEOUT, OOM, WORKER_LOST)
@@ -135,6 +135,8 @@ class ArtifactFile(Base):
     name: Mapped[str] = mapped_column(String(255), primary_key=True)
     digest: Mapped[str] = mapped_column(String(71))
     size: Mapped[int] = mapped_column(BigInteger)
+    # For a NEFF: the header fields a runtime cares about (neffcache.neff.NeffHeader.summary).
+    neff: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     artifact: Mapped[Artifact] = relationship(back_populates="files")
 
 

@@ -26,6 +26,9 @@ Behaviour is chosen by the INPUT FILE's content, so each job can ask for its own
     double:hang            start a sleeping helper process, then sleep forever
     double:kill            SIGKILL itself (what the kernel's OOM killer does)
     double:truncated       write a NEFF whose header promises more data than follows
+    double:inconsistent    write a complete NEFF whose header_size says 10 bytes
+    double:notar           write a NEFF whose payload is not a tarball
+    double:future          write a NEFF of format version 3.0
     double:sleep=<secs>    sleep that long, then succeed
 
 Environment:
@@ -272,6 +275,11 @@ def compile_command(args: list[str], version: str) -> int:
         "flags": flags,
     }
     program = hashlib.sha512(b"program:" + data).digest() * 4 + data[:4096][::-1]
+    broken: dict[str, object] = {}
+    if b"double:inconsistent" in data:
+        broken["header_size"] = 10
+    if b"double:future" in data:
+        broken["neff_version_major"] = 3
     neff = build_neff(
         {
             "neff.json": json.dumps(description, indent=2, sort_keys=True).encode(),
@@ -281,7 +289,11 @@ def compile_command(args: list[str], version: str) -> int:
         name=os.path.basename(input_path).split(".")[0][:255],
         lnc_size=lnc,
         requested_tpb_count=lnc,
+        **broken,
     )
+    if b"double:notar" in data:
+        junk = hashlib.sha512(data).digest() * 8
+        neff = neff[:0x10] + len(junk).to_bytes(8, "little") + neff[0x18:NEFF_HEADER_SIZE] + junk
     if b"double:truncated" in data:
         neff = neff[: NEFF_HEADER_SIZE + (len(neff) - NEFF_HEADER_SIZE) // 2]
         log("WARNING: writing a truncated NEFF (requested by test double)")
