@@ -11,13 +11,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from neffcache.sdk import release_version
+
 COMPILE_TASK = "workers.tasks.run_compile_job"
 NEURON_FAMILY = "neuron"
-
-
-def _base_version(version: str) -> str:
-    # "2.27.5334.0+2d6a2ba2b" -> "2.27.5334.0": a spec may name a release without its build.
-    return version.split("+", 1)[0]
 
 
 def _queue(prefix: str, compiler: str, version: str, target: str, isa: str | None) -> str:
@@ -41,7 +38,8 @@ def queues_for_toolchain(
     isas: Iterable[str],
 ) -> list[str]:
     """Every queue a worker with this toolchain serves: its exact version and its release."""
-    versions = dict.fromkeys([compiler_version, _base_version(compiler_version)])
+    # A spec may name a release without its build ("2.27.5334.0"): serve that queue too.
+    versions = dict.fromkeys([compiler_version, release_version(compiler_version)])
     names: list[str] = []
     for version in versions:
         if compiler_name == "neuronx-cc":
@@ -56,7 +54,7 @@ def queues_for_toolchain(
 
 def version_matches(requested: str, offered: str) -> bool:
     """A requested version matches a toolchain's exact version, or its release without build."""
-    return requested == offered or requested == _base_version(offered)
+    return requested == offered or requested == release_version(offered)
 
 
 def enqueue_compile(redis: Any, queue_name: str, job_id: str, attempt: int) -> None:

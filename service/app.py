@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from neffcache.settings import Settings
 from service import errors
 from service.context import ServiceContext
-from service.routes import artifacts, blobs, compile, health, jobs, stats, tokens, workers
+from service.routes import artifacts, blobs, compile, health, jobs, stats, tokens, toolchains, workers
 
 
 log = logging.getLogger("neffcache.service")
@@ -39,7 +39,7 @@ def create_app(settings: Settings | None = None, ctx: ServiceContext | None = No
     )
     app.state.ctx = context
     errors.install(app)
-    for module in (blobs, compile, jobs, artifacts, stats, workers, tokens, health):
+    for module in (blobs, compile, jobs, artifacts, stats, workers, toolchains, tokens, health):
         app.include_router(module.router)
     return app
 

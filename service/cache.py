@@ -49,7 +49,7 @@ class Outcome:
 
 
 def _resolve(ctx: ServiceContext, session: Session, spec: CompileSpec) -> tuple[CompileSpec, dict[str, Any], str]:
-    resolved = resolve_spec(session, spec, ctx.settings.toolchain_ttl_s)
+    resolved = resolve_spec(session, spec, ctx.settings.toolchain_ttl_s, ctx.sdk)
     manifest, key = key_for_spec(resolved.model_dump(mode="json"))
     return resolved, manifest, key
 

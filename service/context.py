@@ -8,6 +8,7 @@ from typing import Any
 
 from neffcache.db.session import Database
 from neffcache.queue import connect_redis
+from neffcache.sdk import SdkTable
 from neffcache.settings import Settings
 from neffcache.storage import ObjectStore, open_store
 from service.metrics import ServiceMetrics
@@ -18,6 +19,7 @@ class ServiceContext:
     settings: Settings
     db: Database
     store: ObjectStore
+    sdk: SdkTable = field(default_factory=SdkTable.load)
     metrics: ServiceMetrics = field(init=False)
 
     def __post_init__(self) -> None:

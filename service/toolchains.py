@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from neffcache.db.models import Worker, utcnow
 from neffcache.errors import ToolchainAmbiguous, ToolchainMismatch, ToolchainUnavailable
 from neffcache.queue import version_matches
+from neffcache.sdk import SdkTable, release_version
 from neffcache.spec import CompileSpec
 
 
@@ -66,8 +67,13 @@ def _pick(field: str, values: set[str], spec: CompileSpec, candidates: list[Regi
     )
 
 
-def resolve_spec(session: Session, spec: CompileSpec, ttl_s: float) -> CompileSpec:
-    """Return the spec with both versions filled in (unchanged when it names both)."""
+def resolve_spec(session: Session, spec: CompileSpec, ttl_s: float, sdk: SdkTable) -> CompileSpec:
+    """Return the spec with both versions filled in (unchanged when it names both).
+
+    neuronx-cc: a spec naming only the runtime gets the compiler of the runtime's SDK release
+    (among those a worker has), and a pair from different SDK releases is refused unless the
+    spec sets `allow_toolchain_mismatch` (which the key then records).
+    """
     assert spec.runtime is not None  # the schema fills in the runtime name
     compiler_version = spec.compiler.version
     runtime_version = spec.runtime.version
@@ -80,6 +86,7 @@ def resolve_spec(session: Session, spec: CompileSpec, ttl_s: float) -> CompileSp
                 f"spec.runtime.version: inductor packages load only in the torch that built them; "
                 f"compiler {compiler_version} and runtime {runtime_version} differ"
             )
+    neuron = spec.compiler.name == "neuronx-cc"
     if not (compiler_version and runtime_version):
         candidates = [
             t
@@ -87,13 +94,28 @@ def resolve_spec(session: Session, spec: CompileSpec, ttl_s: float) -> CompileSp
             if t.compiler_name == spec.compiler.name
             and spec.target in t.targets
             and (compiler_version is None or version_matches(compiler_version, t.compiler_version))
-            and (runtime_version is None or runtime_version == t.runtime_version)
         ]
         if compiler_version is None:
+            same_release = sdk.compilers_for_runtime(runtime_version) if neuron and runtime_version else set()
+            if same_release:
+                candidates = [t for t in candidates if release_version(t.compiler_version) in same_release]
+            elif runtime_version is not None:
+                candidates = [t for t in candidates if t.runtime_version == runtime_version]
             compiler_version = _pick("compiler.version", {t.compiler_version for t in candidates}, spec, candidates)
             candidates = [t for t in candidates if t.compiler_version == compiler_version]
         if runtime_version is None:
-            runtime_version = _pick("runtime.version", {t.runtime_version for t in candidates}, spec, candidates)
+            paired = sdk.runtimes_for_compiler(compiler_version) if neuron else set()
+            runtime_version = _pick("runtime.version", paired or {t.runtime_version for t in candidates}, spec,
+                                    candidates)
+    if neuron and not spec.allow_toolchain_mismatch and sdk.paired(compiler_version, runtime_version) is False:
+        raise ToolchainMismatch(
+            f"spec.runtime.version: neuronx-cc {compiler_version} ships in SDK "
+            f"{', '.join(sdk.with_compiler(compiler_version))} and runtime {runtime_version} in SDK "
+            f"{', '.join(sdk.with_runtime(runtime_version))}; a NEFF from one may not load on the other "
+            f"(set allow_toolchain_mismatch to build it anyway)",
+            compiler_releases=sdk.with_compiler(compiler_version),
+            runtime_releases=sdk.with_runtime(runtime_version),
+        )
     return spec.model_copy(
         update={
             "compiler": spec.compiler.model_copy(update={"version": compiler_version}),

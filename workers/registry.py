@@ -18,6 +18,7 @@ from sqlalchemy import and_, or_, select
 
 from neffcache.db.models import QUEUED, RUNNING, WORKER_LOST, Job, Worker, utcnow
 from neffcache.dispatch import dispatch
+from neffcache.sdk import SdkTable
 from workers import jobs
 from workers.context import WorkerContext
 
@@ -39,7 +40,9 @@ def register(ctx: WorkerContext) -> None:
                 compiler_version=t.compiler_version,
                 runtime_name=t.runtime_name,
                 runtime_version=t.runtime_version,
-                toolchain=t.as_dict(),
+                # Which SDK releases ship this compiler: shown by /v1/toolchains and the CLI.
+                toolchain={**t.as_dict(), "sdk_releases": SdkTable.load().with_compiler(t.compiler_version)
+                           if t.compiler_name == "neuronx-cc" else []},
                 queues=ctx.queues,
                 state="idle",
                 current_job=None,

@@ -1,0 +1,54 @@
+"""Toolchains: the SDK releases (their compiler and runtime) and which have live workers."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from fastapi import APIRouter, Request
+from sqlalchemy import select
+
+from neffcache.db.models import Worker, utcnow
+from neffcache.sdk import release_version
+from service.auth import READ
+from service.routes.deps import context
+
+router = APIRouter(prefix="/v1", tags=["toolchains"], dependencies=[READ])
+
+
+@router.get("/toolchains")
+def toolchains(request: Request) -> dict[str, Any]:
+    """Every Neuron SDK release with its neuronx-cc and runtime versions and its live workers,
+    and every toolchain live workers offer (with the releases that ship it)."""
+    ctx = context(request)
+    live_since = utcnow() - timedelta(seconds=ctx.settings.worker_lost_after_s)
+    with ctx.db.session() as session:
+        live = session.scalars(
+            select(Worker).where(Worker.last_heartbeat >= live_since, Worker.state != "stopped")
+        ).all()
+        offered: dict[tuple[str, str, str], int] = {}
+        for w in live:
+            ident = (w.compiler_name, w.compiler_version, w.runtime_version)
+            offered[ident] = offered.get(ident, 0) + 1
+    neuron_live = {release_version(v): n for (name, v, _), n in offered.items() if name == "neuronx-cc"}
+    return {
+        "releases": [
+            {
+                "sdk": r.sdk,
+                "neuronx_cc": list(r.compilers),
+                "runtime": list(r.runtimes),
+                "instances": list(r.instances),
+                "live_workers": sum(neuron_live.get(c, 0) for c in r.compilers),
+            }
+            for r in ctx.sdk.releases
+        ],
+        "live": [
+            {
+                "compiler": f"{name}=={version}",
+                "runtime": runtime,
+                "workers": count,
+                "sdk_releases": ctx.sdk.with_compiler(version) if name == "neuronx-cc" else [],
+            }
+            for (name, version, runtime), count in sorted(offered.items())
+        ],
+    }
