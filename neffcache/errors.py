@@ -93,6 +93,16 @@ class JobFinished(NeffcacheError):
     code = "job_finished"
 
 
+class ArtifactExists(NeffcacheError):
+    """A key is published already, with other bytes: artifacts are immutable."""
+
+    code = "artifact_exists"
+
+
+class InvalidNeff(NeffcacheError):
+    code = "invalid_neff"
+
+
 class Unauthorized(NeffcacheError):
     code = "unauthorized"
 
@@ -162,6 +172,8 @@ HTTP_STATUS: dict[str, int] = {
     "not_found": 404,
     "blob_missing": 409,
     "job_finished": 409,
+    "artifact_exists": 409,
+    "invalid_neff": 422,
     "too_large": 413,
     "corrupt_object": 502,
     "storage_unavailable": 503,
@@ -186,6 +198,8 @@ EXIT_CODE: dict[str, int] = {
     "corrupt_object": EXIT_INTEGRITY,
     "digest_mismatch": EXIT_INTEGRITY,
     "integrity_failure": EXIT_INTEGRITY,
+    "artifact_exists": EXIT_INTEGRITY,
+    "invalid_neff": EXIT_INTEGRITY,
     "runtime_mismatch": EXIT_INTEGRITY,
     "unauthorized": EXIT_UNAVAILABLE,
     "forbidden": EXIT_UNAVAILABLE,

@@ -127,9 +127,56 @@ class CompileSpec(_Strict):
         return bool(self.compiler.version and self.runtime and self.runtime.version)
 
 
+ANNOTATION_KEY_PATTERN = r"^[a-z][a-z0-9_.-]{0,63}$"
+MAX_ANNOTATION_BYTES = 16384
+
+
+def _check_annotations(values: dict[str, str]) -> dict[str, str]:
+    for key in values:
+        if not re.match(ANNOTATION_KEY_PATTERN, key):
+            raise ValueError(f"annotation name {key[:40]!r} must match {ANNOTATION_KEY_PATTERN}")
+    if sum(len(k) + len(v) for k, v in values.items()) > MAX_ANNOTATION_BYTES:
+        raise ValueError(f"annotations exceed {MAX_ANNOTATION_BYTES} bytes")
+    return values
+
+
+Annotations = Field(
+    default_factory=dict,
+    description="free-form strings kept with the job and the artifact but NOT part of the key "
+    "(e.g. neuron_cache.module, the libneuronxla cache folder the graph came from)",
+)
+
+
 class CompileRequest(_Strict):
     spec: CompileSpec
     force: bool = Field(default=False, description="recompile even if the last compile of this key failed")
+    annotations: dict[str, str] = Annotations
+
+    _annotations_ok = field_validator("annotations")(_check_annotations)
+
+
+class PublishedFileRef(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,128}$")
+    digest: str = Field(pattern=DIGEST_PATTERN, description="an uploaded blob (PUT /v1/blobs first)")
+
+
+class PublishRequest(_Strict):
+    """An artifact compiled elsewhere (a host's libneuronxla cache), published as it is."""
+
+    spec: CompileSpec
+    files: list[PublishedFileRef] = Field(min_length=1, max_length=32)
+    compile_seconds: float = Field(default=0.0, ge=0)
+    annotations: dict[str, str] = Annotations
+
+    _annotations_ok = field_validator("annotations")(_check_annotations)
+
+    @field_validator("files")
+    @classmethod
+    def _unique_names(cls, files: list[PublishedFileRef]) -> list[PublishedFileRef]:
+        names = [f.name for f in files]
+        if len(set(names)) != len(names):
+            raise ValueError(f"file names must be unique, got {names}")
+        return files
 
 
 class LookupRequest(_Strict):

@@ -87,7 +87,7 @@ def latest_job(session: Session, key: str) -> Job | None:
 
 
 def _create_or_join(session: Session, ctx: ServiceContext, manifest: dict[str, Any], key: str,
-                    caller: str | None) -> tuple[Job, bool]:
+                    caller: str | None, annotations: dict[str, str]) -> tuple[Job, bool]:
     """Insert the key's job, or join the one a concurrent request just inserted.
 
     The unique index on active jobs per key decides the race; the savepoint lets this
@@ -103,6 +103,7 @@ def _create_or_join(session: Session, ctx: ServiceContext, manifest: dict[str, A
         max_attempts=ctx.settings.max_attempts,
         requested_by=caller,
         cancel_requested=False,
+        annotations=annotations or None,
         created_at=utcnow(),
     )
     try:
@@ -116,7 +117,8 @@ def _create_or_join(session: Session, ctx: ServiceContext, manifest: dict[str, A
         return existing, False
 
 
-def submit_compile(ctx: ServiceContext, spec: CompileSpec, force: bool, caller: str | None) -> Outcome:
+def submit_compile(ctx: ServiceContext, spec: CompileSpec, force: bool, caller: str | None,
+                   annotations: dict[str, str] | None = None) -> Outcome:
     created: Job | None = None
     with ctx.db.session() as session:
         resolved, manifest, key = _resolve(ctx, session, spec)
@@ -138,7 +140,7 @@ def submit_compile(ctx: ServiceContext, spec: CompileSpec, force: bool, caller: 
         last = latest_job(session, key)
         if not force and last is not None and last.state == FAILED and last.failure_class in REMEMBERED_FAILURES:
             return Outcome(200, {"status": "failed", "key": key, "spec": spec_out, "job": job_view(last)})
-        job, created_now = _create_or_join(session, ctx, manifest, key, caller)
+        job, created_now = _create_or_join(session, ctx, manifest, key, caller, annotations or {})
         if created_now:
             created = job
         body = {"status": "queued", "key": key, "spec": spec_out, "job": job_view(job),

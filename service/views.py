@@ -28,6 +28,7 @@ def artifact_view(artifact: Artifact, hits: int | None = None) -> dict[str, Any]
         "compile_seconds": round(artifact.compile_seconds, 3),
         "created_at": iso(artifact.created_at),
         "job_id": artifact.job_id,
+        "annotations": artifact.annotations or {},
     }
     if hits is not None:
         body["hits"] = hits
@@ -52,6 +53,7 @@ def job_view(job: Job) -> dict[str, Any]:
         "worker": job.worker_id,
         "requested_by": job.requested_by,
         "cancel_requested": job.cancel_requested,
+        "annotations": job.annotations or {},
         "created_at": iso(job.created_at),
         "started_at": iso(job.started_at),
         "finished_at": iso(job.finished_at),

@@ -35,6 +35,9 @@ ROUTES = [
     ("GET", "/v1/stats", None, "read"),
     ("GET", "/v1/hits", None, "read"),
     ("GET", "/v1/workers", None, "read"),
+    ("GET", f"/v1/blobs/{DIGEST}", None, "read"),
+    ("POST", "/v1/artifacts", {"spec": SPEC["spec"], "files": [{"name": "model.neff", "digest": DIGEST}]}, "write"),
+    ("GET", "/v1/toolchains", None, "read"),
     ("GET", "/v1/tokens", None, "admin"),
 ]
 CALLERS = ["none", "read", "write", "admin"]

@@ -38,6 +38,7 @@ class ClaimedJob:
     key: str
     manifest: dict[str, Any]
     attempt: int
+    annotations: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ def claim(ctx: WorkerContext, job_id: str) -> ClaimedJob | None:
         if not claimed:
             return None
         session.refresh(job)
-        return ClaimedJob(job.id, job.key, job.manifest, job.attempts)
+        return ClaimedJob(job.id, job.key, job.manifest, job.attempts, job.annotations)
 
 
 def cancel_requested(ctx: WorkerContext, job_id: str) -> bool:
@@ -100,6 +101,7 @@ def publish(ctx: WorkerContext, job: ClaimedJob, files: list[PublishedFile], log
                             compile_seconds=seconds,
                             job_id=job.id,
                             created_at=utcnow(),
+                            annotations=job.annotations,
                             files=[ArtifactFile(name=f.name, digest=f.digest, size=f.size, neff=f.neff) for f in files],
                         )
                     )

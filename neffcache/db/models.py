@@ -91,6 +91,7 @@ class Job(Base):
     worker_id: Mapped[str | None] = mapped_column(String(255))
     requested_by: Mapped[str | None] = mapped_column(String(128))
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    annotations: Mapped[dict[str, str] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # A retry waits until then; the workers' sweep enqueues it when due.
@@ -124,6 +125,8 @@ class Artifact(Base):
     compile_seconds: Mapped[float] = mapped_column(Float)
     job_id: Mapped[str | None] = mapped_column(String(36))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    # Not part of the key: where it came from (e.g. the libneuronxla module folder name).
+    annotations: Mapped[dict[str, str] | None] = mapped_column(JSON)
     files: Mapped[list["ArtifactFile"]] = relationship(
         back_populates="artifact", order_by="ArtifactFile.name", lazy="selectin"
     )

@@ -5,21 +5,22 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import RedirectResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy import or_, select
 
 from neffcache.db.models import Artifact
-from neffcache.errors import CorruptObject, NotFound
-from service import cache
-from service.auth import READ
+from neffcache.errors import NotFound
+from neffcache.spec import PublishRequest
+from service import cache, publish
+from service.auth import READ, WRITE
 from service.pagination import MAX_LIMIT, next_cursor, page
-from service.routes.deps import caller, context, stream_chunks
+from service.routes.deps import caller, context, object_response
 from service.views import artifact_view, bare_hex
 
-router = APIRouter(prefix="/v1/artifacts", tags=["artifacts"], dependencies=[READ])
+router = APIRouter(prefix="/v1/artifacts", tags=["artifacts"])
 
 
-@router.get("")
+@router.get("", dependencies=[READ])
 def list_artifacts(
     request: Request,
     model: str | None = Query(None, description="model digest, sha256:<hex>"),
@@ -45,7 +46,7 @@ def list_artifacts(
         return {"artifacts": [artifact_view(a) for a in rows], "next_cursor": cursor_out}
 
 
-@router.get("/{key}")
+@router.get("/{key}", dependencies=[READ])
 def get_artifact(key: str, request: Request) -> dict[str, Any]:
     with context(request).db.session() as session:
         artifact = cache.get_artifact(session, key)
@@ -54,6 +55,7 @@ def get_artifact(key: str, request: Request) -> dict[str, Any]:
 
 @router.get(
     "/{key}/files/{name}",
+    dependencies=[READ],
     responses={307: {"description": "redirect to a presigned URL (S3)"}, 200: {"description": "the bytes (folder store)"}},
 )
 def download_file(key: str, name: str, request: Request) -> Response:
@@ -64,18 +66,18 @@ def download_file(key: str, name: str, request: Request) -> Response:
         entry = next((f for f in artifact.files if f.name == name), None)
         if entry is None:
             raise NotFound(f"artifact {key} has no file {name!r} (it has {', '.join(f.name for f in artifact.files)})")
-    hex_digest = bare_hex(entry.digest)
-    headers = {"X-Neffcache-Sha256": hex_digest, "X-Neffcache-Size": str(entry.size)}
-    url = ctx.store.presigned_url(hex_digest, ctx.settings.presign_expiry_s, filename=name)
-    if url is not None:
-        cache.record_download(ctx, artifact, caller(request))
-        return RedirectResponse(url, status_code=307, headers=headers)
-    stream = ctx.store.open(hex_digest)
-    if stream is None:
-        raise CorruptObject(f"file {name!r} of artifact {key} ({entry.digest}) is missing from the object store")
+    response = object_response(ctx, bare_hex(entry.digest), name, entry.size,
+                               missing=f"file {name!r} of artifact {key} ({entry.digest}) is missing from the object store")
     cache.record_download(ctx, artifact, caller(request))
-    headers.update({
-        "Content-Length": str(entry.size),
-        "Content-Disposition": f'attachment; filename="{name}"',
-    })
-    return StreamingResponse(stream_chunks(stream), media_type="application/octet-stream", headers=headers)
+    return response
+
+
+@router.post("", status_code=201, dependencies=[WRITE],
+             responses={200: {"description": "already published with the same files"},
+                        409: {"description": "blob_missing, or artifact_exists with other files"},
+                        422: {"description": "invalid spec, or invalid_neff"}})
+def publish_artifact(body: PublishRequest, request: Request) -> JSONResponse:
+    """Publish files compiled elsewhere (e.g. a host's libneuronxla cache) under the spec's key.
+    The files are uploaded blobs; every NEFF among them is validated first."""
+    outcome = publish.publish(context(request), body, caller(request))
+    return JSONResponse(outcome.body, status_code=outcome.status_code)

@@ -9,10 +9,10 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from neffcache.db.models import Blob
-from neffcache.errors import InvalidParameter, TooLarge
+from neffcache.errors import InvalidParameter, NotFound, TooLarge
 from service.auth import READ, WRITE
 from service.context import ServiceContext
-from service.routes.deps import context, parse_digest
+from service.routes.deps import context, object_response, parse_digest
 
 router = APIRouter(prefix="/v1/blobs", tags=["blobs"])
 SPOOL_IN_MEMORY = 8 * 1024 * 1024
@@ -64,6 +64,17 @@ async def put_blob(digest: str, request: Request) -> JSONResponse:
         result = await run_in_threadpool(ctx.store.put, spool, hex_digest, limit)
     await run_in_threadpool(_record, ctx, digest, result.size)
     return JSONResponse({"digest": digest, "size": result.size, "created": True}, status_code=201)
+
+
+@router.get("/{digest}", dependencies=[READ], responses={307: {"description": "presigned URL (S3)"}})
+def get_blob(digest: str, request: Request) -> Response:
+    """Download a blob (a model graph): the bytes, or a 307 to a presigned URL on S3."""
+    ctx = context(request)
+    size = _known_size(ctx, f"sha256:{parse_digest(digest)}")
+    if size is None:
+        raise NotFound(f"blob {digest} is not stored")
+    return object_response(ctx, parse_digest(digest), digest.split(":", 1)[1][:16] + ".blob", size,
+                           missing=f"blob {digest} is missing from the object store")
 
 
 @router.head("/{digest}", dependencies=[READ])

@@ -26,7 +26,7 @@ router = APIRouter(prefix="/v1", tags=["cache"])
     },
 )
 def compile_spec(body: CompileRequest, request: Request) -> JSONResponse:
-    outcome = cache.submit_compile(context(request), body.spec, body.force, caller(request))
+    outcome = cache.submit_compile(context(request), body.spec, body.force, caller(request), body.annotations)
     return JSONResponse(outcome.body, status_code=outcome.status_code)
 
 
