@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 
 from neffcache import neff
-from neffcache.db.models import Artifact, ArtifactFile, Blob, utcnow
+from neffcache.db.models import Artifact, ArtifactFile, Blob
 from neffcache.errors import ArtifactExists, BlobMissing, CorruptObject, InvalidNeff
 from neffcache.spec import PublishRequest
 from service.cache import Outcome, _resolve, artifact_hits
@@ -52,20 +52,11 @@ def publish(ctx: ServiceContext, request: PublishRequest, caller: str | None) ->
             return _existing(session, existing, wanted, key)
     headers = {name: _neff_summary(ctx, name, digest) for name, digest in wanted.items() if name.endswith(".neff")}
     with ctx.db.session() as session:
-        artifact = Artifact(
-            key=key,
-            manifest=manifest,
-            namespace=manifest["namespace"],
-            model_digest=manifest["model"]["digest"],
-            target=manifest["target"],
-            compiler_name=manifest["compiler"]["name"],
-            compiler_version=manifest["compiler"]["version"],
-            runtime_version=manifest["runtime"]["version"],
-            compile_seconds=request.compile_seconds,
-            job_id=None,
-            created_at=utcnow(),
+        artifact = Artifact.from_manifest(
+            key, manifest,
+            [ArtifactFile(name=n, digest=d, size=sizes[n], neff=headers.get(n)) for n, d in wanted.items()],
+            compile_seconds=request.compile_seconds, job_id=None,
             annotations={**request.annotations, "published_by": caller or "anonymous"},
-            files=[ArtifactFile(name=n, digest=d, size=sizes[n], neff=headers.get(n)) for n, d in wanted.items()],
         )
         try:
             with session.begin_nested():

@@ -83,28 +83,15 @@ def publish(ctx: WorkerContext, job: ClaimedJob, files: list[PublishedFile], log
     The files are already in the object store (digest verified). An artifact is immutable:
     if another attempt published this key first, that one stands.
     """
-    manifest = job.manifest
     with ctx.db.session() as session:
         if session.get(Artifact, job.key) is None:
             try:
                 with session.begin_nested():
-                    session.add(
-                        Artifact(
-                            key=job.key,
-                            manifest=manifest,
-                            namespace=manifest["namespace"],
-                            model_digest=manifest["model"]["digest"],
-                            target=manifest["target"],
-                            compiler_name=manifest["compiler"]["name"],
-                            compiler_version=manifest["compiler"]["version"],
-                            runtime_version=manifest["runtime"]["version"],
-                            compile_seconds=seconds,
-                            job_id=job.id,
-                            created_at=utcnow(),
-                            annotations=job.annotations,
-                            files=[ArtifactFile(name=f.name, digest=f.digest, size=f.size, neff=f.neff) for f in files],
-                        )
-                    )
+                    session.add(Artifact.from_manifest(
+                        job.key, job.manifest,
+                        [ArtifactFile(name=f.name, digest=f.digest, size=f.size, neff=f.neff) for f in files],
+                        compile_seconds=seconds, job_id=job.id, annotations=job.annotations,
+                    ))
             except IntegrityError:
                 log.info("key %s was published concurrently; keeping the first", job.key)
         return _set(

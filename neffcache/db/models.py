@@ -131,6 +131,27 @@ class Artifact(Base):
         back_populates="artifact", order_by="ArtifactFile.name", lazy="selectin"
     )
 
+    @classmethod
+    def from_manifest(cls, key: str, manifest: dict[str, Any], files: list["ArtifactFile"],
+                      compile_seconds: float, job_id: str | None,
+                      annotations: dict[str, str] | None) -> "Artifact":
+        """The row for a key: the columns the listings filter on are copied out of the manifest."""
+        return cls(
+            key=key,
+            manifest=manifest,
+            namespace=manifest["namespace"],
+            model_digest=manifest["model"]["digest"],
+            target=manifest["target"],
+            compiler_name=manifest["compiler"]["name"],
+            compiler_version=manifest["compiler"]["version"],
+            runtime_version=manifest["runtime"]["version"],
+            compile_seconds=compile_seconds,
+            job_id=job_id,
+            created_at=utcnow(),
+            annotations=annotations,
+            files=files,
+        )
+
 
 class ArtifactFile(Base):
     __tablename__ = "artifact_files"

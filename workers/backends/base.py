@@ -96,6 +96,18 @@ class Backend(ABC):
         """
 
 
+LOG_FILE = "compile.log"
+
+
+def prepare_work_dir(work_dir: Path) -> tuple[Path, Path]:
+    """The absolute work dir (created) and its compiler log file (created empty)."""
+    work_dir = Path(work_dir).resolve()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    log_path = work_dir / LOG_FILE
+    log_path.touch()
+    return work_dir, log_path
+
+
 def failed_before_start(log_path: Path, message: str) -> CompileOutcome:
     """A compile_error found before the compiler ran (the manifest asks for something impossible).
 

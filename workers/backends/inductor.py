@@ -38,6 +38,7 @@ from workers.backends.base import (
     CompileOutcome,
     Toolchain,
     failed_before_start,
+    prepare_work_dir,
 )
 from workers.backends.process import classify, run_process
 
@@ -49,7 +50,6 @@ _LEVEL_FLAGS = {
     "x86-64-v4": {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"},
 }
 OUTPUT_FILE = "model.pt2"
-LOG_FILE = "compile.log"
 _REPO_ROOT = Path(workers.__file__).resolve().parent.parent
 
 
@@ -158,10 +158,7 @@ class InductorBackend(Backend):
         timeout_s: float,
         should_cancel: Callable[[], bool],
     ) -> CompileOutcome:
-        work_dir = Path(work_dir).resolve()
-        work_dir.mkdir(parents=True, exist_ok=True)
-        log_path = work_dir / LOG_FILE
-        log_path.touch()
+        work_dir, log_path = prepare_work_dir(work_dir)
         target, isa = manifest.get("target"), manifest.get("isa")
         fmt = manifest.get("model", {}).get("format")
         if fmt != "torch-export":

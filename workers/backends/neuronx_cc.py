@@ -25,6 +25,7 @@ from workers.backends.base import (
     CompileOutcome,
     Toolchain,
     failed_before_start,
+    prepare_work_dir,
 )
 from workers.backends.process import classify, run_process
 
@@ -32,7 +33,6 @@ NEURON_TARGETS = ("trn1", "trn1n", "inf2", "trn2", "trn3")
 RUNTIME_PACKAGE = "aws-neuronx-runtime-lib"
 MODEL_FILE = "model.hlo.pb"
 OUTPUT_FILE = "model.neff"
-LOG_FILE = "compile.log"
 
 _VERSION_LINE = re.compile(r"^\s*NeuronX Compiler version\s+(\S+)\s*$")
 
@@ -157,10 +157,7 @@ class NeuronxCcBackend(Backend):
         timeout_s: float,
         should_cancel: Callable[[], bool],
     ) -> CompileOutcome:
-        work_dir = Path(work_dir).resolve()
-        work_dir.mkdir(parents=True, exist_ok=True)
-        log_path = work_dir / LOG_FILE
-        log_path.touch()
+        work_dir, log_path = prepare_work_dir(work_dir)
         target = manifest.get("target")
         if target not in NEURON_TARGETS:
             return failed_before_start(
