@@ -89,10 +89,12 @@ class NeffcacheClient:
             text = (response.text or "").strip().splitlines()
             detail = f"{what}: HTTP {status}" + (f": {text[0][:200]}" if text else "")
             err = errors.from_body({"error": code, "detail": detail})
-        if err.code == "unauthorized":
-            err.detail = f"{err.detail or 'unauthorized'} (set NEFFCACHE_TOKEN or pass --token)"
+        if err.code == "unauthorized" and "NEFFCACHE_TOKEN" not in err.detail:
+            err.detail = f"unauthorized: {err.detail} (set NEFFCACHE_TOKEN or pass --token)"
         elif err.code == "forbidden":
-            err.detail = f"{err.detail or 'forbidden'} (the token lacks the scope {what} needs)"
+            err.detail = f"forbidden: {err.detail} ({what})"
+        if err.code in ("unauthorized", "forbidden"):
+            err.args = (err.detail,)
         err.extra.setdefault("http_status", status)
         return err
 
@@ -217,8 +219,8 @@ class NeffcacheClient:
     def stats(self) -> dict[str, Any]:
         return self._json("GET", "/v1/stats")
 
-    def hits(self, key: str | None = None, limit: int = 50) -> dict[str, Any]:
-        return self._json("GET", "/v1/hits", params=_params(key=key, limit=limit))
+    def hits(self, key: str | None = None, limit: int = 50, caller: str | None = None) -> dict[str, Any]:
+        return self._json("GET", "/v1/hits", params=_params(key=key, caller=caller, limit=limit))
 
     def workers(self) -> dict[str, Any]:
         return self._json("GET", "/v1/workers")

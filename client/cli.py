@@ -36,7 +36,6 @@ from neffcache.errors import (
     EXIT_USAGE,
     NeffcacheError,
     NotFound,
-    TimedOut,
     Unreachable,
     UsageError,
 )
@@ -201,8 +200,11 @@ def _status_text(r: dict[str, Any]) -> str:
         return f"queued (joined job {job.get('id')})" if r.get("deduplicated") else f"queued (job {job.get('id')})"
     if status in ("failed", "cancelled"):
         why = job.get("failure_class") or job.get("state")
-        msg = (job.get("message") or "").strip().splitlines()
-        return f"{status} ({why}{': ' + msg[0][:160] if msg else ''}; job {job.get('id')})"
+        lines = (job.get("message") or "").strip().splitlines()
+        msg = lines[0][:160] if lines else ""
+        if msg.startswith(f"{why}: "):
+            msg = msg[len(why) + 2:]
+        return f"{status} ({why}{': ' + msg if msg else ''}; job {job.get('id')})"
     if status == "timed_out":
         return f"still {job.get('state')} (job {job.get('id')}) when the wait timed out"
     return status
@@ -325,7 +327,7 @@ def compile_cmd(
         output.print_json({"results": results})
     else:
         output.table(None, ["spec", "key", "status"],
-                     [[r["label"], r["key"], _status_text(r)] for r in results])
+                     [[r["name"] or r["label"], r["key"], _status_text(r)] for r in results])
     statuses = {r["status"] for r in results}
     if statuses & {"failed", "cancelled"}:
         if not json_out:
@@ -333,9 +335,11 @@ def compile_cmd(
             output.say(f"{len(bad)} of {len(results)} compile(s) failed; see `neffcache logs JOB`")
         raise typer.Exit(EXIT_COMPILE_FAILED)
     if "timed_out" in statuses:
+        # The results are already out (on stdout with --json): the reason is one line on stderr.
         waiting = [r["job"]["id"] for r in results if r["status"] == "timed_out"]
-        raise TimedOut(f"timed out after {timeout:g} s waiting for {len(waiting)} job(s): {', '.join(waiting)} "
-                       "(they go on running)")
+        output.say(f"neffcache: timed out after {timeout:g} s waiting for {len(waiting)} job(s): "
+                   f"{', '.join(waiting)} (they go on running)")
+        raise typer.Exit(EXIT_TIMEOUT)
 
 
 # --- lookup ------------------------------------------------------------------------------------
@@ -385,7 +389,7 @@ def lookup_cmd(
                           f"compiled in {output.human_seconds(a.get('compile_seconds'))}, {a.get('hits', 0)} hit(s)")
             else:
                 detail = r["detail"]
-            rows.append([r["label"], r["key"], r["status"], detail])
+            rows.append([r["name"] or r["label"], r["key"], r["status"], detail])
         output.table(None, ["spec", "key", "result", "detail"], rows)
         for r in misses:
             if not r["nearest"]:
@@ -503,9 +507,9 @@ def ls_cmd(
     for a in body["artifacts"]:
         m = a["manifest"]
         rows.append([a["key"], output.short(m["model"]["digest"]), m["target"],
-                     f"{m['compiler']['name']}=={m['compiler']['version']}",
-                     f"{m['runtime']['name']}=={m['runtime']['version']}",
-                     output.human_bytes(sum(f["size"] for f in a["files"])), output.when(a.get("created_at"))])
+                     f"{m['compiler']['name']} {m['compiler']['version']}", m["runtime"]["version"],
+                     output.human_bytes(sum(f["size"] for f in a["files"])),
+                     output.when(a.get("created_at"), ago=False)])
     if not rows:
         output.say("no artifacts match")
         return
@@ -571,6 +575,8 @@ def stats_cmd(json_out: JsonOpt = False, url: UrlOpt = None, token: TokenOpt = N
 @app.command("hits")
 def hits_cmd(
     key: Annotated[Optional[str], typer.Argument(metavar="KEY", help="Only this artifact.", show_default=False)] = None,
+    caller: Annotated[Optional[str], typer.Option("--caller", metavar="NAME", help="Only this token's hits.",
+                                                  show_default=False)] = None,
     limit: Annotated[int, typer.Option("--limit", metavar="N", min=1, max=500)] = 50,
     json_out: JsonOpt = False,
     url: UrlOpt = None,
@@ -578,7 +584,7 @@ def hits_cmd(
 ) -> None:
     """Which token hit which artifact, and when (newest first)."""
     with _client(url, token) as client:
-        body = client.hits(key, limit)
+        body = client.hits(key, limit, caller)
     if json_out:
         output.print_json(body)
         return
@@ -710,18 +716,12 @@ def workers_cmd(json_out: JsonOpt = False, url: UrlOpt = None, token: TokenOpt =
 
 
 # --- the entry point ---------------------------------------------------------------------------
-def _exit_for(exc: NeffcacheError) -> int:
-    if isinstance(exc, UsageError):
-        return EXIT_USAGE  # neffcache.errors.EXIT_CODE has no usage_error entry (yet)
-    return errors.exit_code(exc.code)
-
-
 def _fail(exc: NeffcacheError, json_mode: bool) -> int:
     detail = " ".join((exc.detail or exc.code).split())
     if json_mode:
         output.print_json(exc.to_body())
     output.err.print(Text(f"neffcache: {detail}"), soft_wrap=True)
-    return _exit_for(exc)
+    return errors.exit_code(exc.code)
 
 
 def main(argv: list[str] | None = None) -> None:

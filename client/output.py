@@ -49,10 +49,14 @@ def line(message: str) -> None:
     out.print(Text(message))
 
 
+# Identifiers are copied from the output: never wrap them, let the other columns give way.
+NO_WRAP = {"key", "job", "sha256", "worker", "file", "name"}
+
+
 def table(title: str | None, columns: list[str], rows: list[list[Any]]) -> None:
     t = Table(title=title, title_justify="left", show_lines=False)
     for c in columns:
-        t.add_column(c, overflow="fold")
+        t.add_column(c, overflow="fold", no_wrap=c in NO_WRAP)
     for row in rows:
         t.add_row(*[cell if isinstance(cell, Text) else Text("" if cell is None else str(cell)) for cell in row])
     out.print(t)
@@ -79,7 +83,7 @@ def human_seconds(s: float | None) -> str:
     return f"{s / 3600:.1f} h"
 
 
-def when(iso: str | None) -> str:
+def when(iso: str | None, ago: bool = True) -> str:
     """ISO timestamp -> '2026-01-02 03:04:05Z (5 min ago)'."""
     if not iso:
         return ""
@@ -89,9 +93,11 @@ def when(iso: str | None) -> str:
         return iso
     if ts.tzinfo is None:
         ts = ts.replace(tzinfo=timezone.utc)
-    ago = (datetime.now(timezone.utc) - ts).total_seconds()
     stamp = ts.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
-    return f"{stamp} ({human_seconds(max(ago, 0))} ago)"
+    if not ago:
+        return stamp
+    seconds = (datetime.now(timezone.utc) - ts).total_seconds()
+    return f"{stamp} ({human_seconds(max(seconds, 0))} ago)"
 
 
 def short(value: str | None, n: int = 12) -> str:

@@ -34,7 +34,6 @@ from client.specs import SpecEntry, sha256_file
 KEY_RE = re.compile(r"^[0-9a-f]{64}$")
 HEX_RE = re.compile(r"^[0-9a-f]{64}$")
 LOCK_VERSION = 1
-DOWNLOAD_CHUNK = 1024 * 1024
 
 
 @dataclass
@@ -170,8 +169,12 @@ def _download(client: NeffcacheClient, result: FileResult, advance: Callable[[in
                     f"the artifact lists {result.sha256}; nothing written"
                 )
             digest = hashlib.sha256()
+            # The bytes as they arrive off the socket (no re-chunking copy), unless something on
+            # the way encoded them: then decoded, since the digest is of the stored bytes.
+            encoding = response.headers.get("content-encoding", "identity").strip().lower()
+            chunks = response.iter_raw() if encoding in ("", "identity") else response.iter_bytes()
             with open(temp, "wb") as out:
-                for chunk in response.iter_bytes(DOWNLOAD_CHUNK):
+                for chunk in chunks:
                     if stop.is_set():
                         raise _Stopped()
                     received += len(chunk)
@@ -220,7 +223,13 @@ def download_all(client: NeffcacheClient, files: list[FileResult], parallel: int
 
     with ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="pull") as pool:
         futures = [pool.submit(_download, client, f, locked_advance, stop) for f in files]
-        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        try:
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        except BaseException:  # Ctrl-C: stop the downloads (each removes its temp file)
+            stop.set()
+            for f in futures:
+                f.cancel()
+            raise
         failed = next((f for f in done if f.exception() is not None), None)
         if failed is not None:
             stop.set()
@@ -238,7 +247,7 @@ def write_lock(path: Path, service: str, wanted: list[Wanted], files: list[FileR
         "lock_version": LOCK_VERSION,
         "service": service,
         "pulled_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "dest": str(dest),
+        "dest": str(dest.resolve()),  # each file's path is relative to it
         "artifacts": [
             {
                 "key": item.key,

@@ -107,8 +107,10 @@ def _from_dpkg() -> tuple[str | None, str]:
     out = _run(["dpkg-query", "-W", "-f=${Version}", RUNTIME_PACKAGE])
     version = debian_upstream_version(out) if out else ""
     if version:
-        return version, f"dpkg package {RUNTIME_PACKAGE}"
-    return None, f"no dpkg package {RUNTIME_PACKAGE}"
+        return version, f"dpkg-query {RUNTIME_PACKAGE}"
+    if shutil.which("dpkg-query") is None:
+        return None, "no dpkg-query"
+    return None, f"dpkg-query knows no {RUNTIME_PACKAGE}"
 
 
 def detect(name: str) -> LocalRuntime:

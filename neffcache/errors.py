@@ -192,6 +192,7 @@ EXIT_UNAVAILABLE = 6
 
 EXIT_CODE: dict[str, int] = {
     "compile_failed": EXIT_COMPILE_FAILED,
+    "usage_error": EXIT_USAGE,
     "timed_out": EXIT_TIMEOUT,
     "not_found": EXIT_MISS,
     "blob_missing": EXIT_MISS,

@@ -206,3 +206,31 @@ def test_no_token_and_a_token_without_the_scope_exit_6(running, tokens: dict[str
     assert read_only.rc == 6, read_only.stderr
     assert read_only.json()["error"] == "forbidden"
     read_only.one_line_error()
+
+
+def _fake_tool(folder: Path, name: str, stdout: str) -> None:
+    tool = folder / name
+    tool.write_text(f"#!/bin/sh\ncat <<'OUT'\n{stdout}\nOUT\n")
+    tool.chmod(0o755)
+
+
+@pytest.mark.parametrize("tool, output", [
+    ("neuron-ls", json.dumps([{"neuron_device": 0, "nc_count": 2, "neuron_processes": [
+        {"pid": 4242, "command": "python serve.py", "neuron_runtime_version": "RUNTIME"}]}])),
+    ("dpkg-query", "RUNTIME-1a2b3c4d5"),  # a Debian version: the revision is dropped
+])
+def test_the_local_neuron_runtime_is_detected(cli, api: httpx.Client, tmp_path: Path, tool: str, output: str) -> None:
+    # Stand-ins for the host's tools (this machine has no Neuron SDK), printing what the real ones print.
+    _, artifact = published(api)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    path = f"{bin_dir}:/usr/bin:/bin"
+    _fake_tool(bin_dir, tool, output.replace("RUNTIME", "2.31.7.0"))
+    refused = cli("pull", artifact["key"], "--dest", str(tmp_path / "no"), PATH=path)
+    assert refused.rc == 5
+    assert "2.31.7.0" in refused.one_line_error() and tool in refused.one_line_error()
+    assert not (tmp_path / "no").exists()
+    _fake_tool(bin_dir, tool, output.replace("RUNTIME", NEURON_RUNTIME))
+    accepted = cli("pull", artifact["key"], "--dest", str(tmp_path / "yes"), PATH=path)
+    assert accepted.rc == 0, accepted.stderr
+    assert (tmp_path / "yes" / artifact["key"] / "model.neff").is_file()

@@ -62,3 +62,19 @@ def test_bare_install_is_the_client_only(tmp_path: Path) -> None:
     unreachable = _run([str(command), "stats", "--url", "http://127.0.0.1:9"], cwd=tmp_path, timeout=60)
     assert unreachable.returncode == 6, unreachable.stderr
     assert len(unreachable.stderr.strip().splitlines()) == 1 and "Traceback" not in unreachable.stderr
+
+
+def test_the_client_imports_nothing_of_the_server() -> None:
+    """Every client module, imported in a fresh interpreter of the dev venv (where the server's
+    packages are installed): none of them is pulled in, nor the service or worker packages."""
+    modules = ["client.cli", "client.api", "client.pull", "client.specs", "client.runtime", "client.config",
+               "client.output"]
+    forbidden = {*SERVER_ONLY, "service", "workers", "starlette", "psycopg"}
+    probe = (
+        "import importlib, sys\n"
+        f"for m in {modules!r}: importlib.import_module(m)\n"
+        f"print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in {sorted(forbidden)!r})))\n"
+    )
+    found = _run([sys.executable, "-c", probe], cwd=REPO, timeout=60)
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.split() == [], f"the client imported {found.stdout.strip()}"
