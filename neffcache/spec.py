@@ -81,7 +81,9 @@ class RuntimeSpec(_Strict):
 
 class CompileSpec(_Strict):
     model: ModelRef
-    inputs: list[InputSpec] = Field(min_length=1, max_length=256)
+    # An HLO module fixes its own input shapes, so for `hlo` they may be left out (a graph taken
+    # from a libneuronxla cache carries none); a torch.export program needs them.
+    inputs: list[InputSpec] = Field(default_factory=list, max_length=256)
     target: Literal[TARGETS]  # type: ignore[valid-type]
     compiler: CompilerSpec
     runtime: RuntimeSpec | None = None
@@ -118,6 +120,8 @@ class CompileSpec(_Strict):
                 f"runtime.name {self.runtime.name!r} does not fit compiler {self.compiler.name!r} "
                 f"(its output runs on {rules['runtime']!r})"
             )
+        if not self.inputs and self.model.format != "hlo":
+            raise ValueError(f"inputs: at least one input is required for model.format {self.model.format!r}")
         names = [i.name for i in self.inputs]
         if len(set(names)) != len(names):
             raise ValueError(f"inputs: names must be unique, got {names}")

@@ -83,7 +83,6 @@ def blob(api: httpx.Client) -> str:
         ({"inputs": [{"name": "x", "shape": [1, -8], "dtype": "float32"}]}, 422, "invalid_shape", "spec.inputs[0].shape"),
         ({"inputs": [{"name": "x", "shape": [], "dtype": "float32"}]}, 422, "invalid_shape", "spec.inputs[0].shape"),
         ({"inputs": [{"name": "x", "shape": [0, 8], "dtype": "float32"}]}, 422, "invalid_shape", "spec.inputs[0].shape"),
-        ({"inputs": []}, 422, "invalid_spec", "spec.inputs"),
         ({"compiler": {"name": "gcc", "flags": []}}, 422, "unknown_compiler", "spec.compiler.name"),
         ({"compiler": {"name": "neuronx-cc", "flags": ["--optlevel=7"]}}, 422, "invalid_flags", "--optlevel"),
         ({"compiler": {"name": "neuronx-cc", "flags": ["-lnc", "2"]}}, 422, "invalid_flags", "trn1"),
@@ -100,6 +99,12 @@ def test_invalid_spec_is_refused_naming_the_field(api: httpx.Client, blob: str, 
     spec = {**neuron_spec(blob), **change}
     for path in ("/v1/compile", "/v1/lookup"):
         _error(api.post(path, json={"spec": spec}), status, code, field)
+
+
+def test_a_torch_export_spec_needs_inputs(api: httpx.Client) -> None:
+    blob = upload(api, b"pt2 " + hlo_model())
+    r = api.post("/v1/compile", json={"spec": inductor_spec(blob, [1, 8], inputs=[])})
+    _error(r, 422, "invalid_spec", "inputs", "torch-export")
 
 
 def test_missing_blob(api: httpx.Client) -> None:
