@@ -48,7 +48,7 @@ class Outcome:
     body: dict[str, Any]
 
 
-def _resolve(ctx: ServiceContext, session: Session, spec: CompileSpec) -> tuple[CompileSpec, dict[str, Any], str]:
+def resolve_key(ctx: ServiceContext, session: Session, spec: CompileSpec) -> tuple[CompileSpec, dict[str, Any], str]:
     resolved = resolve_spec(session, spec, ctx.settings.toolchain_ttl_s, ctx.sdk)
     manifest, key = key_for_spec(resolved.model_dump(mode="json"))
     return resolved, manifest, key
@@ -121,7 +121,7 @@ def submit_compile(ctx: ServiceContext, spec: CompileSpec, force: bool, caller: 
                    annotations: dict[str, str] | None = None) -> Outcome:
     created: Job | None = None
     with ctx.db.session() as session:
-        resolved, manifest, key = _resolve(ctx, session, spec)
+        resolved, manifest, key = resolve_key(ctx, session, spec)
         if session.get(Blob, resolved.model.digest) is None:
             raise BlobMissing(
                 f"spec.model.digest: blob {resolved.model.digest} has not been uploaded "
@@ -152,7 +152,7 @@ def submit_compile(ctx: ServiceContext, spec: CompileSpec, force: bool, caller: 
 
 def lookup(ctx: ServiceContext, spec: CompileSpec, caller: str | None) -> Outcome:
     with ctx.db.session() as session:
-        resolved, manifest, key = _resolve(ctx, session, spec)
+        resolved, manifest, key = resolve_key(ctx, session, spec)
         artifact = session.get(Artifact, key)
         _record(session, ctx, "lookup", manifest, key, artifact, caller)
         if artifact is not None:

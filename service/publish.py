@@ -18,7 +18,7 @@ from neffcache import neff
 from neffcache.db.models import Artifact, ArtifactFile, Blob
 from neffcache.errors import ArtifactExists, BlobMissing, CorruptObject, InvalidNeff
 from neffcache.spec import PublishRequest
-from service.cache import Outcome, _resolve, artifact_hits
+from service.cache import Outcome, artifact_hits, resolve_key
 from service.context import ServiceContext
 from service.views import artifact_view, bare_hex
 
@@ -42,7 +42,7 @@ def _neff_summary(ctx: ServiceContext, name: str, digest: str) -> dict[str, Any]
 def publish(ctx: ServiceContext, request: PublishRequest, caller: str | None) -> Outcome:
     wanted = {f.name: f.digest for f in request.files}
     with ctx.db.session() as session:
-        resolved, manifest, key = _resolve(ctx, session, request.spec)
+        resolved, manifest, key = resolve_key(ctx, session, request.spec)
         for label, digest in [("spec.model.digest", resolved.model.digest), *wanted.items()]:
             if session.get(Blob, digest) is None:
                 raise BlobMissing(f"{label}: blob {digest} has not been uploaded (PUT /v1/blobs/{digest} first)")
