@@ -141,9 +141,14 @@ class NeffcacheClient:
         return self._json("PUT", f"/v1/blobs/{digest}", content=chunks(), headers=headers, ok=(200, 201))
 
     # --- the cache -----------------------------------------------------------------------------
-    def compile(self, spec: dict[str, Any], force: bool = False) -> dict[str, Any]:
-        """{"status": "hit"|"queued"|"failed", "key", "spec", "artifact"|"job", ["deduplicated"]}."""
-        return self._json("POST", "/v1/compile", json={"spec": spec, "force": force}, ok=(200, 202))
+    def compile(self, spec: dict[str, Any], force: bool = False,
+                annotations: dict[str, str] | None = None) -> dict[str, Any]:
+        """{"status": "hit"|"queued"|"failed", "key", "spec", "artifact"|"job", ["deduplicated"]}.
+        Annotations (not part of the key) are kept with the job and the artifact it publishes."""
+        body: dict[str, Any] = {"spec": spec, "force": force}
+        if annotations:
+            body["annotations"] = annotations
+        return self._json("POST", "/v1/compile", json=body, ok=(200, 202))
 
     def lookup(self, spec: dict[str, Any]) -> dict[str, Any]:
         """The hit ({"status": "hit", "key", "spec", "artifact"}); NotFound with key and nearest on a miss."""
@@ -164,7 +169,17 @@ class NeffcacheClient:
         The service answers with the bytes or a redirect to a presigned URL; the redirect is
         followed without our Authorization header.
         """
-        path = f"/v1/artifacts/{key}/files/{name}"
+        with self._open_stream(f"/v1/artifacts/{key}/files/{name}", name, f"{name} of {key}") as opened:
+            yield opened
+
+    @contextmanager
+    def open_blob(self, digest: str, name: str | None = None) -> Iterator[tuple[httpx.Response, str | None]]:
+        """Stream a blob (a model graph) by digest, like open_file."""
+        with self._open_stream(f"/v1/blobs/{digest}", name or digest, f"blob {digest}") as opened:
+            yield opened
+
+    @contextmanager
+    def _open_stream(self, path: str, name: str, what_object: str) -> Iterator[tuple[httpx.Response, str | None]]:
         what = f"GET {path}"
         try:
             first = self._http.send(self._http.build_request("GET", path), stream=True)
@@ -187,7 +202,7 @@ class NeffcacheClient:
                     if second.status_code != 200:
                         second.read()
                         raise errors.StorageError(
-                            f"the object store refused the download of {name} of {key}: HTTP {second.status_code}"
+                            f"the object store refused the download of {what_object}: HTTP {second.status_code}"
                         )
                     yield second, announced
                 finally:
@@ -199,6 +214,14 @@ class NeffcacheClient:
             yield first, announced
         finally:
             first.close()
+
+    def publish(self, spec: dict[str, Any], files: list[dict[str, str]], *, annotations: dict[str, str] | None = None,
+                compile_seconds: float = 0.0) -> dict[str, Any]:
+        """Publish files compiled elsewhere (uploaded blobs) under the spec's key:
+        {"status": "published"|"exists", "key", "artifact", ...}; ArtifactExists (with .extra["published"])
+        when the key is published with other files."""
+        body = {"spec": spec, "files": files, "annotations": annotations or {}, "compile_seconds": compile_seconds}
+        return self._json("POST", "/v1/artifacts", json=body, ok=(200, 201))
 
     # --- jobs ----------------------------------------------------------------------------------
     def job(self, job_id: str) -> dict[str, Any]:
@@ -224,6 +247,10 @@ class NeffcacheClient:
 
     def workers(self) -> dict[str, Any]:
         return self._json("GET", "/v1/workers")
+
+    def toolchains(self) -> dict[str, Any]:
+        """{"releases": [{"sdk", "neuronx_cc", "runtime", "instances", "live_workers"}], "live": [...]}."""
+        return self._json("GET", "/v1/toolchains")
 
 
 def _params(**values: Any) -> dict[str, Any]:

@@ -27,23 +27,37 @@ from rich.table import Table
 from rich.text import Text
 from typer.exceptions import TyperException
 
-from neffcache import errors
+from neffcache import errors, neff
 from neffcache.errors import (
     EXIT_COMPILE_FAILED,
+    EXIT_INTEGRITY,
     EXIT_MISS,
     EXIT_SUCCESS,
     EXIT_TIMEOUT,
+    EXIT_UNAVAILABLE,
     EXIT_USAGE,
+    ArtifactExists,
     NeffcacheError,
     NotFound,
     Unreachable,
     UsageError,
 )
 from neffcache.spec import is_digest
-from client import output
+from client import neuron_cache, output
 from client.api import NeffcacheClient
 from client.config import load_settings
-from client.pull import check_runtimes, download_all, plan, resolve, write_lock
+from client.lockfile import LOCK_FILE_NAME, lock_document, print_lock, read_lock, write_lock
+from client.pull import (
+    LNC_ENV,
+    check_lnc,
+    check_runtimes,
+    download_all,
+    plan,
+    plan_neuron_cache,
+    resolve,
+    resolve_locked,
+    restore_into_neuron_cache,
+)
 from client.runtime import RuntimeResolver
 from client.specs import SpecEntry, default_compiler, hash_models, load_spec_files, normalise, parse_input, sha256_file
 
@@ -170,24 +184,24 @@ def _entries(specs: list[Path] | None, model: str | None, fmt: str | None, input
 
 def _upload_missing(client: NeffcacheClient, entries: list[SpecEntry]) -> None:
     """HEAD every model named by path; upload the ones the service lacks, with a progress bar."""
-    todo: dict[str, SpecEntry] = {}
-    for entry in entries:
-        if entry.model_path is not None and entry.digest not in todo:
-            todo[entry.digest] = entry
-    missing = []
-    for digest, entry in todo.items():
-        if client.blob_size(digest) is None:
-            missing.append((digest, entry))
+    _upload_files(client, [(e.digest, e.model_path) for e in entries if e.model_path is not None])
+
+
+def _upload_files(client: NeffcacheClient, files: list[tuple[str, Path]]) -> None:
+    """(digest, path) pairs: each digest the service lacks is uploaded once."""
+    todo: dict[str, Path] = {}
+    for digest, path in files:
+        todo.setdefault(digest, path)
+    missing = [(digest, path) for digest, path in todo.items() if client.blob_size(digest) is None]
     if not missing:
         return
     with output.transfer_progress() as progress:
-        for digest, entry in missing:
-            assert entry.model_path is not None
-            size = entry.model_path.stat().st_size
-            task = progress.add_task(f"upload {entry.model_path.name}", total=size)
-            client.upload_blob(digest, entry.model_path, lambda n, t=task: progress.advance(t, n))
+        for digest, path in missing:
+            size = path.stat().st_size
+            task = progress.add_task(f"upload {path.name}", total=size)
+            client.upload_blob(digest, path, lambda n, t=task: progress.advance(t, n))
             if progress.disable:  # no bar drawn: say it in one line
-                output.say(f"uploaded {entry.model_path} ({output.human_bytes(size)}) as {digest}")
+                output.say(f"uploaded {path} ({output.human_bytes(size)}) as {digest}")
 
 
 # --- compile -----------------------------------------------------------------------------------
@@ -298,13 +312,28 @@ def compile_cmd(
     timeout: Annotated[Optional[float], typer.Option("--timeout", metavar="S", help="With --wait: give up after S seconds "
                                                      "(exit 3; the jobs go on).", show_default=False)] = None,
     interval: Annotated[float, typer.Option("--poll-interval", metavar="S", help="Seconds between polls.")] = 1.0,
+    from_neuron_cache: Annotated[Optional[Path], typer.Option(
+        "--from-neuron-cache", metavar="DIR", help="Compile every entry of a libneuronxla cache folder that has no "
+        "NEFF yet (neuronxcc-<version>/MODULE_*/), e.g. after a NEURON_EXTRACT_GRAPHS_ONLY=1 run.",
+        show_default=False)] = None,
     json_out: JsonOpt = False,
     url: UrlOpt = None,
     token: TokenOpt = None,
 ) -> None:
-    """Compile specs (or one model given by flags): prints each key as hit, queued or failed."""
+    """Compile specs (or one model given by flags, or a libneuronxla cache's uncompiled graphs):
+    prints each key as hit, queued or failed."""
     if timeout is not None and timeout <= 0:
         raise UsageError(f"--timeout must be positive, got {timeout:g}")
+    if from_neuron_cache is not None:
+        given = [n for n, v in (("MODEL", model), ("--spec", spec), ("--format", fmt), ("--input", inputs),
+                                ("--compiler", compiler), ("--compiler-version", compiler_version),
+                                ("--flag", flags)) if v]
+        if given:
+            raise UsageError(f"--from-neuron-cache takes the model, compiler version and flags from the cache "
+                             f"folder: drop {', '.join(given)}")
+        _compile_from_neuron_cache(from_neuron_cache, target, runtime_version, namespace, force, wait, timeout,
+                                   interval, json_out, url, token)
+        return
     entries = _entries(spec, model, fmt, inputs, target, compiler, compiler_version, runtime_version, flags,
                        namespace)
     hash_models(entries)
@@ -340,6 +369,199 @@ def compile_cmd(
         output.say(f"neffcache: timed out after {timeout:g} s waiting for {len(waiting)} job(s): "
                    f"{', '.join(waiting)} (they go on running)")
         raise typer.Exit(EXIT_TIMEOUT)
+
+
+# --- the libneuronxla cache: compile and push its entries --------------------------------------
+def _cache_entries(root: Path) -> list[neuron_cache.CacheEntry]:
+    entries = neuron_cache.list_entries(root)
+    if not entries:
+        raise UsageError(f"{root} holds no libneuronxla cache entries (neuronxcc-<version>/MODULE_*/ folders)")
+    return entries
+
+
+def _cache_spec(entry: neuron_cache.CacheEntry, target: str | None, runtime_version: str | None,
+                namespace: str | None) -> SpecEntry:
+    """The entry's spec, checked locally (a bad one is a usage error naming the entry)."""
+    return normalise(neuron_cache.entry_spec(entry, target, runtime_version, namespace), entry.label, None)
+
+
+def _entry_row(entry: neuron_cache.CacheEntry) -> dict[str, Any]:
+    return {"label": entry.label, "name": entry.module, "entry": entry.label, "compiler_dir": entry.compiler_dir,
+            "module": entry.module}
+
+
+def _refusal(exc: NeffcacheError) -> bool:
+    """True when the service refused this one entry (the others may still go); False when the
+    service cannot be used at all (unreachable, unauthorised, failing)."""
+    return errors.exit_code(exc.code) != EXIT_UNAVAILABLE
+
+
+def _skipped(entries: list[neuron_cache.CacheEntry], wanted: list[neuron_cache.CacheEntry],
+             why: Any) -> list[dict[str, str]]:
+    chosen = {id(e) for e in wanted}
+    return [{"entry": e.label, "reason": why(e)} for e in entries if id(e) not in chosen]
+
+
+def _say_skipped(skipped: list[dict[str, str]]) -> None:
+    counts: dict[str, int] = {}
+    for s in skipped:
+        counts[s["reason"]] = counts.get(s["reason"], 0) + 1
+    for reason, n in counts.items():
+        output.say(f"skipped {n} entr{'y' if n == 1 else 'ies'}: {reason}")
+
+
+def _compile_from_neuron_cache(root: Path, target: str | None, runtime_version: str | None, namespace: str | None,
+                               force: bool, wait: bool, timeout: float | None, interval: float, json_out: bool,
+                               url: str | None, token: str | None) -> None:
+    entries = _cache_entries(root)
+    todo = [e for e in entries if not e.has_neff]
+    skipped = _skipped(entries, todo, lambda e: "already compiled (model.neff and model.done)" if e.has_done
+                       else "model.neff without model.done (a compile in progress, or interrupted)")
+    specs = [(e, _cache_spec(e, target, runtime_version, namespace)) for e in todo]  # all checked before any call
+    hash_models([s for _, s in specs])
+    results: list[dict[str, Any]] = []
+    with _client(url, token) as client:
+        _upload_missing(client, [s for _, s in specs])
+        for entry, spec_entry in specs:
+            row = _entry_row(entry)
+            try:
+                body = client.compile(spec_entry.spec, force=force, annotations=entry.annotations())
+            except NeffcacheError as exc:
+                if not _refusal(exc):
+                    raise _with_label(spec_entry, exc) from None
+                results.append({**row, "key": exc.extra.get("key"), "status": "refused", "error": exc.code,
+                                "detail": exc.detail, "job": None, "artifact": None, "spec": None})
+                continue
+            results.append({**row, "key": body["key"], "status": body["status"],
+                            "deduplicated": body.get("deduplicated"), "job": body.get("job"),
+                            "artifact": body.get("artifact"), "spec": body.get("spec")})
+            placed = ((body.get("artifact") or {}).get("annotations") or {}).get(neuron_cache.ANNOTATION_MODULE)
+            if body["status"] == "hit" and placed != entry.module:
+                output.say(f"{entry.label}: already published " + (f"from {placed}" if placed else
+                           "without neuron_cache annotations") + "; pull --into-neuron-cache restores it "
+                           + (f"as {placed}" if placed else "only with --dest"))
+        if wait or timeout:
+            _follow(client, results, timeout, max(interval, 0.05))
+    if json_out:
+        output.print_json({"neuron_cache": str(root), "results": results, "skipped": skipped})
+    else:
+        if results:
+            output.table(None, ["entry", "key", "status"],
+                         [[r["entry"], r["key"] or "", _status_text(r) if r["status"] != "refused"
+                           else f"refused ({r['error']}: {r['detail']})"] for r in results])
+        else:
+            output.say(f"nothing to compile in {root}")
+        _say_skipped(skipped)
+    statuses = {r["status"] for r in results}
+    refused = [r for r in results if r["status"] == "refused"]
+    if statuses & {"failed", "cancelled"}:
+        if not json_out:
+            bad = [r for r in results if r["status"] in ("failed", "cancelled")]
+            output.say(f"{len(bad)} of {len(results)} compile(s) failed; see `neffcache logs JOB`")
+        raise typer.Exit(EXIT_COMPILE_FAILED)
+    if refused:
+        output.say(f"neffcache: the service refused {len(refused)} of {len(results)} entr"
+                   f"{'y' if len(results) == 1 else 'ies'}: " + "; ".join(f"{r['entry']}: {r['detail']}" for r in refused))
+        raise typer.Exit(errors.exit_code(refused[0]["error"]))
+    if "timed_out" in statuses:
+        waiting = [r["job"]["id"] for r in results if r["status"] == "timed_out"]
+        output.say(f"neffcache: timed out after {timeout:g} s waiting for {len(waiting)} job(s): "
+                   f"{', '.join(waiting)} (they go on running)")
+        raise typer.Exit(EXIT_TIMEOUT)
+
+
+@app.command("push")
+def push_cmd(
+    from_neuron_cache: Annotated[Path, typer.Option(
+        "--from-neuron-cache", metavar="DIR", help="A libneuronxla cache folder: every entry holding model.neff and "
+        "model.done is validated and published.", show_default=False)],
+    target: Annotated[Optional[str], typer.Option("--target", metavar="TARGET", help="trn1 trn1n inf2 trn2 trn3 "
+                                                  "(default: the --target in each entry's compile_flags.json).",
+                                                  show_default=False)] = None,
+    runtime_version: Annotated[Optional[str], typer.Option(
+        "--runtime-version", metavar="V", help="Runtime the NEFFs are for (default: the runtime of the compiler's "
+        "SDK release).", show_default=False)] = None,
+    namespace: NamespaceOpt = None,
+    json_out: JsonOpt = False,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Publish the NEFFs a host already compiled into its libneuronxla cache.
+
+    Each entry becomes the artifact of the spec `compile --from-neuron-cache` would send (same key,
+    same annotations). An invalid NEFF is reported and not sent; the valid ones are still published,
+    and the command then exits 5. A key already published (by the farm or another host) is left as it is.
+    """
+    root = from_neuron_cache
+    entries = _cache_entries(root)
+    ready = [e for e in entries if e.has_neff_and_done]
+    skipped = _skipped(entries, ready, lambda e: "model.neff without model.done (a compile in progress, or "
+                       "interrupted)" if e.has_neff else "no model.neff (compile it: neffcache compile "
+                       "--from-neuron-cache)")
+    specs = [(e, _cache_spec(e, target, runtime_version, namespace)) for e in ready]  # all checked before any call
+    results: list[dict[str, Any]] = []
+    valid: list[tuple[neuron_cache.CacheEntry, SpecEntry, str]] = []
+    for entry, spec_entry in specs:
+        row = _entry_row(entry)
+        try:
+            with open(entry.neff_path, "rb") as f:
+                header = neff.validate(f, entry.neff_path.stat().st_size)
+        except neff.InvalidNeff as exc:
+            results.append({**row, "key": None, "status": "invalid", "error": "invalid_neff",
+                            "detail": f"{neuron_cache.NEFF_FILE} is not a valid NEFF: {exc}"})
+            continue
+        except OSError as exc:
+            raise UsageError(f"{entry.label}: cannot read {neuron_cache.NEFF_FILE} ({exc.strerror or exc})") from None
+        row.update(status="pending", neff=header.summary())
+        results.append(row)
+        valid.append((entry, spec_entry, sha256_file(entry.neff_path)))
+    hash_models([s for _, s, _ in valid])
+    with _client(url, token) as client:
+        _upload_files(client, [(s.digest, s.model_path) for _, s, _ in valid if s.model_path is not None]
+                      + [(d, e.neff_path) for e, _, d in valid])
+        rows = {r["entry"]: r for r in results}
+        for entry, spec_entry, neff_digest in valid:
+            row = rows[entry.label]
+            try:
+                body = client.publish(spec_entry.spec, [{"name": neuron_cache.NEFF_FILE, "digest": neff_digest}],
+                                      annotations=entry.annotations())
+            except ArtifactExists as exc:
+                row.update(key=exc.extra.get("key"), status="exists", same_files=False,
+                           detail="published already with another NEFF (kept)")
+                continue
+            except NeffcacheError as exc:
+                if not _refusal(exc):
+                    raise _with_label(spec_entry, exc) from None
+                row.update(key=exc.extra.get("key"), status="invalid" if exc.code == "invalid_neff" else "refused",
+                           error=exc.code, detail=exc.detail)
+                continue
+            row.update(key=body["key"], status=body["status"], spec=body.get("spec"))
+            if body["status"] == "exists":
+                row["same_files"] = True
+    if json_out:
+        output.print_json({"neuron_cache": str(root), "results": results, "skipped": skipped})
+    else:
+        words = {"published": "published", "exists": "already published", "invalid": "invalid NEFF, not published",
+                 "refused": "refused"}
+        if results:
+            output.table(None, ["entry", "key", "result"],
+                         [[r["entry"], r.get("key") or "", words.get(r["status"], r["status"])
+                           + (f" ({r['detail']})" if r.get("detail") else "")] for r in results])
+        else:
+            output.say(f"nothing to push in {root}")
+        _say_skipped(skipped)
+        counts = {k: sum(1 for r in results if r["status"] == k) for k in words}
+        if results:
+            output.say(f"{counts['published']} published, {counts['exists']} already published, "
+                       f"{counts['invalid']} invalid, {counts['refused']} refused")
+    invalid = [r for r in results if r["status"] == "invalid"]
+    refused = [r for r in results if r["status"] == "refused"]
+    if invalid:
+        output.say("neffcache: " + "; ".join(f"{r['entry']}: {r['detail']}" for r in invalid))
+        raise typer.Exit(EXIT_INTEGRITY)
+    if refused:
+        output.say("neffcache: " + "; ".join(f"{r['entry']}: {r['detail']}" for r in refused))
+        raise typer.Exit(errors.exit_code(refused[0]["error"]))
 
 
 # --- lookup ------------------------------------------------------------------------------------
@@ -419,10 +641,16 @@ def _show(value: Any) -> str:
 @app.command("pull")
 def pull_cmd(
     keys: Annotated[Optional[list[str]], typer.Argument(metavar="KEY", help="Artifact keys.", show_default=False)] = None,
-    dest: Annotated[Optional[Path], typer.Option("--dest", metavar="DIR", help="Folder to pull into: DEST/<key>/<file>.",
+    dest: Annotated[Optional[Path], typer.Option("--dest", metavar="DIR", help="Folder to pull into: DIR/<key>/<file>, "
+                                                 f"and DIR/{LOCK_FILE_NAME} recording what was pulled.",
                                                  show_default=False)] = None,
+    into_neuron_cache: Annotated[Optional[Path], typer.Option(
+        "--into-neuron-cache", metavar="DIR", help="Restore each artifact as a libneuronxla cache entry instead: "
+        "DIR/neuronxcc-<version>/MODULE_*/ with model.neff, compile_flags.json, the HLO, and model.done last.",
+        show_default=False)] = None,
     spec: SpecOpt = None,
-    lock: Annotated[Optional[Path], typer.Option("--lock", metavar="FILE", help="Write keys, file names and digests here (JSON).",
+    lock: Annotated[Optional[Path], typer.Option("--lock", metavar="FILE", help="Pull exactly what this lock file "
+                                                 "(neffcache lock) names: no key is computed, every digest must match.",
                                                  show_default=False)] = None,
     runtime_version: Annotated[Optional[list[str]], typer.Option(
         "--runtime-version", metavar="V", help="Local runtime version (V, or NAME=V for one runtime) "
@@ -432,35 +660,64 @@ def pull_cmd(
     url: UrlOpt = None,
     token: TokenOpt = None,
 ) -> None:
-    """Pull artifacts, fail closed: resolve everything first; any miss writes nothing (exit 4)."""
-    if dest is None:
-        raise UsageError("--dest DIR is required")
-    if not keys and not spec:
-        raise UsageError("nothing to pull: give artifact KEYs or --spec FILE")
+    """Pull artifacts, fail closed: resolve everything first; any miss writes nothing (exit 4).
+
+    Refused before anything is written (exit 5): an artifact built for another runtime, and with
+    NEURON_LOGICAL_NC_CONFIG set, a NEFF built for another number of logical NeuronCores.
+    """
+    if dest is None and into_neuron_cache is None:
+        raise UsageError("--dest DIR (or --into-neuron-cache DIR) is required")
+    if dest is not None and into_neuron_cache is not None:
+        raise UsageError("give --dest DIR or --into-neuron-cache DIR, not both")
+    if lock is not None and (keys or spec):
+        raise UsageError("--lock FILE pulls exactly what the lock names: give it without KEYs or --spec")
+    if not keys and not spec and lock is None:
+        raise UsageError("nothing to pull: give artifact KEYs, --spec FILE or --lock FILE")
     for key in keys or []:
         if len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
             raise UsageError(f"{key!r} is not an artifact key (64 lowercase hex characters)")
-    if dest.exists() and not dest.is_dir():
-        raise UsageError(f"--dest {dest} exists and is not a folder")
+    folder = dest if dest is not None else into_neuron_cache
+    assert folder is not None
+    option = "--dest" if dest is not None else "--into-neuron-cache"
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{option} {folder} exists and is not a folder")
+    locked = read_lock(lock) if lock is not None else None
     entries = load_spec_files(spec) if spec else []
     hash_models(entries)  # hashed only: a lookup does not need the model uploaded
     settings = load_settings(url or _root.url, token or _root.token)
     resolver = RuntimeResolver(runtime_version or [], settings.runtime_version)
+    lock_path = dest / LOCK_FILE_NAME if dest is not None else None
     with NeffcacheClient(settings.url, settings.token, timeout_s=settings.http_timeout_s,
                          max_connections=max(parallel * 2, 8)) as client:
-        wanted = resolve(client, list(dict.fromkeys(keys or [])), entries)
+        if locked is not None:
+            wanted = resolve_locked(client, locked, f"lock file {lock}")
+        else:
+            wanted = resolve(client, list(dict.fromkeys(keys or [])), entries)
         check_runtimes(wanted, resolver)
-        files = plan(wanted, dest)
-        total = sum(f.size for f in files)
-        with output.transfer_progress() as progress:
-            task = progress.add_task(f"pull {len(files)} file(s)", total=total)
-            download_all(client, files, parallel, lambda n: progress.advance(task, n))
-        if lock is not None:
-            write_lock(lock, settings.url, wanted, files, dest)
+        check_lnc(wanted, os.environ.get(LNC_ENV))
+        if into_neuron_cache is not None:
+            restores = plan_neuron_cache(client, wanted, into_neuron_cache)
+            total = sum(r.neff.size + r.hlo.size for r in restores)
+            with output.transfer_progress() as progress:
+                task = progress.add_task(f"restore {len(restores)} entr{'y' if len(restores) == 1 else 'ies'}",
+                                         total=total)
+                restore_into_neuron_cache(client, restores, parallel, lambda n: progress.advance(task, n))
+        else:
+            assert dest is not None and lock_path is not None
+            files = plan(wanted, dest)
+            total = sum(f.size for f in files)
+            with output.transfer_progress() as progress:
+                task = progress.add_task(f"pull {len(files)} file(s)", total=total)
+                download_all(client, files, parallel, lambda n: progress.advance(task, n))
+            write_lock(lock_path, lock_document(settings.url, wanted))
+    if into_neuron_cache is not None:
+        _report_neuron_cache_pull(into_neuron_cache, restores, lock, json_out)
+        return
     if json_out:
         output.print_json({
             "dest": str(dest),
-            "lock": str(lock) if lock else None,
+            "lock": str(lock_path),
+            "from_lock": str(lock) if lock is not None else None,
             "artifacts": [
                 {"key": w.key, "names": w.names, "requested_as": w.requested_as,
                  "runtime": w.artifact["manifest"]["runtime"],
@@ -475,7 +732,70 @@ def pull_cmd(
                        else "downloaded, sha256 verified"] for f in files])
         fetched = sum(1 for f in files if f.status == "downloaded")
         output.say(f"pulled {len(wanted)} artifact(s) into {dest}: {fetched} file(s) downloaded, "
-                   f"{len(files) - fetched} already present" + (f"; lock file {lock}" if lock else ""))
+                   f"{len(files) - fetched} already present; recorded in {lock_path}")
+
+
+def _report_neuron_cache_pull(root: Path, restores: list[Any], lock: Path | None, json_out: bool) -> None:
+    if json_out:
+        output.print_json({
+            "neuron_cache": str(root),
+            "from_lock": str(lock) if lock is not None else None,
+            "artifacts": [
+                {"key": r.item.key, "names": r.item.names, "requested_as": r.item.requested_as,
+                 "runtime": r.item.artifact["manifest"]["runtime"], "entry": r.place.label, "path": str(r.folder),
+                 "status": r.status,
+                 "files": [{"name": f.name, "path": str(f.path), "sha256": f.sha256, "size": f.size,
+                            "status": f.status} for f in (r.neff, r.hlo)]}
+                for r in restores
+            ],
+        })
+        return
+    output.table(None, ["entry", "key", "result"],
+                 [[r.place.label, r.item.key, "already present" if r.status == "present"
+                   else "restored, sha256 verified"] for r in restores])
+    restored = sum(1 for r in restores if r.status == "restored")
+    output.say(f"restored {restored} entr{'y' if restored == 1 else 'ies'} into {root}, "
+               f"{len(restores) - restored} already present")
+
+
+# --- lock --------------------------------------------------------------------------------------
+@app.command("lock")
+def lock_cmd(
+    keys: Annotated[Optional[list[str]], typer.Argument(metavar="KEY", help="Artifact keys (besides --spec).",
+                                                        show_default=False)] = None,
+    spec: SpecOpt = None,
+    output_file: Annotated[Optional[Path], typer.Option("--output", "-o", metavar="FILE", help="Write the lock here "
+                                                        "(default: stdout).", show_default=False)] = None,
+    json_out: JsonOpt = False,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Write a deployment lock file: each spec's key and its files' names, digests and sizes.
+
+    `neffcache pull --lock FILE --dest DIR` then pulls exactly those, without asking the service to
+    compute any key. Any spec not published: exit 4, nothing written.
+    """
+    if not keys and not spec:
+        raise UsageError("nothing to lock: give --spec FILE (or artifact KEYs)")
+    for key in keys or []:
+        if len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
+            raise UsageError(f"{key!r} is not an artifact key (64 lowercase hex characters)")
+    if output_file is not None and output_file.exists() and output_file.is_dir():
+        raise UsageError(f"--output {output_file} is a folder")
+    entries = load_spec_files(spec) if spec else []
+    hash_models(entries)
+    settings = load_settings(url or _root.url, token or _root.token)
+    with _client(url, token) as client:
+        wanted = resolve(client, list(dict.fromkeys(keys or [])), entries, "nothing was written")
+    doc = lock_document(settings.url, wanted)
+    if output_file is None:
+        print_lock(doc)
+        return
+    write_lock(output_file, doc)
+    if json_out:
+        print_lock(doc)
+    n_files = sum(len(a["files"]) for a in doc["artifacts"])
+    output.say(f"locked {len(wanted)} artifact(s), {n_files} file(s), in {output_file}")
 
 
 # --- inspection --------------------------------------------------------------------------------
@@ -545,9 +865,25 @@ def show_cmd(
         ["job", a.get("job_id") or ""],
         ["hits", a.get("hits", "")],
     ]
+    if m.get("allow_toolchain_mismatch"):
+        rows.append(["toolchain", "mismatch allowed (compiler and runtime of different SDK releases)"])
     output.table(None, ["field", "value"], rows)
     output.table("files", ["name", "size", "sha256"],
                  [[f["name"], output.human_bytes(f["size"]), f["sha256"]] for f in a["files"]])
+    headers = [f for f in a["files"] if f.get("neff")]
+    if headers:
+        output.table("NEFF headers", ["file", "neff_version", "neff_build_version", "lnc_size", "feature_bits",
+                                      "num_tpb", "name"],
+                     [[f["name"], h.get("neff_version"), h.get("neff_build_version"), h.get("lnc_size"),
+                       _bits(h.get("feature_bits")), h.get("num_tpb"), h.get("name")]
+                      for f in headers for h in [f["neff"]]])
+    annotations = a.get("annotations") or {}
+    if annotations:
+        output.table("annotations", ["name", "value"], [[k, v] for k, v in sorted(annotations.items())])
+
+
+def _bits(value: Any) -> str:
+    return f"{value} (0x{value:x})" if isinstance(value, int) else ("" if value is None else str(value))
 
 
 @app.command("stats")
@@ -713,6 +1049,28 @@ def workers_cmd(json_out: JsonOpt = False, url: UrlOpt = None, token: TokenOpt =
         output.say("no workers registered")
         return
     output.table(None, ["worker", "host", "state", "compiler", "runtime", "targets", "job", "heartbeat"], rows)
+
+
+@app.command("toolchains")
+def toolchains_cmd(json_out: JsonOpt = False, url: UrlOpt = None, token: TokenOpt = None) -> None:
+    """Neuron SDK releases (which neuronx-cc and runtime ship together, which have live workers),
+    and the toolchains live workers offer."""
+    with _client(url, token) as client:
+        body = client.toolchains()
+    if json_out:
+        output.print_json(body)
+        return
+    releases = body.get("releases", [])
+    output.table("SDK releases", ["sdk", "neuronx-cc", "runtime", "live workers"],
+                 [[r.get("sdk"), ", ".join(r.get("neuronx_cc", [])), ", ".join(r.get("runtime", [])),
+                   r.get("live_workers") or ""] for r in releases])
+    live = body.get("live", [])
+    if not live:
+        output.say("no live workers")
+        return
+    output.table("live toolchains", ["compiler", "runtime", "workers", "SDK releases"],
+                 [[t.get("compiler"), t.get("runtime"), t.get("workers"), ", ".join(t.get("sdk_releases") or [])]
+                  for t in live])
 
 
 # --- the entry point ---------------------------------------------------------------------------

@@ -35,8 +35,8 @@ err = _console(stderr=True)
 
 
 def say(message: str) -> None:
-    """One plain line for people, on stderr."""
-    err.print(Text(message))
+    """One plain line for people, on stderr (never wrapped: a log keeps it as one line)."""
+    err.print(Text(message), soft_wrap=True)
 
 
 def print_json(data: Any) -> None:

@@ -1,20 +1,25 @@
 """Fail-closed pull: resolve everything, check the runtime, then download and verify.
 
-Layout under DEST:  DEST/<key>/<file name>  (e.g. /neffs/3f2a.../model.neff)
+Layout under DEST:  DEST/<key>/<file name>  (e.g. /neffs/3f2a.../model.neff), plus
+DEST/neffcache.lock.json recording what was pulled (see client/lockfile.py).
+Layout under a libneuronxla cache (--into-neuron-cache DIR): see restore_into_neuron_cache.
 
 Order of events, so that a pod never starts with a wrong or missing NEFF:
-  1. every key and spec is resolved to a published artifact; any miss -> NotFound, nothing written
-  2. every artifact's runtime is compared with the local one; any mismatch -> RuntimeMismatch
+  1. every key and spec is resolved to a published artifact (a lock file's keys are only checked
+     for presence, GET /v1/artifacts/{key}, and their files' digests compared with the lock's);
+     any miss -> NotFound, any lock digest the service disagrees with -> IntegrityFailure;
+     nothing written
+  2. every artifact's runtime is compared with the local one, and every NEFF's lnc_size with
+     NEURON_LOGICAL_NC_CONFIG when that is set; any mismatch -> RuntimeMismatch
   3. files download in parallel into DEST/<key>/.<name>.part-<random>, hashed while streaming;
      a file is renamed to its final name only after its size and sha256 matched. A file already
      present under its final name with the right digest is not downloaded again.
-  4. the lock file (if asked for) is written last, atomically.
+  4. the lock file is written last, atomically.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import secrets
@@ -22,18 +27,19 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from neffcache.errors import IntegrityFailure, NotFound, RuntimeMismatch, UsageError
+from client import neuron_cache
 from client.api import NeffcacheClient
+from client.lockfile import LockedArtifact
 from client.runtime import RuntimeResolver
 from client.specs import SpecEntry, sha256_file
 
 KEY_RE = re.compile(r"^[0-9a-f]{64}$")
 HEX_RE = re.compile(r"^[0-9a-f]{64}$")
-LOCK_VERSION = 1
+LNC_ENV = "NEURON_LOGICAL_NC_CONFIG"
 
 
 @dataclass
@@ -44,6 +50,12 @@ class Wanted:
     artifact: dict[str, Any]
     requested_as: list[str] = field(default_factory=list)  # keys / spec labels
     names: list[str] = field(default_factory=list)  # spec names, where given
+    locked_annotations: dict[str, str] = field(default_factory=dict)  # from a lock file, if pulled by one
+
+    @property
+    def annotations(self) -> dict[str, str]:
+        """The artifact's annotations; a lock file's neuron_cache.* ones take precedence."""
+        return {**(self.artifact.get("annotations") or {}), **self.locked_annotations}
 
 
 @dataclass
@@ -54,6 +66,7 @@ class FileResult:
     sha256: str
     size: int
     status: str = "pending"  # downloaded | present
+    blob: str | None = None  # download GET /v1/blobs/{blob} instead of the artifact's file `name`
 
 
 def safe_file_name(name: str, key: str) -> str:
@@ -64,7 +77,8 @@ def safe_file_name(name: str, key: str) -> str:
     return name
 
 
-def resolve(client: NeffcacheClient, keys: list[str], entries: list[SpecEntry]) -> list[Wanted]:
+def resolve(client: NeffcacheClient, keys: list[str], entries: list[SpecEntry],
+            outcome: str = "nothing was pulled") -> list[Wanted]:
     """Every key and spec -> its artifact. All are asked before failing, so the miss lists them all."""
     wanted: dict[str, Wanted] = {}
     misses: list[str] = []
@@ -97,7 +111,7 @@ def resolve(client: NeffcacheClient, keys: list[str], entries: list[SpecEntry]) 
     if misses:
         total = len(keys) + len(entries)
         raise NotFound(
-            f"{len(misses)} of {total} not published, nothing was pulled: " + "; ".join(misses),
+            f"{len(misses)} of {total} not published, {outcome}: " + "; ".join(misses),
             misses=misses,
         )
     return list(wanted.values())
@@ -121,6 +135,72 @@ def check_runtimes(wanted: list[Wanted], resolver: RuntimeResolver) -> None:
             )
     if problems:
         raise RuntimeMismatch("runtime mismatch, nothing was pulled: " + "; ".join(problems))
+
+
+def resolve_locked(client: NeffcacheClient, locked: list[LockedArtifact], source: str) -> list[Wanted]:
+    """The artifacts a lock file names, checked for presence (GET /v1/artifacts/{key}) but never
+    looked up by spec: no key is computed. Every file the lock names must be published with the
+    lock's digest and size; only those files are pulled."""
+    wanted: list[Wanted] = []
+    misses: list[str] = []
+    disagreements: list[str] = []
+    for item in locked:
+        try:
+            artifact = client.artifact(item.key)
+        except NotFound:
+            misses.append(f"key {item.key}" + (f" ({', '.join(item.names)})" if item.names else ""))
+            continue
+        published = {f["name"]: f for f in artifact.get("files", [])}
+        chosen = []
+        for f in item.files:
+            entry = published.get(f.name)
+            if entry is None:
+                disagreements.append(f"artifact {item.key} has no file {f.name!r} (it has {', '.join(published)})")
+                continue
+            sha = str(entry.get("sha256", "")).lower()
+            if sha != f.sha256:
+                disagreements.append(f"{f.name} of artifact {item.key} is published as sha256:{sha}, "
+                                     f"the lock says {f.digest}")
+            elif int(entry.get("size", -1)) != f.size:
+                disagreements.append(f"{f.name} of artifact {item.key} is published with {entry.get('size')} bytes, "
+                                     f"the lock says {f.size}")
+            chosen.append(entry)
+        model_digest = ((artifact.get("manifest") or {}).get("model") or {}).get("digest")
+        if item.model_digest and model_digest and item.model_digest != model_digest:
+            disagreements.append(f"artifact {item.key} is of model {model_digest}, the lock says {item.model_digest}")
+        wanted.append(Wanted(item.key, {**artifact, "files": chosen}, [source], list(item.names),
+                             {k: v for k, v in item.annotations.items() if k.startswith("neuron_cache.")}))
+    if misses:
+        raise NotFound(
+            f"{len(misses)} of {len(locked)} artifact(s) in {source} not published, nothing was pulled: "
+            + "; ".join(misses),
+            misses=misses,
+        )
+    if disagreements:
+        raise IntegrityFailure(f"{source} does not match what is published, nothing was pulled: "
+                               + "; ".join(disagreements))
+    return wanted
+
+
+def check_lnc(wanted: list[Wanted], env_value: str | None) -> None:
+    """With NEURON_LOGICAL_NC_CONFIG set, every NEFF must have been built for that many logical
+    NeuronCores (the lnc_size its header records). A NEFF that records none (0, older compilers)
+    passes."""
+    if env_value is None or not env_value.strip():
+        return
+    try:
+        local = int(env_value.strip())
+    except ValueError:
+        raise UsageError(f"{LNC_ENV}={env_value!r} is not an integer") from None
+    problems = []
+    for item in wanted:
+        for f in item.artifact["files"]:
+            lnc = (f.get("neff") or {}).get("lnc_size")
+            if isinstance(lnc, int) and lnc and lnc != local:
+                problems.append(f"{f['name']} of artifact {item.key} was built with lnc_size {lnc}, "
+                                f"but {LNC_ENV}={local}")
+    if problems:
+        raise RuntimeMismatch("logical NeuronCore mismatch, nothing was pulled: " + "; ".join(problems))
 
 
 def plan(wanted: list[Wanted], dest: Path) -> list[FileResult]:
@@ -162,7 +242,8 @@ def _download(client: NeffcacheClient, result: FileResult, advance: Callable[[in
     received = 0
     try:
         result.path.parent.mkdir(parents=True, exist_ok=True)
-        with client.open_file(result.key, result.name) as (response, announced):
+        opened = client.open_blob(result.blob, result.name) if result.blob else client.open_file(result.key, result.name)
+        with opened as (response, announced):
             if announced and announced.lower() != result.sha256:
                 raise IntegrityFailure(
                     f"{result.name} of artifact {result.key}: the service announces sha256 {announced}, "
@@ -239,38 +320,115 @@ def download_all(client: NeffcacheClient, files: list[FileResult], parallel: int
         raise failed.exception()  # type: ignore[misc]
 
 
-def write_lock(path: Path, service: str, wanted: list[Wanted], files: list[FileResult], dest: Path) -> None:
-    by_key: dict[str, list[FileResult]] = {}
-    for f in files:
-        by_key.setdefault(f.key, []).append(f)
-    doc = {
-        "lock_version": LOCK_VERSION,
-        "service": service,
-        "pulled_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "dest": str(dest.resolve()),  # each file's path is relative to it
-        "artifacts": [
-            {
-                "key": item.key,
-                "names": item.names,
-                "requested_as": item.requested_as,
-                "target": item.artifact["manifest"].get("target"),
-                "compiler": item.artifact["manifest"].get("compiler"),
-                "runtime": item.artifact["manifest"].get("runtime"),
-                "model": item.artifact["manifest"].get("model"),
-                "files": [
-                    {"name": f.name, "path": f"{f.key}/{f.name}", "digest": f"sha256:{f.sha256}", "size": f.size}
-                    for f in by_key.get(item.key, [])
-                ],
-            }
-            for item in wanted
-        ],
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.parent / f".{path.name}.part-{secrets.token_hex(4)}"
+# --- into a libneuronxla cache ---------------------------------------------------------------------
+@dataclass
+class CacheRestore:
+    """One artifact restored as DIR/<compiler_dir>/<module>/ of a libneuronxla cache."""
+
+    item: Wanted
+    place: neuron_cache.RestoreTarget
+    folder: Path
+    neff: FileResult
+    hlo: FileResult
+    status: str = "pending"  # restored | present
+
+    @property
+    def flags_path(self) -> Path:
+        return self.folder / neuron_cache.FLAGS_FILE
+
+    @property
+    def done_path(self) -> Path:
+        return self.folder / neuron_cache.DONE_FILE
+
+
+def _describe(item: Wanted) -> str:
+    asked = [r for r in item.requested_as if r != item.key]
+    return f"artifact {item.key}" + (f" ({', '.join(asked)})" if asked else "")
+
+
+def plan_neuron_cache(client: NeffcacheClient, wanted: list[Wanted], root: Path) -> list[CacheRestore]:
+    """Where each artifact goes in the cache folder; refused (nothing written) when an artifact
+    lacks the neuron_cache annotations or a model.neff, or two would land in one folder."""
+    restores: list[CacheRestore] = []
+    taken: dict[str, str] = {}
+    missing_models: list[str] = []
+    for item in wanted:
+        what = _describe(item)
+        if not KEY_RE.match(item.key):
+            raise IntegrityFailure(f"the service named an artifact key {item.key!r} that is not 64 hex characters")
+        place = neuron_cache.restore_target(item.annotations, what)
+        if place.label in taken:
+            raise UsageError(f"{what} and artifact {taken[place.label]} both restore to {place.label}; pull one of them")
+        taken[place.label] = item.key
+        neff = next((f for f in item.artifact["files"] if f["name"] == neuron_cache.NEFF_FILE), None)
+        if neff is None:
+            raise UsageError(f"{what} has no {neuron_cache.NEFF_FILE} to restore into {place.label}")
+        sha = str(neff["sha256"]).lower()
+        if not HEX_RE.match(sha):
+            raise IntegrityFailure(f"{what} file {neff['name']}: sha256 {sha!r} is not a digest")
+        model = (item.artifact.get("manifest") or {}).get("model") or {}
+        model_digest = str(model.get("digest", ""))
+        if model.get("format") != "hlo" or not HEX_RE.match(model_digest.removeprefix("sha256:")):
+            raise UsageError(f"{what} is not compiled from an HLO module; it has no place in a libneuronxla cache")
+        model_size = client.blob_size(model_digest)
+        if model_size is None:
+            missing_models.append(f"the HLO module {model_digest} of {what}")
+            continue
+        folder = root / place.compiler_dir / place.module
+        restores.append(CacheRestore(
+            item, place, folder,
+            FileResult(item.key, neuron_cache.NEFF_FILE, folder / neuron_cache.NEFF_FILE, sha, int(neff["size"])),
+            FileResult(item.key, place.hlo_file, folder / place.hlo_file, model_digest.removeprefix("sha256:"),
+                       model_size, blob=model_digest),
+        ))
+    if missing_models:
+        raise NotFound(f"{len(missing_models)} model blob(s) not stored, nothing was pulled: " + "; ".join(missing_models))
+    return restores
+
+
+def _holds(result: FileResult) -> bool:
     try:
-        temp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-        os.replace(temp, path)
-    except OSError as exc:
-        raise UsageError(f"cannot write the lock file {path}: {exc.strerror or exc}") from None
-    finally:
-        temp.unlink(missing_ok=True)
+        return (result.path.is_file() and result.path.stat().st_size == result.size
+                and sha256_file(result.path) == f"sha256:{result.sha256}")
+    except OSError:
+        return False
+
+
+def _complete(restore: CacheRestore) -> bool:
+    """The entry is already there, done, with exactly these bytes."""
+    try:
+        if not restore.done_path.is_file():
+            return False
+        if restore.flags_path.read_bytes() != restore.place.flags_text.encode("utf-8"):
+            return False
+    except OSError:
+        return False
+    return _holds(restore.neff) and _holds(restore.hlo)
+
+
+def restore_into_neuron_cache(client: NeffcacheClient, restores: list[CacheRestore], parallel: int,
+                              advance: Callable[[int], None]) -> None:
+    """Write every entry: model.neff and the HLO downloaded (sha256 verified while streaming,
+    temp file + rename), compile_flags.json (temp file + rename), then model.done LAST, so that
+    libneuronxla never takes a half-written entry for a compiled one. An entry already complete
+    with the same bytes is left alone; one that differs loses its model.done first."""
+    todo = []
+    for r in restores:
+        if _complete(r):
+            r.status = r.neff.status = r.hlo.status = "present"
+            advance(r.neff.size + r.hlo.size)
+        else:
+            todo.append(r)
+    for r in todo:
+        try:
+            r.done_path.unlink(missing_ok=True)
+            r.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"cannot write {r.folder}: {exc.strerror or exc}") from None
+    download_all(client, [f for r in todo for f in (r.neff, r.hlo)], parallel, advance)
+    for r in todo:
+        neuron_cache.write_atomically(r.flags_path, r.place.flags_text.encode("utf-8"))
+        neuron_cache.sync_folder(r.folder)
+        neuron_cache.write_atomically(r.done_path, b"")
+        neuron_cache.sync_folder(r.folder)
+        r.status = "restored"

@@ -51,13 +51,14 @@ def registered_toolchains(session: Session, ttl_s: float) -> list[RegisteredTool
     return sorted(found, key=lambda t: (t.compiler_name, t.compiler_version, t.runtime_version))
 
 
-def _pick(field: str, values: set[str], spec: CompileSpec, candidates: list[RegisteredToolchain]) -> str:
+def _pick(field: str, values: set[str], spec: CompileSpec, candidates: list[RegisteredToolchain],
+          why_none: str = "") -> str:
     if len(values) == 1:
         return next(iter(values))
     if not values:
         raise ToolchainUnavailable(
-            f"spec.{field}: left out, and no registered worker offers {spec.compiler.name} "
-            f"for target {spec.target}; name the version explicitly",
+            f"spec.{field}: left out, and {why_none or f'no registered worker offers {spec.compiler.name} for target {spec.target}'}"
+            f"; name the version explicitly",
             candidates=[],
         )
     raise ToolchainAmbiguous(
@@ -105,8 +106,12 @@ def resolve_spec(session: Session, spec: CompileSpec, ttl_s: float, sdk: SdkTabl
             candidates = [t for t in candidates if t.compiler_version == compiler_version]
         if runtime_version is None:
             paired = sdk.runtimes_for_compiler(compiler_version) if neuron else set()
-            runtime_version = _pick("runtime.version", paired or {t.runtime_version for t in candidates}, spec,
-                                    candidates)
+            unknown = neuron and not paired and not candidates
+            runtime_version = _pick(
+                "runtime.version", paired or {t.runtime_version for t in candidates}, spec, candidates,
+                why_none=f"neuronx-cc {compiler_version} is in no SDK release this service knows "
+                         f"(python -m neffcache.sdk refresh) and no live worker has it" if unknown else "",
+            )
     if neuron and not spec.allow_toolchain_mismatch and sdk.paired(compiler_version, runtime_version) is False:
         raise ToolchainMismatch(
             f"spec.runtime.version: neuronx-cc {compiler_version} ships in SDK "

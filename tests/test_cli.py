@@ -115,10 +115,11 @@ def test_compile_wait_lookup_pull_stats_hits_on_inductor(cli, running, tmp_path:
     assert looked.json()["results"][0]["status"] == "hit" and looked.json()["results"][0]["key"] == key
 
     dest = tmp_path / "neffs"
-    lock = dest / "neffs.lock"
+    lock = dest / "neffcache.lock.json"  # every pull into --dest records what it pulled there
     # The local torch is the runtime: detected from its package metadata, no flag needed.
-    pulled = cli("pull", "--spec", str(spec_file), "--dest", str(dest), "--lock", str(lock), "--json")
+    pulled = cli("pull", "--spec", str(spec_file), "--dest", str(dest), "--json")
     assert pulled.rc == 0, pulled.stderr
+    assert pulled.json()["lock"] == str(lock)
     [artifact] = pulled.json()["artifacts"]
     assert artifact["key"] == key and artifact["runtime"]["version"] == torch_version
     for f in artifact["files"]:

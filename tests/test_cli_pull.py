@@ -116,8 +116,7 @@ def test_one_spec_of_three_missing_exits_4_and_writes_nothing(cli, api: httpx.Cl
     spec_file = write_yaml(tmp_path / "deploy.yaml",
                            [spec("a.hlo.pb", "a"), spec("never.hlo.pb", "never"), spec("b.hlo.pb", "b")])
     dest = tmp_path / "neffs"
-    r = cli("pull", "--spec", str(spec_file), "--dest", str(dest), "--lock", str(dest / "lock.json"),
-            "--runtime-version", NEURON_RUNTIME, "--json")
+    r = cli("pull", "--spec", str(spec_file), "--dest", str(dest), "--runtime-version", NEURON_RUNTIME, "--json")
     assert r.rc == 4, (r.stdout, r.stderr)
     line = r.one_line_error()
     assert "1 of 3" in line and "(never)" in line and "(a)" not in line
@@ -126,10 +125,9 @@ def test_one_spec_of_three_missing_exits_4_and_writes_nothing(cli, api: httpx.Cl
 
     # The same with the two that exist: both land, and the lock names them.
     ok_file = write_yaml(tmp_path / "ok.yaml", [spec("a.hlo.pb", "a"), spec("b.hlo.pb", "b")])
-    ok = cli("pull", "--spec", str(ok_file), "--dest", str(dest), "--lock", str(dest / "lock.json"),
-             "--runtime-version", NEURON_RUNTIME)
+    ok = cli("pull", "--spec", str(ok_file), "--dest", str(dest), "--runtime-version", NEURON_RUNTIME)
     assert ok.rc == 0, ok.stderr
-    lock = json.loads((dest / "lock.json").read_text())
+    lock = json.loads((dest / "neffcache.lock.json").read_text())  # what it pulled, recorded
     assert [a["names"] for a in lock["artifacts"]] == [["a"], ["b"]]
     for a in lock["artifacts"]:
         for f in a["files"]:
