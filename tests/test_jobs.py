@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -144,3 +145,32 @@ def test_job_listing_pages_with_a_cursor(api: httpx.Client) -> None:
     second = api.get(f"/v1/jobs?limit=2&cursor={first['next_cursor']}").json()
     assert not {j["id"] for j in first["jobs"]} & {j["id"] for j in second["jobs"]}
     assert first["jobs"][-1]["created_at"] >= second["jobs"][0]["created_at"]
+
+
+def test_a_worker_stopped_mid_compile_gives_its_job_back(api: httpx.Client, running,
+                                                          stack_settings: dict[str, Any]) -> None:
+    version = "2.25.3371.0+feedface"  # SDK 2.30.0, with runtime 2.32.31.0; only this test's worker has it
+    worker = running.stack.start_worker(
+        "worker-cold-stop", {"worker_backend": "neuronx-cc", "compile_timeout_s": 120,
+                             "worker_runtime_version": "2.32.31.0"},
+        {"NEURONX_CC_DOUBLE_VERSION": version},
+    )
+    try:
+        digest = upload(api, hlo_model("double:sleep=60"))
+        spec = neuron_spec(digest, compiler={"name": "neuronx-cc", "version": version, "flags": []},
+                           runtime={"name": "neuron-runtime", "version": "2.32.31.0"})
+        job_id = api.post("/v1/compile", json={"spec": spec}).json()["job"]["id"]
+        wait_job(api, job_id, states=("running",), timeout_s=30)
+        # Ctrl-C twice: RQ's cold shutdown abandons the job; the worker still says it stopped.
+        # (RQ ignores a second signal within a second of the first.)
+        worker.popen.send_signal(signal.SIGINT)
+        time.sleep(1.5)
+        worker.popen.send_signal(signal.SIGINT)
+        worker.popen.wait(30)
+        states = {w["pid"]: w["state"] for w in api.get("/v1/workers").json()["workers"]}
+        assert states[worker.pid] == "stopped"
+        retried = wait_job(api, job_id, states=("queued",), timeout_s=30, failure_class="worker_lost")
+        assert retried["attempts"] == 1
+        assert api.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
+    finally:
+        worker.kill()

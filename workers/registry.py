@@ -67,21 +67,32 @@ def beat(ctx: WorkerContext, state: str | None = None, current_job: str | None =
 
 
 def sweep(ctx: WorkerContext) -> None:
-    now = utcnow()
-    lost_before = now - timedelta(seconds=ctx.settings.worker_lost_after_s)
+    reap_lost_jobs(ctx)
+    enqueue_due_jobs(ctx)
+
+
+def reap_lost_jobs(ctx: WorkerContext) -> None:
+    """Running jobs whose worker went silent, stopped (a cold shutdown mid-compile) or was
+    deleted: fail the attempt as `worker_lost`, which retries it."""
+    lost_before = utcnow() - timedelta(seconds=ctx.settings.worker_lost_after_s)
     with ctx.db.session() as session:
-        lost_workers = set(
-            session.scalars(select(Worker.id).where(Worker.last_heartbeat < lost_before, Worker.state != "stopped"))
+        alive = set(
+            session.scalars(select(Worker.id).where(Worker.last_heartbeat >= lost_before, Worker.state != "stopped"))
         )
         running = session.execute(select(Job.id, Job.worker_id).where(Job.state == RUNNING)).all()
-        known = set(session.scalars(select(Worker.id)))
-        victims = [(jid, wid) for jid, wid in running if wid in lost_workers or wid not in known]
+        victims = [(job_id, worker_id) for job_id, worker_id in running if worker_id not in alive]
     for job_id, worker_id in victims:
         log.warning("job %s: worker %s is lost; failing the attempt as worker_lost", job_id, worker_id)
         jobs.record_failure(
             ctx, job_id, WORKER_LOST, f"worker {worker_id} stopped sending heartbeats",
             expected_worker=worker_id,
         )
+
+
+def enqueue_due_jobs(ctx: WorkerContext) -> None:
+    """Queued jobs of this worker's queues that are not in Redis: retries whose backoff has
+    passed, and new jobs whose enqueue after commit failed."""
+    now = utcnow()
     orphan_before = now - timedelta(seconds=ORPHAN_GRACE_S)
     with ctx.db.session() as session:
         due = session.execute(
