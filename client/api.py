@@ -13,6 +13,8 @@ answer in time, is raised as Unreachable. Nothing here prints.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -31,6 +33,14 @@ USER_AGENT = "neffcache-client/0.1.0"
 _STATUS_CODES = {401: "unauthorized", 403: "forbidden", 404: "not_found", 413: "too_large",
                  502: "unreachable", 503: "unreachable", 504: "unreachable"}
 
+
+
+@dataclass(frozen=True)
+class LogChunk:
+    text: str
+    end: int  # the offset to ask for next
+    skipped: int  # bytes after the asked offset the service no longer had (a running log's tail moved on)
+    complete: bool  # the attempt's whole log, final
 
 class NeffcacheClient:
     def __init__(self, url: str, token: str | None = None, *, timeout_s: float = 60.0,
@@ -232,6 +242,17 @@ class NeffcacheClient:
 
     def job_log(self, job_id: str) -> str:
         return self.request("GET", f"/v1/jobs/{job_id}/log").text
+
+    def job_log_from(self, job_id: str, offset: int) -> LogChunk:
+        """The job's log from byte `offset`: what is there now (a running job's is its tail)."""
+        response = self.request("GET", f"/v1/jobs/{job_id}/log", params={"offset": offset})
+        headers = response.headers
+        return LogChunk(
+            text=response.text,
+            end=offset + int(headers.get("x-neffcache-log-skipped", "0")) + len(response.content),
+            skipped=int(headers.get("x-neffcache-log-skipped", "0")),
+            complete=headers.get("x-neffcache-log-complete") == "true",
+        )
 
     def cancel_job(self, job_id: str) -> tuple[dict[str, Any], bool]:
         """(the job, True if it was cancelled at once / False if its worker was asked to stop)."""

@@ -982,23 +982,29 @@ def logs_cmd(
                 sys.stdout.write(text if text.endswith("\n") or not text else text + "\n")
             return
         printed = ""
-        last_state = None
+        last_state, attempt, offset = None, None, 0
         while True:
             job = client.job(job_id)
             if job["state"] != last_state:
                 output.say(f"job {job_id}: {job['state']} (attempt {job.get('attempts')}/{job.get('max_attempts')})")
                 last_state = job["state"]
+            if attempt is not None and job.get("attempts") != attempt and job["state"] == "running":
+                offset = 0  # a new attempt writes a new log
+                if not json_out:
+                    sys.stdout.write(f"\n--- attempt {job.get('attempts')} ---\n")
+            attempt = job.get("attempts")
             try:
-                text = client.job_log(job_id)
+                chunk = client.job_log_from(job_id, offset)
             except NotFound:  # no log yet
-                text = printed
-            if not json_out and text.startswith(printed) and len(text) > len(printed):
-                sys.stdout.write(text[len(printed):])
-                sys.stdout.flush()
-            elif not json_out and not text.startswith(printed):  # a new attempt's log
-                sys.stdout.write("\n--- new attempt ---\n" + text)
-            printed = text
-            if job["state"] in FINAL_STATES:
+                chunk = None
+            if chunk is not None:
+                text = (f"[... {chunk.skipped} bytes not kept while running ...]\n" if chunk.skipped else "") + chunk.text
+                if text and not json_out:
+                    sys.stdout.write(text)
+                    sys.stdout.flush()
+                printed += text
+                offset = chunk.end
+            if job["state"] in FINAL_STATES and (chunk is None or chunk.complete):
                 break
             time.sleep(max(interval, 0.05))
         if json_out:

@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     # Workers seen within this window count as registered toolchains for version resolution.
     toolchain_ttl_s: float = Field(default=24 * 3600.0, gt=0)
     log_tail_bytes: int = Field(default=4096, ge=256)
+    # How often a running compile's log tail is copied to the job (for `neffcache logs -f`).
+    log_refresh_s: float = Field(default=10.0, gt=0)
 
     # --- the worker ---
     worker_backend: str = "inductor"  # inductor | neuronx-cc

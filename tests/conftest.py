@@ -29,6 +29,7 @@ FAST_CLOCKS = {
     "retry_backoff_s": 0.3,
     "heartbeat_interval_s": 0.5,
     "worker_lost_after_s": 6.0,  # a busy 2-core CI machine can starve a heartbeat for a few seconds
+    "log_refresh_s": 0.5,
 }
 MAX_UPLOAD_BYTES = 32 * 1024 * 1024
 ADMIN_TOKEN = "nfc_test-bootstrap-admin"

@@ -324,3 +324,15 @@ def test_usage_errors_exit_2(cli, tmp_path: Path) -> None:
         r = cli(*args)
         assert r.rc == 2, (args, r.stderr)
         assert text in r.one_line_error(), (args, r.stderr)
+
+
+def test_logs_follow_shows_a_running_compile_as_it_goes(cli, api: httpx.Client) -> None:
+    digest = upload(api, hlo_model("double:sleep=3"))
+    job_id = api.post("/v1/compile", json={"spec": neuron_spec(digest)}).json()["job"]["id"]
+    wait_job(api, job_id, states=("running",), timeout_s=30)
+    followed = cli("logs", job_id, "--follow", "--poll-interval", "0.2", timeout=60)
+    assert followed.rc == 0, followed.stderr
+    # Printed piece by piece while it ran, each line once, ending with the stored log's end.
+    for line in ("compiling, step 1 of 3", "compiling, step 3 of 3", "Compiler status PASS"):
+        assert followed.stdout.count(line) == 1, followed.stdout
+    assert followed.stdout.strip() == api.get(f"/v1/jobs/{job_id}/log").text.strip()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 import pytest
@@ -114,3 +115,30 @@ def test_an_invalid_neff_fails_the_job_and_publishes_nothing(api: httpx.Client, 
     assert api.post("/v1/lookup", json={"spec": neuron_spec(digest)}).status_code == 404
     # Deterministic: remembered like a compile error.
     assert api.post("/v1/compile", json={"spec": neuron_spec(digest)}).json()["status"] == "failed"
+
+
+def test_a_running_compile_log_can_be_followed(api: httpx.Client) -> None:
+    # Under the test workers' 4 s compile timeout, so one attempt writes the whole log.
+    digest = upload(api, hlo_model("double:sleep=3"))
+    job_id = api.post("/v1/compile", json={"spec": neuron_spec(digest)}).json()["job"]["id"]
+    wait_job(api, job_id, states=("running",), timeout_s=30)
+    offset, seen, partial_reads = 0, "", 0
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        state = api.get(f"/v1/jobs/{job_id}").json()["state"]
+        r = api.get(f"/v1/jobs/{job_id}/log", params={"offset": offset})
+        if r.status_code == 200:
+            assert r.headers["x-neffcache-log-skipped"] == "0"  # polled often enough: nothing lost
+            if r.headers["x-neffcache-log-complete"] == "false":
+                partial_reads += 1
+            seen += r.text
+            offset += len(r.content)
+            assert int(r.headers["x-neffcache-log-size"]) >= offset
+            if state == "succeeded" and r.headers["x-neffcache-log-complete"] == "true":
+                break
+        time.sleep(0.3)
+    assert partial_reads >= 2, "the log was never readable while the compile ran"
+    assert "compiling, step 2 of 3" in seen and "Compiler status PASS" in seen
+    whole = api.get(f"/v1/jobs/{job_id}/log").text
+    assert seen == whole  # read piece by piece, it is the stored log exactly
+    assert api.get(f"/v1/jobs/{job_id}/log", params={"offset": len(whole.encode()) - 5}).text == whole[-5:]

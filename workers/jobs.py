@@ -63,6 +63,8 @@ def claim(ctx: WorkerContext, job_id: str) -> ClaimedJob | None:
             session, job_id, QUEUED,
             state=RUNNING, attempts=Job.attempts + 1, worker_id=ctx.worker_id,
             started_at=utcnow(), finished_at=None,
+            # The log is the last attempt's: a retry starts a new one.
+            log_digest=None, log_tail=None, log_bytes=0,
         )
         if not claimed:
             return None
@@ -70,13 +72,23 @@ def claim(ctx: WorkerContext, job_id: str) -> ClaimedJob | None:
         return ClaimedJob(job.id, job.key, job.manifest, job.attempts, job.annotations)
 
 
-def cancel_requested(ctx: WorkerContext, job_id: str) -> bool:
+@dataclass(frozen=True)
+class LogState:
+    tail: str
+    size: int
+    digest: str | None = None  # set once the whole log is stored
+
+
+def poll_running(ctx: WorkerContext, job_id: str, progress: LogState | None) -> bool:
+    """While compiling: store the log's progress (when given); True when the job must stop."""
     with ctx.db.session() as session:
+        if progress is not None:
+            _set(session, job_id, RUNNING, only_worker=ctx.worker_id, log_tail=progress.tail, log_bytes=progress.size)
         job = session.get(Job, job_id)
         return job is None or job.cancel_requested or job.state != RUNNING
 
 
-def publish(ctx: WorkerContext, job: ClaimedJob, files: list[PublishedFile], log_digest: str,
+def publish(ctx: WorkerContext, job: ClaimedJob, files: list[PublishedFile], log: LogState,
             seconds: float, message: str) -> bool:
     """Record the artifact and finish the job in one transaction: the row is the commit point.
 
@@ -97,7 +109,7 @@ def publish(ctx: WorkerContext, job: ClaimedJob, files: list[PublishedFile], log
         return _set(
             session, job.id, RUNNING, only_worker=ctx.worker_id,
             state=SUCCEEDED, finished_at=utcnow(), failure_class=None,
-            message=message, log_digest=log_digest, log_tail=None,
+            message=message, log_digest=log.digest, log_tail=None, log_bytes=log.size,
         )
 
 
@@ -106,19 +118,21 @@ def retry_delay(settings: Any, attempt: int) -> float:
 
 
 def record_failure(ctx: WorkerContext, job_id: str, failure_class: str, message: str,
-                         log_tail: str | None = None, log_digest: str | None = None,
-                         expected_worker: str | None = None) -> None:
-    """Record a failed attempt. Transient classes go back to the queue while attempts remain."""
+                   log: LogState | None = None, expected_worker: str | None = None) -> None:
+    """Record a failed attempt. Transient classes go back to the queue while attempts remain.
+    Without a `log` (the worker was lost, say) the last stored progress of the log stays."""
     with ctx.db.session() as session:
-        _fail(ctx, session, job_id, failure_class, message, log_tail, log_digest, expected_worker)
+        _fail(ctx, session, job_id, failure_class, message, log, expected_worker)
 
 
 def _fail(ctx: WorkerContext, session: Session, job_id: str, failure_class: str, message: str,
-          log_tail: str | None, log_digest: str | None, expected_worker: str | None) -> None:
+          log: LogState | None, expected_worker: str | None) -> None:
     job = session.get(Job, job_id)
     if job is None or job.state != RUNNING or (expected_worker and job.worker_id != expected_worker):
         return
-    common = {"failure_class": failure_class, "log_tail": log_tail, "log_digest": log_digest}
+    common: dict[str, Any] = {"failure_class": failure_class}
+    if log is not None:
+        common.update(log_tail=log.tail, log_digest=log.digest, log_bytes=log.size)
     where_worker = {"only_worker": job.worker_id}
     if failure_class == "cancelled" or job.cancel_requested:
         _set(session, job_id, RUNNING, **where_worker, state=CANCELLED, finished_at=utcnow(),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from neffcache import neff
@@ -17,7 +18,7 @@ from neffcache.errors import CorruptObject
 from neffcache.neff import InvalidNeff
 from neffcache.queue import version_matches
 from workers import context, jobs, registry
-from workers.backends.base import CompileOutcome
+from workers.backends.base import LOG_FILE, CompileOutcome
 from workers.context import WorkerContext
 
 log = logging.getLogger(__name__)
@@ -58,14 +59,6 @@ def _run(ctx: WorkerContext, job: jobs.ClaimedJob) -> str:
     if refusal:
         jobs.record_failure(ctx, job.id, INVALID_INPUT, refusal, expected_worker=ctx.worker_id)
         return refusal
-    last_poll = [0.0, False]
-
-    def should_cancel() -> bool:
-        # The compiler's wait loop asks often; the database is asked once a second.
-        if time.monotonic() - last_poll[0] >= CANCEL_POLL_S:
-            last_poll[0], last_poll[1] = time.monotonic(), jobs.cancel_requested(ctx, job.id)
-        return bool(last_poll[1])
-
     with tempfile.TemporaryDirectory(dir=settings.work_dir, prefix=f"neffcache-{job.id[:8]}-") as tmp:
         work = Path(tmp)
         model_path = work / "input" / "model"
@@ -75,17 +68,36 @@ def _run(ctx: WorkerContext, job: jobs.ClaimedJob) -> str:
             found = ctx.store.fetch_to_path(model_hex, model_path)
         except CorruptObject as exc:
             jobs.record_failure(ctx, job.id, INVALID_INPUT, f"model blob is corrupt: {exc.detail}",
-                                      expected_worker=ctx.worker_id)
+                                expected_worker=ctx.worker_id)
             return "corrupt input"
         if not found:
             jobs.record_failure(ctx, job.id, INVALID_INPUT,
-                                      f"model blob {job.manifest['model']['digest']} is missing from the object store",
-                                      expected_worker=ctx.worker_id)
+                                f"model blob {job.manifest['model']['digest']} is missing from the object store",
+                                expected_worker=ctx.worker_id)
             return "missing input"
         build = work / "build"
         build.mkdir()
+        should_cancel = _progress_poller(ctx, job.id, build / LOG_FILE)
         outcome = ctx.backend.compile(job.manifest, model_path, build, settings.compile_timeout_s, should_cancel)
         return _finish(ctx, job, outcome)
+
+
+def _progress_poller(ctx: WorkerContext, job_id: str, log_path: Path) -> Callable[[], bool]:
+    """The `should_cancel` a backend polls several times a second. It asks the database once a
+    second whether to stop, and copies the log's progress to the job every `log_refresh_s`,
+    so `neffcache logs --follow` shows a compile that runs for hours."""
+    polled = {"at": 0.0, "logged_at": 0.0, "stop": False}
+
+    def should_cancel() -> bool:
+        now = time.monotonic()
+        if now - polled["at"] >= CANCEL_POLL_S:
+            progress = None
+            if now - polled["logged_at"] >= ctx.settings.log_refresh_s:
+                progress, polled["logged_at"] = _log_state(log_path, ctx.settings.log_tail_bytes), now
+            polled["at"], polled["stop"] = now, jobs.poll_running(ctx, job_id, progress)
+        return bool(polled["stop"])
+
+    return should_cancel
 
 
 def _neff_summary(path: Path) -> dict:
@@ -93,36 +105,38 @@ def _neff_summary(path: Path) -> dict:
         return neff.validate(f, path.stat().st_size).summary()
 
 
-def _log_tail(path: Path, limit: int) -> str:
-    with open(path, "rb") as f:
-        f.seek(0, 2)
-        size = f.tell()
-        f.seek(max(0, size - limit))
-        return f.read().decode("utf-8", errors="replace")
+def _log_state(path: Path, limit: int, digest: str | None = None) -> jobs.LogState | None:
+    """The last `limit` bytes of the log and its size (None before the compiler made it)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            size = f.tell()
+            f.seek(max(0, size - limit))
+            return jobs.LogState(f.read().decode("utf-8", errors="replace"), size, digest)
+    except FileNotFoundError:
+        return None
 
 
 def _finish(ctx: WorkerContext, job: jobs.ClaimedJob, outcome: CompileOutcome) -> str:
     log_put = ctx.store.put_path(outcome.log_path)
     log_digest = f"sha256:{log_put.digest}"
+    log = _log_state(outcome.log_path, ctx.settings.log_tail_bytes, log_digest)
     if not outcome.ok:
-        jobs.record_failure(
-            ctx, job.id, outcome.failure_class or "compile_error", outcome.message,
-            log_tail=_log_tail(outcome.log_path, ctx.settings.log_tail_bytes), log_digest=log_digest,
-            expected_worker=ctx.worker_id,
-        )
+        jobs.record_failure(ctx, job.id, outcome.failure_class or "compile_error", outcome.message,
+                            log=log, expected_worker=ctx.worker_id)
         return f"failed: {outcome.failure_class}"
     try:
         neff_headers = {name: _neff_summary(path) for name, path in outcome.files.items() if name.endswith(".neff")}
     except InvalidNeff as exc:
         # Never publish what a runtime could not load; the same compile would write it again.
         jobs.record_failure(ctx, job.id, INVALID_OUTPUT, f"the compiler wrote an invalid NEFF: {exc}",
-                            log_tail=_log_tail(outcome.log_path, ctx.settings.log_tail_bytes),
-                            log_digest=log_digest, expected_worker=ctx.worker_id)
+                            log=log, expected_worker=ctx.worker_id)
         return "failed: invalid_output"
     files = [jobs.PublishedFile("compile.log", log_digest, log_put.size)]
     for name, path in sorted(outcome.files.items()):
         put = ctx.store.put_path(path)  # digest computed while writing; atomic under its name
         files.append(jobs.PublishedFile(name, f"sha256:{put.digest}", put.size, neff_headers.get(name)))
-    published = jobs.publish(ctx, job, files, log_digest, outcome.seconds,
+    assert log is not None  # the backend always writes its log file
+    published = jobs.publish(ctx, job, files, log, outcome.seconds,
                              f"compiled in {outcome.seconds:.1f} s on {ctx.worker_id}")
     return "published" if published else "finished elsewhere"

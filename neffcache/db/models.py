@@ -86,6 +86,8 @@ class Job(Base):
     message: Mapped[str | None] = mapped_column(Text)
     log_tail: Mapped[str | None] = mapped_column(Text)
     log_digest: Mapped[str | None] = mapped_column(String(71))
+    # Bytes the current attempt's log has (so far, while it runs): where `log_tail` ends.
+    log_bytes: Mapped[int | None] = mapped_column(BigInteger)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(Integer)
     worker_id: Mapped[str | None] = mapped_column(String(255))

@@ -45,8 +45,10 @@ def object_response(ctx: ServiceContext, hex_digest: str, name: str, size: int,
     return StreamingResponse(stream_chunks(stream), media_type="application/octet-stream", headers=headers)
 
 
-def stream_chunks(stream: BinaryIO, size: int = 1024 * 1024) -> Iterator[bytes]:
-    """Yield a stored object in chunks and close it, for a StreamingResponse."""
+def stream_chunks(stream: BinaryIO, size: int = 1024 * 1024, skip: int = 0) -> Iterator[bytes]:
+    """Yield a stored object in chunks (after its first `skip` bytes) and close it."""
     with stream:
+        while skip > 0 and (dropped := stream.read(min(skip, size))):
+            skip -= len(dropped)
         while chunk := stream.read(size):
             yield chunk

@@ -5,19 +5,20 @@ from __future__ import annotations
 import logging
 from typing import Any, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy import select, update
 
 from neffcache.db.models import CANCELLED, QUEUED, RUNNING, Job, utcnow
-from neffcache.errors import JobFinished, NotFound, CorruptObject
+from neffcache.errors import CorruptObject, JobFinished, NotFound
 from service.auth import READ, WRITE
 from service.pagination import MAX_LIMIT, next_cursor, page
 from service.routes.deps import context, stream_chunks
-from service.views import job_view, bare_hex
+from service.views import bare_hex, job_view
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+LOG_TYPE = "text/plain; charset=utf-8"
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 
@@ -51,18 +52,35 @@ def get_job(job_id: str, request: Request) -> dict[str, Any]:
 
 
 @router.get("/{job_id}/log", dependencies=[READ], response_class=StreamingResponse)
-def get_job_log(job_id: str, request: Request) -> StreamingResponse:
-    """The whole compiler log of the job's last attempt (text)."""
+def get_job_log(
+    job_id: str,
+    request: Request,
+    offset: int = Query(0, ge=0, description="first byte wanted: where the previous read ended"),
+) -> Response:
+    """The compiler log of the job's last attempt, from `offset`.
+
+    Once the attempt has ended this is the whole stored log. While it runs it is the log's
+    latest tail (refreshed by the worker every few seconds): `X-Neffcache-Log-Skipped` says
+    how many bytes after `offset` are no longer available. `X-Neffcache-Log-Size` is the log's
+    size so far and `X-Neffcache-Log-Complete` whether it is final."""
     ctx = context(request)
     with ctx.db.session() as session:
         job = _get(session, job_id)
-        digest, state = job.log_digest, job.state
-    if digest is None:
+        digest, tail, size, state = job.log_digest, job.log_tail, job.log_bytes, job.state
+    if digest is not None:
+        stream = ctx.store.open(bare_hex(digest))
+        if stream is None:
+            raise CorruptObject(f"the log of job {job_id} ({digest}) is missing from the object store")
+        headers = {"X-Neffcache-Log-Size": str(size or 0), "X-Neffcache-Log-Complete": "true",
+                   "X-Neffcache-Log-Skipped": "0"}
+        return StreamingResponse(stream_chunks(stream, skip=offset), media_type=LOG_TYPE, headers=headers)
+    if tail is None:
         raise NotFound(f"job {job_id} has no log yet (state {state})", job=job_id)
-    stream = ctx.store.open(bare_hex(digest))
-    if stream is None:
-        raise CorruptObject(f"the log of job {job_id} ({digest}) is missing from the object store")
-    return StreamingResponse(stream_chunks(stream), media_type="text/plain; charset=utf-8")
+    data = tail.encode()
+    start = max((size or len(data)) - len(data), 0)
+    headers = {"X-Neffcache-Log-Size": str(start + len(data)), "X-Neffcache-Log-Complete": "false",
+               "X-Neffcache-Log-Skipped": str(max(0, start - offset))}
+    return Response(data[max(0, offset - start):], media_type=LOG_TYPE, headers=headers)
 
 
 @router.post("/{job_id}/cancel", dependencies=[WRITE], responses={202: {"description": "running: the worker was asked to stop"}})

@@ -29,7 +29,7 @@ Behaviour is chosen by the INPUT FILE's content, so each job can ask for its own
     double:inconsistent    write a complete NEFF whose header_size says 10 bytes
     double:notar           write a NEFF whose payload is not a tarball
     double:future          write a NEFF of format version 3.0
-    double:sleep=<secs>    sleep that long, then succeed
+    double:sleep=<secs>    sleep that long (logging a progress line each second), then succeed
 
 Environment:
     NEURONX_CC_DOUBLE_VERSION  the version `--version` reports (default 2.27.5334.0+2d6a2ba2b)
@@ -259,7 +259,12 @@ def compile_command(args: list[str], version: str) -> int:
     if match:
         seconds = float(match.group(1))
         log(f"INFO: sleeping {seconds:g} s (requested by test double)")
-        time.sleep(seconds)
+        deadline = time.monotonic() + seconds
+        step = 0
+        while (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(1.0, left))
+            step += 1
+            log(f"INFO: compiling, step {step} of {int(seconds + 0.999)}")
 
     description = {
         "compiler": "neuronx-cc test double",
