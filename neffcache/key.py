@@ -179,7 +179,7 @@ def manifest_diff(wanted: Mapping[str, Any], found: Mapping[str, Any]) -> list[d
             and isinstance(right, list)
             and len(left) == len(right)
         ):
-            for index, (one, other) in enumerate(zip(left, right)):
+            for index, (one, other) in enumerate(zip(left, right, strict=False)):
                 if isinstance(one, Mapping) and isinstance(other, Mapping):
                     for sub in _ordered_keys(_INPUT_FIELDS, one, other):
                         differ(f"inputs[{index}].{sub}", _get(one, sub), _get(other, sub))

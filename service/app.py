@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-
-import logging
 
 from fastapi import FastAPI
 
@@ -14,13 +13,12 @@ from service import errors
 from service.context import ServiceContext
 from service.routes import artifacts, blobs, compile, health, jobs, stats, tokens, toolchains, workers
 
-
 log = logging.getLogger("neffcache.service")
 
 
 def create_app(settings: Settings | None = None, ctx: ServiceContext | None = None) -> FastAPI:
-    settings = settings or Settings()
-    context = ctx or ServiceContext.from_settings(settings)
+    context = ctx or ServiceContext.from_settings(settings or Settings())
+    settings = context.settings
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -66,7 +66,7 @@ class _DatabaseCollector:
         total, seconds_sum, *cumulative = row
         hist = HistogramMetricFamily(
             "neffcache_compile_duration_seconds", "Compile time of published artifacts",
-            buckets=[(str(float(b)), int(c or 0)) for b, c in zip(DURATION_BUCKETS, cumulative)]
+            buckets=[(str(float(b)), int(c or 0)) for b, c in zip(DURATION_BUCKETS, cumulative, strict=False)]
             + [("+Inf", int(total))],
             sum_value=float(seconds_sum),
         )

@@ -141,3 +141,12 @@ def tokens(running: RunningStack, stack_settings: dict[str, Any]) -> dict[str, s
         )
         made[scope] = json.loads(out.stdout)["token"]
     return made
+
+
+@pytest.fixture
+def cli(running: RunningStack, tokens: dict[str, str]):
+    """cli(*args, **env) -> Result: the `neffcache` command against the running stack, with a
+    write token, as CI would run it."""
+    from tests.support.cli import cli_runner
+
+    return cli_runner(running.url, tokens["write"])

@@ -9,73 +9,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-import yaml
 
 from tests.support.api import NEURON_RUNTIME, hlo_model, neuron_spec, upload, wait_job
-from tests.support.stack import REPO
+from tests.support.cli import client_env, run_cli, write_yaml
 
 pytestmark = pytest.mark.stack
 
 
-@dataclass
-class Result:
-    rc: int
-    stdout: str
-    stderr: str
-
-    def json(self) -> Any:
-        return json.loads(self.stdout)
-
-    def one_line_error(self) -> str:
-        """stderr is exactly one line, with no traceback."""
-        lines = self.stderr.strip().splitlines()
-        assert len(lines) == 1, self.stderr
-        assert "Traceback" not in self.stderr
-        return lines[0]
-
-
-def client_env(url: str, token: str | None = None, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NEFFCACHE_")}
-    env.update({"NEFFCACHE_URL": url, "COLUMNS": "250", "PYTHONUNBUFFERED": "1"})
-    if token:
-        env["NEFFCACHE_TOKEN"] = token
-    env.update(extra)
-    return env
-
-
-def run_cli(args: list[str], env: dict[str, str], cwd: Path | None = None, timeout: float = 180) -> Result:
-    proc = subprocess.run([sys.executable, "-m", "client.cli", *args], env={**env, "PYTHONPATH": str(REPO)},
-                          cwd=cwd or REPO, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
-    return Result(proc.returncode, proc.stdout, proc.stderr)
-
-
-@pytest.fixture
-def cli(running, tokens):
-    """cli(*args, **env) -> Result, against the running stack, as CI would run it (a write token)."""
-    token = tokens["write"]
-
-    def call(*args: str, cwd: Path | None = None, timeout: float = 180, **extra_env: str) -> Result:
-        return run_cli(list(args), client_env(running.url, token, **extra_env), cwd=cwd, timeout=timeout)
-
-    return call
-
-
 def sha256_hex(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def write_yaml(path: Path, data: Any) -> Path:
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
 
 
 # --- the inductor backend, end to end ----------------------------------------------------------

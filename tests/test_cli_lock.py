@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from tests.support.api import NEURON_RUNTIME, hlo_model, neuron_spec, stats
-from tests.test_cli import cli, client_env, run_cli, write_yaml  # noqa: F401 - cli is a fixture
+from tests.support.cli import client_env, run_cli, write_yaml
 from tests.test_cli_pull import files_under, published
 
 pytestmark = pytest.mark.stack
@@ -101,7 +101,7 @@ def test_lock_then_pull_by_lock_computes_no_key(cli, api: httpx.Client, tokens: 
     assert doc["lock_version"] == 1
     assert [a["key"] for a in doc["artifacts"]] == [a["key"] for a in artifacts]
     assert [a["names"] for a in doc["artifacts"]] == [["encoder"], ["decoder"]]
-    for entry, artifact in zip(doc["artifacts"], artifacts):
+    for entry, artifact in zip(doc["artifacts"], artifacts, strict=False):
         assert entry["target"] == "trn1" and entry["runtime"] == {"name": "neuron-runtime", "version": NEURON_RUNTIME}
         assert entry["compiler"]["name"] == "neuronx-cc" and entry["model"] == artifact["manifest"]["model"]
         assert [(f["name"], f["digest"], f["size"]) for f in entry["files"]] == [

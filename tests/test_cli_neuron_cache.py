@@ -21,7 +21,6 @@ import pytest
 
 from tests.doubles.neuronx_cc_double import DEFAULT_VERSION, build_neff
 from tests.support.api import NEURON_RUNTIME, hlo_model
-from tests.test_cli import cli, write_yaml  # noqa: F401 - cli is a fixture
 from tests.test_cli_pull import published
 
 pytestmark = pytest.mark.stack

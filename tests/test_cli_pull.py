@@ -18,7 +18,7 @@ from neffcache.settings import Settings
 from neffcache.storage import open_store
 from tests.support.api import NEURON_RUNTIME, hlo_model, neuron_spec, upload, wait_job
 from tests.support.tamper import overwrite_stored_bytes
-from tests.test_cli import cli, client_env, run_cli, write_yaml  # noqa: F401 - cli is a fixture
+from tests.support.cli import client_env, run_cli, write_yaml
 
 pytestmark = pytest.mark.stack
 

@@ -20,7 +20,7 @@ from neffcache.storage import ObjectStore, PutResult, StoredObject, open_store
 from neffcache.storage.filesystem import FilesystemObjectStore
 from neffcache.storage.s3 import S3ObjectStore
 from tests.support.seaweedfs import SeaweedFS
-from tests.support.storage_fixtures import seaweedfs, object_store  # noqa: F401
+
 from tests.support.storage_fixtures import s3_settings_overrides
 
 MiB = 1024 * 1024

@@ -1,0 +1,63 @@
+"""Running the `neffcache` command in tests: as a subprocess, the way CI and pods run it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.support.stack import REPO
+
+
+@dataclass
+class Result:
+    rc: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> Any:
+        return json.loads(self.stdout)
+
+    def one_line_error(self) -> str:
+        """stderr is exactly one line, with no traceback."""
+        lines = self.stderr.strip().splitlines()
+        assert len(lines) == 1, self.stderr
+        assert "Traceback" not in self.stderr
+        return lines[0]
+
+
+def client_env(url: str, token: str | None = None, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEFFCACHE_")}
+    env.update({"NEFFCACHE_URL": url, "COLUMNS": "250", "PYTHONUNBUFFERED": "1"})
+    if token:
+        env["NEFFCACHE_TOKEN"] = token
+    env.update(extra)
+    return env
+
+
+def run_cli(args: list[str], env: dict[str, str], cwd: Path | None = None, timeout: float = 180) -> Result:
+    proc = subprocess.run([sys.executable, "-m", "client.cli", *args], env={**env, "PYTHONPATH": str(REPO)},
+                          cwd=cwd or REPO, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def cli_runner(url: str, token: str):
+    """cli(*args, cwd=, timeout=, **env) -> Result against the service at `url` with `token`."""
+
+    def call(*args: str, cwd: Path | None = None, timeout: float = 180, **extra_env: str) -> Result:
+        return run_cli(list(args), client_env(url, token, **extra_env), cwd=cwd, timeout=timeout)
+
+    return call
+
+
+def write_yaml(path: Path, data: Any) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
