@@ -8,14 +8,13 @@ service replica then reports the same truth.
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
 from typing import TYPE_CHECKING, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from sqlalchemy import case, func, select
 
-from neffcache.db.models import QUEUED, Artifact, Job, Worker, utcnow, FINAL_STATES
+from neffcache.db.models import QUEUED, Artifact, Job, Worker, FINAL_STATES
 
 if TYPE_CHECKING:
     from neffcache.db.session import Database
@@ -55,10 +54,9 @@ class _DatabaseCollector:
                 select(Job.queue, func.count()).where(Job.state == QUEUED).group_by(Job.queue)
             ):
                 queued.add_metric([queue], count)
-            since = utcnow() - timedelta(seconds=self.settings.worker_lost_after_s)
             for compiler, count in s.execute(
                 select(Worker.compiler_name + "==" + Worker.compiler_version, func.count())
-                .where(Worker.last_heartbeat >= since, Worker.state != "stopped")
+                .where(Worker.heard_since(self.settings.worker_lost_after_s))
                 .group_by(Worker.compiler_name, Worker.compiler_version)
             ):
                 live.add_metric([compiler], count)

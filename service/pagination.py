@@ -5,13 +5,13 @@ from __future__ import annotations
 import base64
 import binascii
 from datetime import datetime
-from typing import Any, Sequence, TypeVar
+from typing import Any, Sequence
 
 from sqlalchemy import Select, and_, or_
+from sqlalchemy.orm import Session
 
 from neffcache.errors import InvalidParameter
 
-T = TypeVar("T")
 MAX_LIMIT = 500
 
 
@@ -27,16 +27,15 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         raise InvalidParameter(f"cursor: {cursor[:40]!r} is not a cursor this service issued") from None
 
 
-def page(query: Select[Any], created_col: Any, id_col: Any, limit: int, cursor: str | None) -> Select[Any]:
-    """Order newest first and start after the cursor; fetch one extra row to know if more follow."""
+def fetch_page(session: Session, query: Select[Any], created_col: Any, id_col: Any, limit: int,
+               cursor: str | None) -> tuple[Sequence[Any], str | None]:
+    """One page of `query`, newest first, starting after `cursor`; and the cursor for the next
+    page (None on the last). One extra row is fetched to know whether more follow."""
     if cursor:
         created, ident = decode_cursor(cursor)
         query = query.where(or_(created_col < created, and_(created_col == created, id_col < ident)))
-    return query.order_by(created_col.desc(), id_col.desc()).limit(limit + 1)
-
-
-def next_cursor(rows: Sequence[T], limit: int, created_of: Any, id_of: Any) -> tuple[Sequence[T], str | None]:
+    rows = session.scalars(query.order_by(created_col.desc(), id_col.desc()).limit(limit + 1)).all()
     if len(rows) <= limit:
         return rows, None
-    rows = rows[:limit]
-    return rows, encode_cursor(created_of(rows[-1]), id_of(rows[-1]))
+    last = rows[limit - 1]
+    return rows[:limit], encode_cursor(getattr(last, created_col.key), getattr(last, id_col.key))

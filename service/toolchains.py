@@ -7,12 +7,11 @@ toolchain fits; otherwise the caller must say which, and the error lists the can
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from neffcache.db.models import Worker, utcnow
+from neffcache.db.models import Worker
 from neffcache.errors import ToolchainAmbiguous, ToolchainMismatch, ToolchainUnavailable
 from neffcache.queue import version_matches
 from neffcache.sdk import SdkTable, release_version
@@ -35,9 +34,8 @@ class RegisteredToolchain:
 
 
 def registered_toolchains(session: Session, ttl_s: float) -> list[RegisteredToolchain]:
-    since = utcnow() - timedelta(seconds=ttl_s)
     # A worker that stopped cleanly was taken out of service; one that went silent may return.
-    rows = session.scalars(select(Worker).where(Worker.last_heartbeat >= since, Worker.state != "stopped")).all()
+    rows = session.scalars(select(Worker).where(Worker.heard_since(ttl_s))).all()
     found = {
         RegisteredToolchain(
             w.compiler_name,

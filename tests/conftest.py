@@ -20,7 +20,11 @@ import pytest
 
 from neffcache.db import migrate
 from tests.support.stack import Stack
-from tests.support.storage_fixtures import object_store, s3_settings_overrides, seaweedfs  # noqa: F401
+from tests.support.storage_fixtures import (  # noqa: F401
+    object_store,
+    s3_settings_overrides,
+    seaweedfs,
+)
 
 # Short enough that retries, timeouts and lost workers play out within a test.
 DOUBLE_COMPILE_TIMEOUT_S = 4.0

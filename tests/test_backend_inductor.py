@@ -15,9 +15,14 @@ import pytest
 import torch
 
 from neffcache.settings import Settings
-from workers.backends.base import CompileOutcome
-from workers.backends.inductor import InductorBackend, child_env, host_x86_levels, x86_levels
 from tests.support.models import save_tiny_exported_model
+from workers.backends.base import CompileOutcome
+from workers.backends.inductor import (
+    InductorBackend,
+    child_env,
+    host_x86_levels,
+    x86_levels,
+)
 
 TORCH_VERSION = importlib.metadata.version("torch")
 # Files inductor, g++ and triton leave behind; anything else new in /tmp is someone else's.

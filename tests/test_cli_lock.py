@@ -9,23 +9,21 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.support.api import NEURON_RUNTIME, hlo_model, neuron_spec, stats
-from tests.support.cli import client_env, run_cli, write_yaml
-from tests.test_cli_pull import files_under, published
+from tests.support.api import NEURON_RUNTIME, hlo_model, neuron_spec, published, stats
+from tests.support.cli import client_env, files_under, run_cli, write_yaml
+from tests.support.http_stub import StubHandler, serve
 
 pytestmark = pytest.mark.stack
 
 
-class _GetOnlyProxy(BaseHTTPRequestHandler):
+class _GetOnlyProxy(StubHandler):
     """Forwards GET and HEAD to the service (redirects passed on as they are); refuses anything
     else, as a service whose key computation is unavailable would. Records every request."""
 
@@ -54,28 +52,14 @@ class _GetOnlyProxy(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802
         type(self).seen.append(f"POST {self.path}")
-        body = json.dumps({"error": "not_ready", "detail": "key computation unavailable (test proxy)"}).encode()
-        self.send_response(503)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
+        self.send_json(503, {"error": "not_ready", "detail": "key computation unavailable (test proxy)"})
 
 
 @pytest.fixture
 def get_only(running) -> Iterator[tuple[str, type[_GetOnlyProxy]]]:
     handler = type("Handler", (_GetOnlyProxy,), {"seen": [], "upstream": running.url})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", handler
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve(handler) as url:
+        yield url, handler
 
 
 def _deployment(api: httpx.Client, tmp_path: Path) -> tuple[Path, list[dict[str, Any]]]:

@@ -20,8 +20,7 @@ import httpx
 import pytest
 
 from tests.doubles.neuronx_cc_double import DEFAULT_VERSION, build_neff
-from tests.support.api import NEURON_RUNTIME, hlo_model
-from tests.test_cli_pull import published
+from tests.support.api import NEURON_RUNTIME, hlo_model, published
 
 pytestmark = pytest.mark.stack
 

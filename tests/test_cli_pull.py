@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -16,24 +14,17 @@ import pytest
 
 from neffcache.settings import Settings
 from neffcache.storage import open_store
-from tests.support.api import NEURON_RUNTIME, hlo_model, neuron_spec, upload, wait_job
+from tests.support.api import (
+    NEURON_RUNTIME,
+    hlo_model,
+    neuron_spec,
+    published,
+)
+from tests.support.cli import client_env, files_under, run_cli, write_yaml
+from tests.support.http_stub import StubHandler, serve
 from tests.support.tamper import overwrite_stored_bytes
-from tests.support.cli import client_env, run_cli, write_yaml
 
 pytestmark = pytest.mark.stack
-
-
-def published(api: httpx.Client, *directives: str) -> tuple[bytes, dict[str, Any]]:
-    """Compile a fresh model on the neuronx-cc double; (model bytes, artifact)."""
-    data = hlo_model(*directives)
-    digest = upload(api, data)
-    body = api.post("/v1/compile", json={"spec": neuron_spec(digest)}).json()
-    assert wait_job(api, body["job"]["id"])["state"] == "succeeded"
-    return data, api.get(f"/v1/artifacts/{body['key']}").json()
-
-
-def files_under(path: Path) -> list[Path]:
-    return sorted(p for p in path.rglob("*") if p.is_file()) if path.exists() else []
 
 
 def test_pull_by_key_into_dest_key_name(cli, api: httpx.Client, tokens: dict[str, str], tmp_path: Path) -> None:
@@ -143,7 +134,7 @@ def test_missing_key_exits_4_and_writes_nothing(cli, api: httpx.Client, tmp_path
 
 
 # --- authorisation, as the client handles it ---------------------------------------------------
-class _Refusing(BaseHTTPRequestHandler):
+class _Refusing(StubHandler):
     """Answers every request with one fixed error body, and records the Authorization header."""
 
     status = 401
@@ -152,28 +143,14 @@ class _Refusing(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802
         type(self).seen.append(self.headers.get("Authorization"))
         code = {401: "unauthorized", 403: "forbidden"}[self.status]
-        body = json.dumps({"error": code, "detail": f"{code} (test stub)"}).encode()
-        self.send_response(self.status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
+        self.send_json(self.status, {"error": code, "detail": f"{code} (test stub)"})
 
 
 @pytest.fixture
 def refusing_server() -> Iterator[tuple[str, type[_Refusing]]]:
     handler = type("Handler", (_Refusing,), {"seen": []})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", handler
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve(handler) as url:
+        yield url, handler
 
 
 @pytest.mark.parametrize("status, code", [(401, "unauthorized"), (403, "forbidden")])

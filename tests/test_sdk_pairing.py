@@ -8,7 +8,8 @@ import httpx
 import pytest
 
 from neffcache.key import key_for_spec
-from neffcache.sdk import SdkTable, convert_n2_manifest, main as sdk_main
+from neffcache.sdk import SdkTable, convert_n2_manifest
+from neffcache.sdk import main as sdk_main
 from tests.support.api import hlo_model, neuron_spec, upload
 
 DOUBLE_VERSION = "2.27.5334.0+2d6a2ba2b"  # SDK 2.32.0, whose runtime is 2.34.10.0

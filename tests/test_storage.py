@@ -14,13 +14,18 @@ from pathlib import Path
 import httpx
 import pytest
 
-from neffcache.errors import CorruptObject, DigestMismatch, InvalidDigest, StorageError, TooLarge
+from neffcache.errors import (
+    CorruptObject,
+    DigestMismatch,
+    InvalidDigest,
+    StorageError,
+    TooLarge,
+)
 from neffcache.settings import Settings
 from neffcache.storage import ObjectStore, PutResult, StoredObject, open_store
 from neffcache.storage.filesystem import FilesystemObjectStore
 from neffcache.storage.s3 import S3ObjectStore
 from tests.support.seaweedfs import SeaweedFS
-
 from tests.support.storage_fixtures import s3_settings_overrides
 
 MiB = 1024 * 1024

@@ -74,10 +74,9 @@ def sweep(ctx: WorkerContext) -> None:
 def reap_lost_jobs(ctx: WorkerContext) -> None:
     """Running jobs whose worker went silent, stopped (a cold shutdown mid-compile) or was
     deleted: fail the attempt as `worker_lost`, which retries it."""
-    lost_before = utcnow() - timedelta(seconds=ctx.settings.worker_lost_after_s)
     with ctx.db.session() as session:
         alive = set(
-            session.scalars(select(Worker.id).where(Worker.last_heartbeat >= lost_before, Worker.state != "stopped"))
+            session.scalars(select(Worker.id).where(Worker.heard_since(ctx.settings.worker_lost_after_s)))
         )
         running = session.execute(select(Job.id, Job.worker_id).where(Job.state == RUNNING)).all()
         victims = [(job_id, worker_id) for job_id, worker_id in running if worker_id not in alive]

@@ -6,7 +6,7 @@ Shared by the service and the workers (both write here), never imported by the c
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from sqlalchemy import (
@@ -22,7 +22,9 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    and_,
 )
+from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 # Job states and failure classes (DESIGN.md: Job).
@@ -198,6 +200,11 @@ class Worker(Base):
     current_job: Mapped[str | None] = mapped_column(String(36))
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_heartbeat: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+    @classmethod
+    def heard_since(cls, seconds: float) -> ColumnElement[bool]:
+        """Workers in service: a heartbeat within `seconds`, and not stopped cleanly."""
+        return and_(cls.last_heartbeat >= utcnow() - timedelta(seconds=seconds), cls.state != "stopped")
 
 
 class ApiToken(Base):

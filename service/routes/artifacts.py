@@ -13,7 +13,7 @@ from neffcache.errors import NotFound
 from neffcache.spec import PublishRequest
 from service import cache, publish
 from service.auth import READ, WRITE
-from service.pagination import MAX_LIMIT, next_cursor, page
+from service.pagination import MAX_LIMIT, fetch_page
 from service.routes.deps import caller, context, object_response
 from service.views import artifact_view, bare_hex
 
@@ -41,8 +41,7 @@ def list_artifacts(
         else:
             query = query.where(or_(Artifact.compiler_name == compiler, Artifact.compiler_version == compiler))
     with context(request).db.session() as session:
-        rows = session.scalars(page(query, Artifact.created_at, Artifact.key, limit, cursor)).all()
-        rows, cursor_out = next_cursor(rows, limit, lambda a: a.created_at, lambda a: a.key)
+        rows, cursor_out = fetch_page(session, query, Artifact.created_at, Artifact.key, limit, cursor)
         return {"artifacts": [artifact_view(a) for a in rows], "next_cursor": cursor_out}
 
 

@@ -12,7 +12,7 @@ from sqlalchemy import select, update
 from neffcache.db.models import CANCELLED, QUEUED, RUNNING, Job, utcnow
 from neffcache.errors import CorruptObject, JobFinished, NotFound
 from service.auth import READ, WRITE
-from service.pagination import MAX_LIMIT, next_cursor, page
+from service.pagination import MAX_LIMIT, fetch_page
 from service.routes.deps import context, stream_chunks
 from service.views import bare_hex, job_view
 
@@ -40,8 +40,7 @@ def list_jobs(
     if state:
         query = query.where(Job.state == state)
     with context(request).db.session() as session:
-        rows = session.scalars(page(query, Job.created_at, Job.id, limit, cursor)).all()
-        rows, cursor_out = next_cursor(rows, limit, lambda j: j.created_at, lambda j: j.id)
+        rows, cursor_out = fetch_page(session, query, Job.created_at, Job.id, limit, cursor)
         return {"jobs": [job_view(j) for j in rows], "next_cursor": cursor_out}
 
 

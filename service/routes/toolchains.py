@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
 from fastapi import APIRouter, Request
 from sqlalchemy import select
 
-from neffcache.db.models import Worker, utcnow
+from neffcache.db.models import Worker
 from neffcache.sdk import release_version
 from service.auth import READ
 from service.routes.deps import context
@@ -21,10 +20,9 @@ def toolchains(request: Request) -> dict[str, Any]:
     """Every Neuron SDK release with its neuronx-cc and runtime versions and its live workers,
     and every toolchain live workers offer (with the releases that ship it)."""
     ctx = context(request)
-    live_since = utcnow() - timedelta(seconds=ctx.settings.worker_lost_after_s)
     with ctx.db.session() as session:
         live = session.scalars(
-            select(Worker).where(Worker.last_heartbeat >= live_since, Worker.state != "stopped")
+            select(Worker).where(Worker.heard_since(ctx.settings.worker_lost_after_s))
         ).all()
         offered: dict[tuple[str, str, str], int] = {}
         for w in live:

@@ -68,3 +68,12 @@ def stats(api: httpx.Client) -> dict[str, Any]:
     r = api.get("/v1/stats")
     assert r.status_code == 200, r.text
     return r.json()
+
+
+def published(api: httpx.Client, *directives: str) -> tuple[bytes, dict[str, Any]]:
+    """Compile a fresh model on the neuronx-cc double; (model bytes, artifact)."""
+    data = hlo_model(*directives)
+    digest = upload(api, data)
+    body = api.post("/v1/compile", json={"spec": neuron_spec(digest)}).json()
+    assert wait_job(api, body["job"]["id"])["state"] == "succeeded"
+    return data, api.get(f"/v1/artifacts/{body['key']}").json()

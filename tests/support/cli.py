@@ -61,3 +61,8 @@ def write_yaml(path: Path, data: Any) -> Path:
     return path
 
 
+
+
+def files_under(path: Path) -> list[Path]:
+    """Every file below `path` (none when it does not exist): what a pull left behind."""
+    return sorted(p for p in path.rglob("*") if p.is_file()) if path.exists() else []
