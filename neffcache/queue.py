@@ -13,7 +13,7 @@ from typing import Any
 
 from neffcache.sdk import release_version
 
-COMPILE_TASK = "workers.tasks.run_compile_job"
+COMPILE_TASK = "neffcache.workers.tasks.run_compile_job"
 NEURON_FAMILY = "neuron"
 
 

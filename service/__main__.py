@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     uvicorn.run(
-        "service.app:app_from_env",
+        "neffcache.service.app:app_from_env",
         factory=True,
         host=args.host,
         port=args.port,

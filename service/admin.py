@@ -10,7 +10,7 @@ import typer
 
 from neffcache import tokens
 from neffcache.db.session import Database
-from neffcache.errors import NeffcacheError, exit_code
+from neffcache.errors import NeffcacheError
 from neffcache.settings import Settings
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
@@ -63,7 +63,7 @@ def main() -> None:
         app(standalone_mode=False)
     except NeffcacheError as exc:
         print(f"neffcache-admin: {exc.detail}", file=sys.stderr)
-        sys.exit(exit_code(exc.code))
+        sys.exit(exc.exit_code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except Exception as exc:  # click usage errors and database errors: one line, no traceback

@@ -9,9 +9,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from neffcache.settings import Settings
-from service import errors
-from service.context import ServiceContext
-from service.routes import artifacts, blobs, compile, health, jobs, stats, tokens, toolchains, workers
+from neffcache.service import errors
+from neffcache.service.context import ServiceContext
+from neffcache.service.routes import artifacts, blobs, compile, health, jobs, stats, tokens, toolchains, workers
 
 log = logging.getLogger("neffcache.service")
 

@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from neffcache import tokens
 from neffcache.errors import Forbidden, Unauthorized
-from service.routes.deps import context
+from neffcache.service.routes.deps import context
 
 _bearer = HTTPBearer(auto_error=False, description="a token from `neffcache-admin token create`")
 BOOTSTRAP_ADMIN = "bootstrap-admin"

@@ -32,9 +32,9 @@ from neffcache.key import key_for_spec, manifest_diff
 from neffcache.dispatch import dispatch
 from neffcache.queue import queue_for_manifest
 from neffcache.spec import CompileSpec
-from service.context import ServiceContext
-from service.toolchains import resolve_spec
-from service.views import artifact_view, job_view
+from neffcache.service.context import ServiceContext
+from neffcache.service.toolchains import resolve_spec
+from neffcache.service.views import artifact_view, job_view
 
 # Failures that the same inputs will reproduce: answered from memory until a forced retry.
 REMEMBERED_FAILURES = (COMPILE_ERROR, INVALID_INPUT, INVALID_OUTPUT)

@@ -11,7 +11,7 @@ from neffcache.queue import connect_redis
 from neffcache.sdk import SdkTable
 from neffcache.settings import Settings
 from neffcache.storage import ObjectStore, open_store
-from service.metrics import ServiceMetrics
+from neffcache.service.metrics import ServiceMetrics
 
 
 @dataclass

@@ -63,7 +63,7 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m service.embedded", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m neffcache.service.embedded", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")))
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("NEFFCACHE_DATA", "var")))
@@ -85,9 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     upgrade(env["NEFFCACHE_DATABASE_URL"])
     url = f"http://{args.host}:{args.port}"
     procs = [
-        subprocess.Popen([sys.executable, "-m", "service", "serve", "--host", args.host, "--port", str(args.port)],
+        subprocess.Popen([sys.executable, "-m", "neffcache.service", "serve", "--host", args.host, "--port", str(args.port)],
                          env=env),
-        subprocess.Popen([sys.executable, "-m", "workers"], env=env),
+        subprocess.Popen([sys.executable, "-m", "neffcache.workers"], env=env),
     ]
     stopping = False
 

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from neffcache import errors
-from neffcache.errors import NeffcacheError, http_status
+from neffcache.errors import NeffcacheError
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def _error_for(err: dict[str, Any]) -> NeffcacheError:
 
 def error_response(exc: NeffcacheError) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if exc.code == "unauthorized" else None
-    return JSONResponse(exc.to_body(), status_code=http_status(exc.code), headers=headers)
+    return JSONResponse(exc.to_body(), status_code=exc.http_status, headers=headers)
 
 
 def install(app: FastAPI) -> None:

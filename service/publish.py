@@ -18,9 +18,9 @@ from neffcache import neff
 from neffcache.db.models import Artifact, ArtifactFile, Blob
 from neffcache.errors import ArtifactExists, BlobMissing, CorruptObject, InvalidNeff
 from neffcache.spec import PublishRequest
-from service.cache import Outcome, artifact_hits, resolve_key
-from service.context import ServiceContext
-from service.views import artifact_view, bare_hex
+from neffcache.service.cache import Outcome, artifact_hits, resolve_key
+from neffcache.service.context import ServiceContext
+from neffcache.service.views import artifact_view, bare_hex
 
 
 def _same_files(artifact: Artifact, wanted: dict[str, str]) -> bool:
@@ -35,8 +35,8 @@ def _neff_summary(ctx: ServiceContext, name: str, digest: str) -> dict[str, Any]
         try:
             with open(local, "rb") as f:
                 return neff.validate(f, local.stat().st_size).summary()
-        except neff.InvalidNeff as exc:
-            raise InvalidNeff(f"files: {name} is not a valid NEFF: {exc}", file=name) from None
+        except InvalidNeff as exc:
+            raise InvalidNeff(f"files: {name} is not a valid NEFF: {exc.detail}", file=name) from None
 
 
 def publish(ctx: ServiceContext, request: PublishRequest, caller: str | None) -> Outcome:

@@ -139,7 +139,7 @@ def tokens(running: RunningStack, stack_settings: dict[str, Any]) -> dict[str, s
     env = running.stack.env()
     for scope in ("read", "write", "admin"):
         out = subprocess.run(
-            [sys.executable, "-m", "service.admin", "token", "create", "--name", f"test-{scope}-{uuid.uuid4().hex[:6]}",
+            [sys.executable, "-m", "neffcache.service.admin", "token", "create", "--name", f"test-{scope}-{uuid.uuid4().hex[:6]}",
              "--scope", scope, "--json"],
             env=env, capture_output=True, text=True, check=True,
         )

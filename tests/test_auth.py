@@ -66,7 +66,7 @@ def test_unknown_and_revoked_tokens_are_401(running, stack_settings) -> None:
     assert httpx.get(f"{running.url}/v1/stats", headers={"Authorization": "Bearer nfc_made_up"}).status_code == 401
     name = f"short-lived-{uuid.uuid4().hex[:6]}"
     env = running.stack.env()
-    admin = [sys.executable, "-m", "service.admin", "token"]
+    admin = [sys.executable, "-m", "neffcache.service.admin", "token"]
     token = subprocess.run(admin + ["create", "--name", name, "--scope", "read"], env=env, check=True,
                            capture_output=True, text=True).stdout.strip()
     auth = {"Authorization": f"Bearer {token}"}
@@ -78,7 +78,7 @@ def test_unknown_and_revoked_tokens_are_401(running, stack_settings) -> None:
 
 def test_admin_command_refuses_bad_input_in_one_line(running) -> None:
     env = running.stack.env()
-    r = subprocess.run([sys.executable, "-m", "service.admin", "token", "create", "--name", "x", "--scope", "root"],
+    r = subprocess.run([sys.executable, "-m", "neffcache.service.admin", "token", "create", "--name", "x", "--scope", "root"],
                        env=env, capture_output=True, text=True)
     assert r.returncode == 2 and "scope" in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1

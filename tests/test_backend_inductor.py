@@ -16,8 +16,8 @@ import torch
 
 from neffcache.settings import Settings
 from tests.support.models import save_tiny_exported_model
-from workers.backends.base import CompileOutcome
-from workers.backends.inductor import (
+from neffcache.workers.backends.base import CompileOutcome
+from neffcache.workers.backends.inductor import (
     InductorBackend,
     child_env,
     host_x86_levels,

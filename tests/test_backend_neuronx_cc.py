@@ -19,14 +19,14 @@ from pathlib import Path
 import pytest
 
 from neffcache.settings import Settings
-from workers.backends.base import BackendUnavailable, Toolchain, load_backend
-from workers.backends.inductor import InductorBackend
-from workers.backends.neuronx_cc import (
+from neffcache.workers.backends.base import BackendUnavailable, Toolchain, load_backend
+from neffcache.workers.backends.inductor import InductorBackend
+from neffcache.workers.backends.neuronx_cc import (
     NeuronxCcBackend,
     debian_upstream_version,
     parse_compiler_version,
 )
-from workers.backends.process import ProcessResult, classify
+from neffcache.workers.backends.process import ProcessResult, classify
 
 REPO = Path(__file__).resolve().parent.parent
 DOUBLE_BIN = REPO / "tests" / "doubles" / "bin"

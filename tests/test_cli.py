@@ -1,6 +1,6 @@
 """The `neffcache` command end to end, as a subprocess against the running stack.
 
-Each call runs `python -m client.cli` (what the `neffcache` console script runs) with
+Each call runs `python -m neffcache.client.cli` (what the `neffcache` console script runs) with
 NEFFCACHE_URL pointing at the test service, and checks the exit code, stdout (parsed with
 --json) and stderr (one line, never a traceback).
 """

@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from neffcache.settings import Settings
-from service.app import create_app
+from neffcache.service.app import create_app
 from tests.support.stack import free_port
 
 pytestmark = pytest.mark.stack

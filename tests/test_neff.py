@@ -7,7 +7,8 @@ import tarfile
 
 import pytest
 
-from neffcache.neff import HEADER_SIZE, InvalidNeff, parse_header, validate
+from neffcache.errors import InvalidNeff
+from neffcache.neff import HEADER_SIZE, parse_header, validate
 from tests.doubles.neuronx_cc_double import build_neff, build_payload
 
 FILES = {"neff.json": b"{}", "sg00/program.bin": b"\x01" * 100}

@@ -1,4 +1,4 @@
-"""`neffcache-worker` (or `python -m workers`): a compile host's worker process.
+"""`neffcache-worker` (or `python -m neffcache.workers`): a compile host's worker process.
 
 Detects the toolchain this host runs, registers it, listens on the queues of exactly that
 toolchain, and sends heartbeats (each followed by a sweep for lost workers' jobs).
@@ -17,8 +17,8 @@ from neffcache.db.session import Database
 from neffcache.queue import connect_redis, queues_for_toolchain
 from neffcache.settings import Settings
 from neffcache.storage import open_store
-from workers import context, registry
-from workers.backends.base import load_backend
+from neffcache.workers import context, registry
+from neffcache.workers.backends.base import load_backend
 
 log = logging.getLogger("neffcache.worker")
 

@@ -8,7 +8,7 @@ from typing import Any
 from neffcache.db.session import Database
 from neffcache.settings import Settings
 from neffcache.storage import ObjectStore
-from workers.backends.base import Backend, Toolchain
+from neffcache.workers.backends.base import Backend, Toolchain
 
 
 @dataclass

@@ -27,7 +27,7 @@ from neffcache.db.models import (
     Job,
     utcnow,
 )
-from workers.context import WorkerContext
+from neffcache.workers.context import WorkerContext
 
 log = logging.getLogger(__name__)
 

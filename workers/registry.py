@@ -19,8 +19,8 @@ from sqlalchemy import and_, or_, select
 from neffcache.db.models import QUEUED, RUNNING, WORKER_LOST, Job, Worker, utcnow
 from neffcache.dispatch import dispatch
 from neffcache.sdk import SdkTable
-from workers import jobs
-from workers.context import WorkerContext
+from neffcache.workers import jobs
+from neffcache.workers.context import WorkerContext
 
 log = logging.getLogger(__name__)
 # A new job not in Redis this long after it was created is enqueued by the sweep (the

@@ -15,11 +15,11 @@ from pathlib import Path
 from neffcache import neff
 from neffcache.db.models import INVALID_INPUT, INVALID_OUTPUT, WORKER_LOST
 from neffcache.errors import CorruptObject
-from neffcache.neff import InvalidNeff
+from neffcache.errors import InvalidNeff
 from neffcache.queue import version_matches
-from workers import context, jobs, registry
-from workers.backends.base import LOG_FILE, CompileOutcome
-from workers.context import WorkerContext
+from neffcache.workers import context, jobs, registry
+from neffcache.workers.backends.base import LOG_FILE, CompileOutcome
+from neffcache.workers.context import WorkerContext
 
 log = logging.getLogger(__name__)
 CANCEL_POLL_S = 1.0

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from alembic import command
 from alembic.config import Config
 
 from neffcache.db.session import normalise_url
 
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+# A package resource, so the migrations run the same from a checkout, an editable install or a wheel.
+SCRIPT_LOCATION = "neffcache.migrations:"
 
 
 def alembic_config(database_url: str) -> Config:
     cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("script_location", SCRIPT_LOCATION)
     # Alembic reads this through ConfigParser: escape '%' in passwords.
     cfg.set_main_option("sqlalchemy.url", normalise_url(database_url).replace("%", "%%"))
     return cfg

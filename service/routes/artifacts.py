@@ -11,11 +11,11 @@ from sqlalchemy import or_, select
 from neffcache.db.models import Artifact
 from neffcache.errors import NotFound
 from neffcache.spec import PublishRequest
-from service import cache, publish
-from service.auth import READ, WRITE
-from service.pagination import MAX_LIMIT, fetch_page
-from service.routes.deps import caller, context, object_response
-from service.views import artifact_view, bare_hex
+from neffcache.service import cache, publish
+from neffcache.service.auth import READ, WRITE
+from neffcache.service.pagination import MAX_LIMIT, fetch_page
+from neffcache.service.routes.deps import caller, context, object_response
+from neffcache.service.views import artifact_view, bare_hex
 
 router = APIRouter(prefix="/v1/artifacts", tags=["artifacts"])
 

@@ -10,9 +10,9 @@ from starlette.concurrency import run_in_threadpool
 
 from neffcache.db.models import Blob
 from neffcache.errors import InvalidParameter, NotFound, TooLarge
-from service.auth import READ, WRITE
-from service.context import ServiceContext
-from service.routes.deps import context, object_response, parse_digest
+from neffcache.service.auth import READ, WRITE
+from neffcache.service.context import ServiceContext
+from neffcache.service.routes.deps import context, object_response, parse_digest
 
 router = APIRouter(prefix="/v1/blobs", tags=["blobs"])
 SPOOL_IN_MEMORY = 8 * 1024 * 1024

@@ -8,9 +8,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from neffcache.spec import CompileRequest, LookupRequest
-from service import cache
-from service.auth import READ, WRITE
-from service.routes.deps import caller, context
+from neffcache.service import cache
+from neffcache.service.auth import READ, WRITE
+from neffcache.service.routes.deps import caller, context
 
 router = APIRouter(prefix="/v1", tags=["cache"])
 

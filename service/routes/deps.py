@@ -10,7 +10,7 @@ from fastapi.responses import RedirectResponse, StreamingResponse
 
 from neffcache.errors import CorruptObject, InvalidDigest
 from neffcache.spec import is_digest
-from service.context import ServiceContext
+from neffcache.service.context import ServiceContext
 
 
 def context(request: Request) -> ServiceContext:

@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 
-from service.routes.deps import context
+from neffcache.service.routes.deps import context
 
 router = APIRouter(tags=["health"])
 

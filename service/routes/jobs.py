@@ -11,10 +11,10 @@ from sqlalchemy import select, update
 
 from neffcache.db.models import CANCELLED, QUEUED, RUNNING, Job, utcnow
 from neffcache.errors import CorruptObject, JobFinished, NotFound
-from service.auth import READ, WRITE
-from service.pagination import MAX_LIMIT, fetch_page
-from service.routes.deps import context, stream_chunks
-from service.views import bare_hex, job_view
+from neffcache.service.auth import READ, WRITE
+from neffcache.service.pagination import MAX_LIMIT, fetch_page
+from neffcache.service.routes.deps import context, stream_chunks
+from neffcache.service.views import bare_hex, job_view
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])

@@ -9,10 +9,10 @@ from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from neffcache.db.models import FAILED, SUCCEEDED, CacheEvent, Job
-from service.auth import READ
-from service.pagination import MAX_LIMIT
-from service.routes.deps import context
-from service.views import iso
+from neffcache.service.auth import READ
+from neffcache.service.pagination import MAX_LIMIT
+from neffcache.service.routes.deps import context
+from neffcache.service.views import iso
 
 router = APIRouter(prefix="/v1", tags=["stats"], dependencies=[READ])
 LOOKUP_KINDS = ("lookup", "compile")

@@ -7,9 +7,9 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from neffcache import tokens
-from service.auth import ADMIN
-from service.routes.deps import context
-from service.views import iso
+from neffcache.service.auth import ADMIN
+from neffcache.service.routes.deps import context
+from neffcache.service.views import iso
 
 router = APIRouter(prefix="/v1", tags=["tokens"], dependencies=[ADMIN])
 

@@ -9,8 +9,8 @@ from sqlalchemy import select
 
 from neffcache.db.models import Worker
 from neffcache.sdk import release_version
-from service.auth import READ
-from service.routes.deps import context
+from neffcache.service.auth import READ
+from neffcache.service.routes.deps import context
 
 router = APIRouter(prefix="/v1", tags=["toolchains"], dependencies=[READ])
 

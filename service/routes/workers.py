@@ -9,9 +9,9 @@ from fastapi import APIRouter, Request
 from sqlalchemy import select
 
 from neffcache.db.models import Worker, utcnow
-from service.auth import READ
-from service.routes.deps import context
-from service.views import worker_view
+from neffcache.service.auth import READ
+from neffcache.service.routes.deps import context
+from neffcache.service.views import worker_view
 
 router = APIRouter(prefix="/v1", tags=["workers"], dependencies=[READ])
 

@@ -42,7 +42,7 @@ def client_env(url: str, token: str | None = None, **extra: str) -> dict[str, st
 
 
 def run_cli(args: list[str], env: dict[str, str], cwd: Path | None = None, timeout: float = 180) -> Result:
-    proc = subprocess.run([sys.executable, "-m", "client.cli", *args], env={**env, "PYTHONPATH": str(REPO)},
+    proc = subprocess.run([sys.executable, "-m", "neffcache.client.cli", *args], env=env,
                           cwd=cwd or REPO, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
     return Result(proc.returncode, proc.stdout, proc.stderr)
 

@@ -85,7 +85,7 @@ class Stack:
 
     def start_server(self, timeout_s: float = 60) -> str:
         port = free_port()
-        proc = Process("server", [sys.executable, "-m", "service", "serve", "--port", str(port)],
+        proc = Process("server", [sys.executable, "-m", "neffcache.service", "serve", "--port", str(port)],
                        self.env(), self.log_dir)
         self.processes.append(proc)
         self.url = f"http://127.0.0.1:{port}"
@@ -103,7 +103,7 @@ class Stack:
 
     def start_worker(self, name: str, overrides: dict[str, Any] | None = None,
                      extra_env: dict[str, str] | None = None, wait_registered: bool = True) -> Process:
-        proc = Process(name, [sys.executable, "-m", "workers"], self.env(overrides, extra_env), self.log_dir)
+        proc = Process(name, [sys.executable, "-m", "neffcache.workers"], self.env(overrides, extra_env), self.log_dir)
         self.processes.append(proc)
         if wait_registered:
             deadline = time.monotonic() + 60

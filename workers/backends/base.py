@@ -125,11 +125,11 @@ def load_backend(settings: Settings) -> Backend:
     """The backend `settings.worker_backend` names: "inductor" or "neuronx-cc"."""
     name = settings.worker_backend.strip().lower()
     if name == "inductor":
-        from workers.backends.inductor import InductorBackend
+        from neffcache.workers.backends.inductor import InductorBackend
 
         return InductorBackend(settings)
     if name in ("neuronx-cc", "neuronx_cc", "neuronxcc"):
-        from workers.backends.neuronx_cc import NeuronxCcBackend
+        from neffcache.workers.backends.neuronx_cc import NeuronxCcBackend
 
         return NeuronxCcBackend(settings)
     raise ValueError(

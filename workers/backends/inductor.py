@@ -28,10 +28,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import workers
 from neffcache.key import aten_cpu_capability
 from neffcache.settings import Settings
-from workers.backends.base import (
+from neffcache.workers.backends.base import (
     COMPILE_ERROR,
     Backend,
     BackendUnavailable,
@@ -40,7 +39,7 @@ from workers.backends.base import (
     failed_before_start,
     prepare_work_dir,
 )
-from workers.backends.process import classify, run_process
+from neffcache.workers.backends.process import classify, run_process
 
 X86_LEVELS = ("x86-64", "x86-64-v2", "x86-64-v3", "x86-64-v4")
 # Flags each level adds to the one below (the psABI's levels, as /proc/cpuinfo names them).
@@ -50,7 +49,6 @@ _LEVEL_FLAGS = {
     "x86-64-v4": {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"},
 }
 OUTPUT_FILE = "model.pt2"
-_REPO_ROOT = Path(workers.__file__).resolve().parent.parent
 
 
 def x86_levels(cpu_flags: set[str]) -> tuple[str, ...]:
@@ -107,8 +105,6 @@ def child_env(work_dir: Path, manifest: dict[str, Any], base: dict[str, str] | N
         env["ATEN_CPU_CAPABILITY"] = aten_cpu_capability(manifest["isa"])
     else:
         env.pop("ATEN_CPU_CAPABILITY", None)
-    paths = [str(_REPO_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    env["PYTHONPATH"] = os.pathsep.join(paths)
     return env
 
 
@@ -180,7 +176,7 @@ class InductorBackend(Backend):
         argv = [
             sys.executable,
             "-m",
-            "workers.backends.inductor_child",
+            "neffcache.workers.backends.inductor_child",
             "--model",
             str(Path(model_path).resolve()),
             "--manifest",

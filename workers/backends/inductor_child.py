@@ -1,6 +1,6 @@
 """The inductor compile itself, run in a child process by workers/backends/inductor.py:
 
-    python -m workers.backends.inductor_child --model M --manifest manifest.json --output out/model.pt2
+    python -m neffcache.workers.backends.inductor_child --model M --manifest manifest.json --output out/model.pt2
 
 A separate process so that a timeout, a cancel or a memory blowup kills only this, never the
 worker. Loads the torch.export program, checks its example inputs against the manifest's inputs,

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from neffcache.settings import Settings
-from workers.backends.base import (
+from neffcache.workers.backends.base import (
     COMPILE_ERROR,
     Backend,
     BackendUnavailable,
@@ -27,7 +27,7 @@ from workers.backends.base import (
     failed_before_start,
     prepare_work_dir,
 )
-from workers.backends.process import classify, run_process
+from neffcache.workers.backends.process import classify, run_process
 
 NEURON_TARGETS = ("trn1", "trn1n", "inf2", "trn2", "trn3")
 RUNTIME_PACKAGE = "aws-neuronx-runtime-lib"

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from workers.backends.base import CANCELLED, COMPILE_ERROR, OOM, TIMEOUT, CompileOutcome
+from neffcache.workers.backends.base import CANCELLED, COMPILE_ERROR, OOM, TIMEOUT, CompileOutcome
 
 POLL_INTERVAL_S = 0.2
 
