@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -33,6 +34,18 @@ def _children_env(data: Path, redis_url: str) -> dict[str, str]:
         env.setdefault(name, value)
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """True when something already listens on host:port (so our server could not bind it, and a
+    readiness check would be answered by that other process)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
 
 
 def _wait_ready(url: str, procs: list[subprocess.Popen[bytes]], timeout_s: float) -> bool:
@@ -68,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")))
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("NEFFCACHE_DATA", "var")))
     args = parser.parse_args(argv)
+    if port_in_use(args.host, args.port):
+        print(f"neffcache: port {args.port} on {args.host} is in use by another process; "
+              f"pick a free one: make run PORT={args.port + 1}", file=sys.stderr)
+        return 2
     data = args.data.resolve()
     (data / "work").mkdir(parents=True, exist_ok=True)
 

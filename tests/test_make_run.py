@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -65,3 +66,20 @@ def test_make_run_is_ready_within_60_seconds_and_stops_on_ctrl_c(tmp_path: Path)
     assert "neffcache is running at" in output, output[-3000:]
     leftover = subprocess.run(["pgrep", "-s", str(make.pid)], capture_output=True, text=True).stdout.split()
     assert leftover == [], f"processes left running: {leftover}"
+
+
+def test_make_run_on_a_busy_port_says_so_and_how_to_pick_another(tmp_path: Path) -> None:
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("NEFFCACHE_")}
+        env["NEFFCACHE_DATA"] = str(tmp_path / "var")
+        ran = subprocess.run(["make", "-s", "run", f"VENV={sys.prefix}", f"PORT={port}"], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert ran.returncode != 0
+    said = [line for line in ran.stderr.splitlines() if line.startswith("neffcache:")]
+    assert said == [f"neffcache: port {port} on 127.0.0.1 is in use by another process; "
+                    f"pick a free one: make run PORT={port + 1}"], ran.stderr
+    assert "Traceback" not in ran.stderr
+    assert not (tmp_path / "var").exists()  # nothing was started or written
