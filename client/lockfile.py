@@ -11,7 +11,8 @@ records what it pulled in DIR/neffcache.lock.json, in the same format.
       "artifacts": [
         {
           "key": "<64 hex>",
-          "names": ["bucket-128"],                 # spec names, where given
+          "names": ["bucket-128"],                 # spec names, where given: pull --dest DIR makes
+                                                   # DIR/by-name/<name>/<file> reach the files
           "requested_as": ["deploy.yaml spec 1 (bucket-128)"],
           "target": "trn1",
           "compiler": {"name": "neuronx-cc", "version": "2.27.5334.0+2d6a2ba2b", "flags": [...]},
@@ -31,20 +32,17 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import secrets
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from neffcache.digests import DIGEST_FORM, bare_hex, digest_of, is_bare_hex, is_digest
 from neffcache.errors import UsageError
 
 LOCK_VERSION = 1
 LOCK_FILE_NAME = "neffcache.lock.json"  # what `pull --dest DIR` writes into DIR
-
-_KEY_RE = re.compile(r"^[0-9a-f]{64}$")
-_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
 @dataclass
@@ -55,7 +53,7 @@ class LockedFile:
 
     @property
     def sha256(self) -> str:
-        return self.digest.split(":", 1)[1]
+        return bare_hex(self.digest)
 
 
 @dataclass
@@ -85,7 +83,7 @@ def lock_document(service: str, wanted: list[Any]) -> dict[str, Any]:
             "model": manifest.get("model"),
             "annotations": annotations,
             "files": [
-                {"name": f["name"], "digest": f"sha256:{str(f['sha256']).lower()}", "size": int(f["size"]),
+                {"name": f["name"], "digest": digest_of(str(f["sha256"]).lower()), "size": int(f["size"]),
                  "path": f"{item.key}/{f['name']}"}
                 for f in item.artifact["files"]
             ],
@@ -107,7 +105,10 @@ def write_lock(path: Path, doc: dict[str, Any]) -> None:
     except OSError as exc:
         raise UsageError(f"cannot write the lock file {path}: {exc.strerror or exc}") from None
     finally:
-        temp.unlink(missing_ok=True)
+        try:
+            temp.unlink(missing_ok=True)
+        except OSError:  # e.g. the folder is a file: nothing was written there
+            pass
 
 
 def print_lock(doc: dict[str, Any]) -> None:
@@ -148,7 +149,7 @@ def read_lock(path: Path) -> list[LockedArtifact]:
         if not isinstance(item, dict):
             raise bad(where, "must be an object")
         key = item.get("key")
-        if not isinstance(key, str) or not _KEY_RE.match(key):
+        if not is_bare_hex(key):
             raise bad(f"{where}.key", f"{key!r} is not an artifact key (64 lowercase hex characters)")
         if key in seen:
             raise bad(f"{where}.key", f"{key} is listed twice")
@@ -168,8 +169,8 @@ def read_lock(path: Path) -> list[LockedArtifact]:
             if name in names:
                 raise bad(f"{fwhere}.name", f"{name!r} is listed twice")
             names.add(name)
-            if not isinstance(digest, str) or not _DIGEST_RE.match(digest):
-                raise bad(f"{fwhere}.digest", f"{digest!r} is not sha256:<64 lowercase hex>")
+            if not is_digest(digest):
+                raise bad(f"{fwhere}.digest", f"{digest!r} is not {DIGEST_FORM}")
             if not isinstance(size, int) or isinstance(size, bool) or size < 0:
                 raise bad(f"{fwhere}.size", f"{size!r} is not a byte count")
             locked_files.append(LockedFile(name, digest, size))

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from neffcache.errors import UsageError
+from neffcache.toolchain import NEURON_RUNTIME, VERSION_CHARS
 
 COMPILER_DIR_PREFIX = "neuronxcc-"
 HLO_FILE = "model.hlo_module.pb"
@@ -52,7 +53,7 @@ ANNOTATION_HLO_FILE = "neuron_cache.hlo_file"
 REQUIRED_ANNOTATIONS = (ANNOTATION_MODULE, ANNOTATION_COMPILER_DIR, ANNOTATION_FLAGS)
 
 # Folder names become paths on restore, so only plain names are accepted (no "/", no "..").
-_COMPILER_DIR_RE = re.compile(r"^neuronxcc-(?P<version>[0-9A-Za-z][0-9A-Za-z.+_-]{0,63})$")
+_COMPILER_DIR_RE = re.compile(rf"^neuronxcc-(?P<version>{VERSION_CHARS})$")
 _MODULE_RE = re.compile(r"^MODULE_[0-9A-Za-z_+.=-]{1,200}$")
 
 
@@ -184,7 +185,7 @@ def entry_spec(entry: CacheEntry, target: str | None, runtime_version: str | Non
         "compiler": {"name": "neuronx-cc", "version": entry.compiler_version, "flags": list(entry.flags)},
     }
     if runtime_version:
-        spec["runtime"] = {"name": "neuron-runtime", "version": runtime_version}
+        spec["runtime"] = {"name": NEURON_RUNTIME, "version": runtime_version}
     if namespace:
         spec["namespace"] = namespace
     return spec

@@ -21,13 +21,27 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from neffcache.digests import bare_hex
+
+
+class OutputClosed(Exception):
+    """stdout (or stderr) is a pipe whose reader has gone (`neffcache ls | head`): not a failure.
+    Deliberately not an OSError: click turns an EPIPE OSError into exit 1."""
+
+
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        # rich's own answer is SystemExit(1); the command's entry point decides instead.
+        self.quiet = True
+        raise OutputClosed()
+
 
 def _console(stderr: bool) -> Console:
     stream = sys.stderr if stderr else sys.stdout
     width = None
     if not stream.isatty() and "COLUMNS" not in os.environ:
         width = 200  # a pipe or a CI log: do not wrap 64-character keys at 80 columns
-    return Console(stderr=stderr, width=width, highlight=False, soft_wrap=False)
+    return _Console(stderr=stderr, width=width, highlight=False, soft_wrap=False)
 
 
 out = _console(stderr=False)
@@ -39,9 +53,22 @@ def say(message: str) -> None:
     err.print(Text(message), soft_wrap=True)
 
 
+def note(message: str) -> None:
+    """A dim line on stderr, about the run rather than its result (which service answered)."""
+    err.print(Text(message, style="dim"), soft_wrap=True)
+
+
+def write(text: str) -> None:
+    """Raw text on stdout (a compiler log), flushed."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise OutputClosed() from None
+
+
 def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
-    sys.stdout.flush()
+    write(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
 
 def line(message: str) -> None:
@@ -103,8 +130,7 @@ def when(iso: str | None, ago: bool = True) -> str:
 def short(value: str | None, n: int = 12) -> str:
     if not value:
         return ""
-    value = value.split(":", 1)[1] if value.startswith("sha256:") else value
-    return value[:n]
+    return bare_hex(value)[:n]
 
 
 def transfer_progress(disable: bool = False) -> Progress:

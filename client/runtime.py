@@ -20,9 +20,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from neffcache.errors import UsageError
+from neffcache.toolchain import (
+    NEURON_RUNTIME,
+    RUNTIME_DPKG_QUERY,
+    RUNTIME_NAMES,
+    RUNTIME_PACKAGE,
+    TORCH_RUNTIME,
+    debian_upstream_version,
+)
 
-RUNTIME_PACKAGE = "aws-neuronx-runtime-lib"
-RUNTIME_NAMES = ("neuron-runtime", "torch")
 _DETECT_TIMEOUT_S = 15
 
 
@@ -51,14 +57,6 @@ def parse_overrides(values: list[str], source: str) -> dict[str | None, str]:
                 raise UsageError(f"{source}: {part!r} names no version")
             out[name or None] = version
     return out
-
-
-def debian_upstream_version(version: str) -> str:
-    """'1:2.34.10.0-1a2b3c4d5' -> '2.34.10.0'."""
-    version = version.strip()
-    if ":" in version:
-        version = version.split(":", 1)[1]
-    return version.split("-", 1)[0]
 
 
 def _run(argv: list[str]) -> str | None:
@@ -104,7 +102,7 @@ def _from_neuron_ls() -> tuple[str | None, str]:
 
 
 def _from_dpkg() -> tuple[str | None, str]:
-    out = _run(["dpkg-query", "-W", "-f=${Version}", RUNTIME_PACKAGE])
+    out = _run(list(RUNTIME_DPKG_QUERY))
     version = debian_upstream_version(out) if out else ""
     if version:
         return version, f"dpkg-query {RUNTIME_PACKAGE}"
@@ -114,12 +112,12 @@ def _from_dpkg() -> tuple[str | None, str]:
 
 
 def detect(name: str) -> LocalRuntime:
-    if name == "torch":
+    if name == TORCH_RUNTIME:
         try:
             return LocalRuntime(name, importlib.metadata.version("torch"), "the installed torch")
         except importlib.metadata.PackageNotFoundError:
             return LocalRuntime(name, None, "torch is not installed")
-    if name == "neuron-runtime":
+    if name == NEURON_RUNTIME:
         version, why_ls = _from_neuron_ls()
         if version:
             return LocalRuntime(name, version, why_ls)

@@ -26,11 +26,13 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from neffcache.digests import DIGEST_FORM, digest_of, is_digest
 from neffcache.errors import UsageError
-from neffcache.spec import COMPILERS, NEURON_TARGETS, CompileSpec, is_digest
+from neffcache.spec import COMPILERS, CompileSpec
+from neffcache.toolchain import NEURON_TARGETS
 
 HASH_CHUNK = 1024 * 1024
-_PLACEHOLDER_DIGEST = "sha256:" + "0" * 64
+_PLACEHOLDER_DIGEST = digest_of("0" * 64)
 _INPUT_RE = re.compile(r"^(?P<name>[^=]+)=(?P<shape>[0-9]+(?:[x,][0-9]+)*):(?P<dtype>[A-Za-z0-9_]+)$")
 
 
@@ -54,7 +56,7 @@ def sha256_file(path: Path) -> str:
     with open(path, "rb") as f:
         while chunk := f.read(HASH_CHUNK):
             h.update(chunk)
-    return "sha256:" + h.hexdigest()
+    return digest_of(h.hexdigest())
 
 
 def parse_input(text: str) -> dict[str, Any]:
@@ -64,6 +66,16 @@ def parse_input(text: str) -> dict[str, Any]:
         raise UsageError(f"input {text!r}: expected NAME=DIMxDIM...:DTYPE, e.g. x=8x64:float32")
     shape = [int(d) for d in re.split(r"[x,]", m["shape"])]
     return {"name": m["name"], "shape": shape, "dtype": m["dtype"]}
+
+
+def _shorthand_input(item: Any, where: str) -> Any:
+    """An input written 'x=8x64:float32' as a mapping; anything else as it is (the schema checks it)."""
+    if not isinstance(item, str):
+        return item
+    try:
+        return parse_input(item)
+    except UsageError as exc:
+        raise UsageError(f"{where}: {exc.detail}") from None
 
 
 def default_compiler(target: str) -> str:
@@ -144,11 +156,11 @@ def normalise(raw: Any, label: str, base_dir: Path | None) -> SpecEntry:
             raise UsageError(f"{label}: model.path {given!r}: no such file ({model_path})")
         model.setdefault("digest", _PLACEHOLDER_DIGEST)
     elif "digest" in model and isinstance(model["digest"], str) and not is_digest(model["digest"]):
-        raise UsageError(f"{label}: model.digest {model['digest']!r} is not sha256:<64 lowercase hex>")
+        raise UsageError(f"{label}: model.digest {model['digest']!r} is not {DIGEST_FORM}")
     raw["model"] = model
     inputs = raw.get("inputs")
     if isinstance(inputs, list):
-        raw["inputs"] = [parse_input(i) if isinstance(i, str) else i for i in inputs]
+        raw["inputs"] = [_shorthand_input(i, f"{label}: inputs[{n}]") for n, i in enumerate(inputs)]
     check_spec(raw, label)
     return SpecEntry(label=label, name=name, spec=raw, model_path=model_path)
 

@@ -10,10 +10,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from sqlalchemy import update
-
-from neffcache.db.models import QUEUED, Job, utcnow
+from neffcache.db.models import utcnow
 from neffcache.db.session import Database
+from neffcache.lifecycle import Step, transition
 from neffcache.queue import enqueue_compile
 
 log = logging.getLogger(__name__)
@@ -28,5 +27,5 @@ def dispatch(db: Database, redis: Any, queue: str, job_id: str, attempt: int) ->
         log.warning("enqueue of job %s attempt %d failed (%s); the sweep will retry", job_id, attempt, exc)
         return False
     with db.session() as session:
-        session.execute(update(Job).where(Job.id == job_id, Job.state == QUEUED).values(enqueued_at=utcnow()))
+        transition(session, job_id, Step.ENQUEUE, enqueued_at=utcnow())
     return True

@@ -139,6 +139,17 @@ class JobFinished(NeffcacheError):
     exit_code = EXIT_USAGE
 
 
+class AmbiguousPrefix(NeffcacheError):
+    """A key or job-id prefix that more than one artifact or job starts with; `candidates` lists
+    a few. 409, not 400: the request is well formed (a prefix that was unique yesterday becomes
+    ambiguous when a new artifact shares it), it conflicts with what is stored now, and a longer
+    prefix resolves it. 400 `invalid_parameter` stays for prefixes that no state could fix."""
+
+    code = "ambiguous_prefix"
+    http_status = 409
+    exit_code = EXIT_USAGE
+
+
 class ArtifactExists(NeffcacheError):
     """A key is published already, with other bytes: artifacts are immutable."""
 

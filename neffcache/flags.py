@@ -28,18 +28,10 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from neffcache.errors import InvalidFlags, InvalidSpec
+from neffcache.toolchain import CPU_ISA_LEVELS, DEFAULT_CPU_ISA, INDUCTOR_TARGETS, NEURON_TARGETS
 
 NEURONX_CC = "neuronx-cc"
 INDUCTOR = "inductor"
-
-NEURON_TARGETS = ("trn1", "trn1n", "inf2", "trn2", "trn3")
-INDUCTOR_TARGETS = ("cpu", "cuda")
-
-# x86-64 micro-architecture levels (psABI). "native" is not among them on purpose: it means
-# "whatever the compile host has", which is exactly what makes a package crash on another host.
-CPU_ISA_LEVELS = ("x86-64", "x86-64-v2", "x86-64-v3", "x86-64-v4")
-# AVX2 (v3) runs on every x86 server generation still in service; v4 (AVX-512) does not.
-DEFAULT_CPU_ISA = "x86-64-v3"
 
 _FIELD = "compiler.flags"
 

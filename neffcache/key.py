@@ -17,7 +17,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from neffcache.errors import InvalidSpec
-from neffcache.flags import CPU_ISA_LEVELS, DEFAULT_CPU_ISA, canonical_flags_and_isa
+from neffcache.flags import canonical_flags_and_isa
+from neffcache.toolchain import CPU_ISA_LEVELS, DEFAULT_CPU_ISA
 
 __all__ = [
     "DEFAULT_CPU_ISA",

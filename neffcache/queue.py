@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from neffcache.sdk import release_version
+from neffcache.toolchain import release_version
 
 COMPILE_TASK = "neffcache.workers.tasks.run_compile_job"
 NEURON_FAMILY = "neuron"

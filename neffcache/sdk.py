@@ -19,22 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from neffcache.toolchain import COMPILER_PACKAGE, RUNTIME_PACKAGE, release_version, version_key
+
 DATA_PATH = Path(__file__).parent / "data" / "sdk_releases.json"
-COMPILER_PACKAGE = "neuronx-cc"
-RUNTIME_PACKAGE = "aws-neuronx-runtime-lib"
 KEPT_PACKAGES = (
-    "neuronx-cc", "aws-neuronx-runtime-lib", "aws-neuronx-collectives", "aws-neuronx-dkms",
+    COMPILER_PACKAGE, RUNTIME_PACKAGE, "aws-neuronx-collectives", "aws-neuronx-dkms",
     "aws-neuronx-tools", "libneuronxla", "torch-neuronx", "neuronx_distributed",
 )
-
-
-def release_version(version: str) -> str:
-    """'2.27.5334.0+2d6a2ba2b' -> '2.27.5334.0': the table lists releases without build."""
-    return version.split("+", 1)[0]
-
-
-def _version_key(version: str) -> tuple[int, ...]:
-    return tuple(int(p) if p.isdigit() else -1 for p in version.split("."))
 
 
 @dataclass(frozen=True)
@@ -47,7 +38,7 @@ class SdkRelease:
 
 class SdkTable:
     def __init__(self, releases: Iterable[SdkRelease]) -> None:
-        self.releases = sorted(releases, key=lambda r: _version_key(r.sdk), reverse=True)
+        self.releases = sorted(releases, key=lambda r: version_key(r.sdk), reverse=True)
 
     @classmethod
     def from_data(cls, data: Mapping[str, Any]) -> "SdkTable":
@@ -103,7 +94,7 @@ def convert_n2_manifest(manifest: Mapping[str, Any]) -> dict[str, Any]:
         if COMPILER_PACKAGE in packages:
             releases.append({"sdk": entry["neuron_version"], "instances": sorted(instances),
                              "packages": {k: sorted(v) for k, v in sorted(packages.items())}})
-    releases.sort(key=lambda r: _version_key(r["sdk"]), reverse=True)
+    releases.sort(key=lambda r: version_key(r["sdk"]), reverse=True)
     return {
         "source": f"aws-neuron/aws-neuron-sdk src/helperscripts/n2-manifest.json "
                   f"(manifest_version {manifest.get('manifest_version')}, dated {manifest.get('manifest_date')})",

@@ -11,8 +11,17 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-TARGETS = ("trn1", "trn1n", "inf2", "trn2", "trn3", "cpu", "cuda")
-NEURON_TARGETS = ("trn1", "trn1n", "inf2", "trn2", "trn3")
+from neffcache.digests import DIGEST_PATTERN, is_digest  # noqa: F401 - client/cli.py imports is_digest from here
+from neffcache.toolchain import (
+    INDUCTOR_TARGETS,
+    NEURON_RUNTIME,
+    NEURON_TARGETS,
+    RUNTIME_NAMES,
+    TARGETS,
+    TORCH_RUNTIME,
+    VERSION_PATTERN,
+)
+
 DTYPES = (
     "float32", "float16", "bfloat16", "float64",
     "float8_e4m3fn", "float8_e5m2",
@@ -20,21 +29,13 @@ DTYPES = (
 )
 # Which model format, targets and runtime each compiler goes with.
 COMPILERS: dict[str, dict[str, Any]] = {
-    "neuronx-cc": {"format": "hlo", "targets": NEURON_TARGETS, "runtime": "neuron-runtime"},
-    "inductor": {"format": "torch-export", "targets": ("cpu", "cuda"), "runtime": "torch"},
+    "neuronx-cc": {"format": "hlo", "targets": NEURON_TARGETS, "runtime": NEURON_RUNTIME},
+    "inductor": {"format": "torch-export", "targets": INDUCTOR_TARGETS, "runtime": TORCH_RUNTIME},
 }
-DIGEST_PATTERN = r"^sha256:[0-9a-f]{64}$"
-VERSION_PATTERN = r"^[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}$"
 NAMESPACE_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 INPUT_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.:-]{0,127}$"
 MAX_FLAGS = 64
 MAX_FLAG_LENGTH = 512
-
-_DIGEST_RE = re.compile(DIGEST_PATTERN)
-
-
-def is_digest(value: str) -> bool:
-    return bool(_DIGEST_RE.match(value))
 
 
 class _Strict(BaseModel):
@@ -75,7 +76,7 @@ class CompilerSpec(_Strict):
 
 
 class RuntimeSpec(_Strict):
-    name: Literal["neuron-runtime", "torch"]
+    name: Literal[RUNTIME_NAMES]  # type: ignore[valid-type]
     version: str | None = Field(default=None, pattern=VERSION_PATTERN)
 
 

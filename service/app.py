@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -14,6 +15,27 @@ from neffcache.service.context import ServiceContext
 from neffcache.service.routes import artifacts, blobs, compile, health, jobs, stats, tokens, toolchains, workers
 
 log = logging.getLogger("neffcache.service")
+
+
+class ServiceHeader:
+    """Every answer carries X-Neffcache-Version: the client tells this service from another web
+    server on the same address by it (`no neffcache service at URL`, exit 6)."""
+
+    def __init__(self, app: Any, version: str) -> None:
+        self.app = app
+        self.header = (b"x-neffcache-version", version.encode())
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_marked(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), self.header]}
+            await send(message)
+
+        await self.app(scope, receive, send_marked)
 
 
 def create_app(settings: Settings | None = None, ctx: ServiceContext | None = None) -> FastAPI:
@@ -37,6 +59,7 @@ def create_app(settings: Settings | None = None, ctx: ServiceContext | None = No
     )
     app.state.ctx = context
     errors.install(app)
+    app.add_middleware(ServiceHeader, version=app.version)
     for module in (blobs, compile, jobs, artifacts, stats, workers, toolchains, tokens, health):
         app.include_router(module.router)
     return app

@@ -11,33 +11,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from neffcache.db.models import (
-    ACTIVE_STATES,
-    COMPILE_ERROR,
-    FAILED,
-    INVALID_INPUT,
-    INVALID_OUTPUT,
-    QUEUED,
-    Artifact,
-    Blob,
-    CacheEvent,
-    Job,
-    utcnow,
-)
+from neffcache import lifecycle
+from neffcache.db.models import Artifact, Blob, CacheEvent, Job, utcnow
 from neffcache.errors import BlobMissing, NotFound
 from neffcache.key import key_for_spec, manifest_diff
 from neffcache.dispatch import dispatch
+from neffcache.lifecycle import REMEMBERED_FAILURES, JobState
 from neffcache.queue import queue_for_manifest
 from neffcache.spec import CompileSpec
 from neffcache.service.context import ServiceContext
 from neffcache.service.toolchains import resolve_spec
 from neffcache.service.views import artifact_view, job_view
 
-# Failures that the same inputs will reproduce: answered from memory until a forced retry.
-REMEMBERED_FAILURES = (COMPILE_ERROR, INVALID_INPUT, INVALID_OUTPUT)
 NEAREST_LIMIT = 5
 NEAREST_SCAN = 200
 
@@ -72,14 +59,16 @@ def _record(session: Session, ctx: ServiceContext, kind: str, manifest: dict[str
     ctx.metrics.cache_request(kind, outcome, manifest["target"])
 
 
-def artifact_hits(session: Session, key: str) -> int:
-    return session.scalar(
-        select(func.count()).select_from(CacheEvent).where(CacheEvent.key == key, CacheEvent.outcome == "hit")
-    ) or 0
-
-
-def active_job(session: Session, key: str) -> Job | None:
-    return session.scalar(select(Job).where(Job.key == key, Job.state.in_(ACTIVE_STATES)))
+def artifact_hits(session: Session, key: str) -> dict[str, int]:
+    """How often an artifact was used, as two counts named apart (the same two /v1/stats gives):
+    `lookup_hits`, the lookups and compile requests it answered, and `downloads` of its files."""
+    by_kind: dict[str, int] = dict(session.execute(  # type: ignore[arg-type]
+        select(CacheEvent.kind, func.count())
+        .where(CacheEvent.key == key, CacheEvent.outcome == "hit")
+        .group_by(CacheEvent.kind)
+    ).all())
+    downloads = by_kind.pop("download", 0)
+    return {"lookup_hits": sum(by_kind.values()), "downloads": downloads}
 
 
 def latest_job(session: Session, key: str) -> Job | None:
@@ -88,17 +77,12 @@ def latest_job(session: Session, key: str) -> Job | None:
 
 def _create_or_join(session: Session, ctx: ServiceContext, manifest: dict[str, Any], key: str,
                     caller: str | None, annotations: dict[str, str]) -> tuple[Job, bool]:
-    """Insert the key's job, or join the one a concurrent request just inserted.
-
-    The unique index on active jobs per key decides the race; the savepoint lets this
-    transaction go on after losing it.
-    """
+    """Insert the key's job, or join the one a concurrent request just inserted."""
     job = Job(
         id=str(uuid.uuid4()),
         key=key,
         manifest=manifest,
         queue=queue_for_manifest(ctx.settings.queue_prefix, manifest),
-        state=QUEUED,
         attempts=0,
         max_attempts=ctx.settings.max_attempts,
         requested_by=caller,
@@ -106,15 +90,7 @@ def _create_or_join(session: Session, ctx: ServiceContext, manifest: dict[str, A
         annotations=annotations or None,
         created_at=utcnow(),
     )
-    try:
-        with session.begin_nested():
-            session.add(job)
-        return job, True
-    except IntegrityError:
-        existing = active_job(session, key)
-        if existing is None:  # it finished between the two statements: a plain retry
-            raise
-        return existing, False
+    return lifecycle.create(session, job)
 
 
 def submit_compile(ctx: ServiceContext, spec: CompileSpec, force: bool, caller: str | None,
@@ -133,12 +109,12 @@ def submit_compile(ctx: ServiceContext, spec: CompileSpec, force: bool, caller: 
         if artifact is not None:
             return Outcome(200, {"status": "hit", "key": key, "spec": spec_out,
                                  "artifact": artifact_view(artifact, artifact_hits(session, key))})
-        running = active_job(session, key)
+        running = lifecycle.active_job(session, key)
         if running is not None:
             return Outcome(202, {"status": "queued", "key": key, "spec": spec_out,
                                  "job": job_view(running), "deduplicated": True})
         last = latest_job(session, key)
-        if not force and last is not None and last.state == FAILED and last.failure_class in REMEMBERED_FAILURES:
+        if not force and last is not None and last.state == JobState.FAILED and last.failure_class in REMEMBERED_FAILURES:
             return Outcome(200, {"status": "failed", "key": key, "spec": spec_out, "job": job_view(last)})
         job, created_now = _create_or_join(session, ctx, manifest, key, caller, annotations or {})
         if created_now:

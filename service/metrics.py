@@ -14,7 +14,8 @@ from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from sqlalchemy import case, func, select
 
-from neffcache.db.models import QUEUED, Artifact, Job, Worker, FINAL_STATES
+from neffcache.db.models import Artifact, Job, Worker
+from neffcache.lifecycle import FINAL_STATES, JobState, heard_since
 
 if TYPE_CHECKING:
     from neffcache.db.session import Database
@@ -51,12 +52,12 @@ class _DatabaseCollector:
             ):
                 compiles.add_metric([state, failure or ""], count)
             for queue, count in s.execute(
-                select(Job.queue, func.count()).where(Job.state == QUEUED).group_by(Job.queue)
+                select(Job.queue, func.count()).where(Job.state == JobState.QUEUED).group_by(Job.queue)
             ):
                 queued.add_metric([queue], count)
             for compiler, count in s.execute(
                 select(Worker.compiler_name + "==" + Worker.compiler_version, func.count())
-                .where(Worker.heard_since(self.settings.worker_lost_after_s))
+                .where(heard_since(self.settings.worker_lost_after_s))
                 .group_by(Worker.compiler_name, Worker.compiler_version)
             ):
                 live.add_metric([compiler], count)

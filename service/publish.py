@@ -16,11 +16,12 @@ from sqlalchemy.exc import IntegrityError
 
 from neffcache import neff
 from neffcache.db.models import Artifact, ArtifactFile, Blob
+from neffcache.digests import bare_hex
 from neffcache.errors import ArtifactExists, BlobMissing, CorruptObject, InvalidNeff
 from neffcache.spec import PublishRequest
 from neffcache.service.cache import Outcome, artifact_hits, resolve_key
 from neffcache.service.context import ServiceContext
-from neffcache.service.views import artifact_view, bare_hex
+from neffcache.service.views import artifact_view
 
 
 def _same_files(artifact: Artifact, wanted: dict[str, str]) -> bool:
@@ -64,7 +65,7 @@ def publish(ctx: ServiceContext, request: PublishRequest, caller: str | None) ->
         except IntegrityError:  # published concurrently: judge against the winner
             return _existing(session, session.get(Artifact, key), wanted, key)  # type: ignore[arg-type]
         return Outcome(201, {"status": "published", "key": key, "spec": resolved.model_dump(mode="json"),
-                             "artifact": artifact_view(artifact, 0)})
+                             "artifact": artifact_view(artifact, {"lookup_hits": 0, "downloads": 0})})
 
 
 def _existing(session: Any, artifact: Artifact, wanted: dict[str, str], key: str) -> Outcome:

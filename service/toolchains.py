@@ -12,10 +12,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from neffcache.db.models import Worker
+from neffcache.lifecycle import heard_since
 from neffcache.errors import ToolchainAmbiguous, ToolchainMismatch, ToolchainUnavailable
 from neffcache.queue import version_matches
-from neffcache.sdk import SdkTable, release_version
+from neffcache.sdk import SdkTable
 from neffcache.spec import CompileSpec
+from neffcache.toolchain import release_version
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,7 @@ class RegisteredToolchain:
 
 def registered_toolchains(session: Session, ttl_s: float) -> list[RegisteredToolchain]:
     # A worker that stopped cleanly was taken out of service; one that went silent may return.
-    rows = session.scalars(select(Worker).where(Worker.heard_since(ttl_s))).all()
+    rows = session.scalars(select(Worker).where(heard_since(ttl_s))).all()
     found = {
         RegisteredToolchain(
             w.compiler_name,

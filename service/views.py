@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from neffcache.db.models import Artifact, Job, Worker, SUCCEEDED
+from neffcache.db.models import Artifact, Job, Worker
+from neffcache.digests import bare_hex
+from neffcache.lifecycle import JobState
 
 
 def iso(ts: datetime | None) -> str | None:
     return ts.isoformat() if ts else None
 
 
-def bare_hex(digest: str) -> str:
-    return digest.split(":", 1)[1] if ":" in digest else digest
+def artifact_view(artifact: Artifact, usage: Mapping[str, int] | None = None) -> dict[str, Any]:
+    """An artifact; with `usage` (service.cache.artifact_hits) its `lookup_hits` and `downloads`.
 
-
-def artifact_view(artifact: Artifact, hits: int | None = None) -> dict[str, Any]:
+    `hits` is kept as a deprecated alias of `lookup_hits`, the meaning /v1/stats gives it, for
+    clients released before the two counts were named apart (`neffcache show` and `lookup` print
+    it); it no longer counts downloads."""
     body: dict[str, Any] = {
         "key": artifact.key,
         "manifest": artifact.manifest,
@@ -30,8 +34,9 @@ def artifact_view(artifact: Artifact, hits: int | None = None) -> dict[str, Any]
         "job_id": artifact.job_id,
         "annotations": artifact.annotations or {},
     }
-    if hits is not None:
-        body["hits"] = hits
+    if usage is not None:
+        lookup_hits, downloads = int(usage.get("lookup_hits", 0)), int(usage.get("downloads", 0))
+        body.update({"lookup_hits": lookup_hits, "downloads": downloads, "hits": lookup_hits})
     return body
 
 
@@ -57,7 +62,7 @@ def job_view(job: Job) -> dict[str, Any]:
         "created_at": iso(job.created_at),
         "started_at": iso(job.started_at),
         "finished_at": iso(job.finished_at),
-        "artifact": job.key if job.state == SUCCEEDED else None,
+        "artifact": job.key if job.state == JobState.SUCCEEDED else None,
     }
 
 

@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from neffcache.db import migrate
+from tests.support.rq_keys import delete_run_keys, run_leftovers
 from tests.support.stack import Stack
 from tests.support.storage_fixtures import (  # noqa: F401
     object_store,
@@ -119,6 +120,21 @@ def running(stack_settings: dict[str, Any], tmp_path_factory: pytest.TempPathFac
         yield RunningStack(stack, record)
     finally:
         stack.stop()
+    forget_the_runs_redis_keys(stack_settings)
+
+
+def forget_the_runs_redis_keys(settings: dict[str, Any]) -> None:
+    """The run leaves nothing in Redis: delete every key its stack made (found by its queue
+    prefix, see tests/support/rq_keys.py), then check that none is left."""
+    from neffcache.queue import connect_redis
+
+    redis = connect_redis(settings["redis_url"])
+    try:
+        delete_run_keys(redis, settings["queue_prefix"])
+        left = run_leftovers(redis, settings["queue_prefix"])
+    finally:
+        redis.close()
+    assert left == ([], []), f"the test run left Redis keys (and shared-set members): {left}"
 
 
 @pytest.fixture(scope="session")

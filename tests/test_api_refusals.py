@@ -135,13 +135,20 @@ def test_inductor_runtime_must_be_the_compiling_torch(api: httpx.Client) -> None
     _error(api.post("/v1/compile", json={"spec": spec}), 422, "toolchain_mismatch", "2.12.0")
 
 
-@pytest.mark.parametrize("path", ["/v1/jobs/nope", "/v1/artifacts/" + "0" * 64, "/v1/jobs/nope/log", "/v1/nothing"])
+@pytest.mark.parametrize("path", ["/v1/jobs/00000000", "/v1/artifacts/" + "0" * 64, "/v1/artifacts/00000000",
+                                  "/v1/jobs/00000000/log", "/v1/nothing"])
 def test_unknown_things_are_404(api: httpx.Client, path: str) -> None:
     _error(api.get(path), 404, "not_found")
 
 
+@pytest.mark.parametrize(("path", "field"), [("/v1/jobs/nope", "job_id"), ("/v1/jobs/nope/log", "job_id"),
+                                             ("/v1/artifacts/0123abc", "key"), ("/v1/artifacts/XYZ12345", "key")])
+def test_malformed_keys_and_job_ids_are_refused(api: httpx.Client, path: str, field: str) -> None:
+    _error(api.get(path), 400, "invalid_parameter", field)
+
+
 def test_cancel_unknown_job(api: httpx.Client) -> None:
-    _error(api.post("/v1/jobs/nope/cancel"), 404, "not_found", "nope")
+    _error(api.post("/v1/jobs/00000000/cancel"), 404, "not_found", "00000000")
 
 
 @pytest.mark.parametrize("query, field", [("limit=0", "limit"), ("limit=abc", "limit"), ("state=sleeping", "state"),

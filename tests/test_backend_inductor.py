@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import os
+import re
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -161,15 +162,58 @@ def test_compile_writes_nothing_outside_the_work_dir(compiled: Compiled) -> None
     assert not any(cache.rglob("*.gch")), "precompiled headers were built"
 
 
-def test_input_shape_mismatch_is_a_compile_error_naming_the_input(tmp_path: Path) -> None:
+def test_input_shape_mismatch_is_invalid_input_naming_the_input(tmp_path: Path) -> None:
     model_path = tmp_path / "model"
     save_tiny_exported_model(model_path, batch=8, features=64)
     backend = InductorBackend(Settings(worker_cuda=False))
     outcome = backend.compile(manifest([4, 64]), model_path, tmp_path / "work", 120, never)
-    assert outcome.failure_class == "compile_error"
+    assert outcome.failure_class == "invalid_input"
     assert "input 'x' (#0): shape [4, 64] in the manifest, [8, 64] in the exported program" in outcome.message
-    assert outcome.message.startswith("inductor exited with 2")
+    assert outcome.message.startswith("inductor exited with 3")
     assert outcome.files == {}
+
+
+def test_inputs_are_checked_against_the_programs_input_specs() -> None:
+    """In the child, before compiling: static dims must be equal, dynamic ones within their
+    range (torch's own check), dtypes equal, and as many inputs as the program takes."""
+    import io
+
+    from neffcache.workers.backends.inductor_child import InputsMismatch, check_inputs
+
+    class Double(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * 2
+
+    def saved_and_loaded(ep: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
+        buffer = io.BytesIO()
+        torch.export.save(ep, buffer)
+        buffer.seek(0)
+        return torch.export.load(buffer)
+
+    example = (torch.randn(8, 64),)
+    static = saved_and_loaded(torch.export.export(Double(), example))
+    batch = torch.export.Dim("batch", min=2, max=64)
+    dynamic = saved_and_loaded(torch.export.export(Double(), example, dynamic_shapes={"x": {0: batch}}))
+    cases = [
+        (static, [8, 64], "float32", None),
+        (static, [4, 64], "float32", "shape [4, 64] in the manifest, [8, 64] in the exported program"),
+        (static, [8, 64, 1], "float32", "shape [8, 64, 1] in the manifest, [8, 64] in the exported program"),
+        (static, [8, 64], "float16", "dtype float16 in the manifest, float32 in the exported program"),
+        (dynamic, [4, 64], "float32", None),
+        (dynamic, [64, 64], "float32", None),
+        (dynamic, [100, 64], "float32", "shape[0] to be <= 64, but got 100"),
+        (dynamic, [4, 32], "float32", "shape [4, 32] in the manifest, ['s"),
+    ]
+    for program, shape, dtype, refusal in cases:
+        inputs = [{"name": "x", "shape": shape, "dtype": dtype}]
+        if refusal is None:
+            check_inputs(program, inputs)
+        else:
+            with pytest.raises(InputsMismatch, match=re.escape(refusal)):
+                check_inputs(program, inputs)
+    with pytest.raises(InputsMismatch, match=re.escape("the manifest lists 2 input(s) (x, y), the exported program takes 1 (x)")):
+        check_inputs(static, [{"name": "x", "shape": [8, 64], "dtype": "float32"}] * 1
+                     + [{"name": "y", "shape": [1], "dtype": "float32"}])
 
 
 def test_cancel_kills_the_child(tmp_path: Path) -> None:

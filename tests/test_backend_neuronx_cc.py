@@ -19,13 +19,10 @@ from pathlib import Path
 import pytest
 
 from neffcache.settings import Settings
-from neffcache.workers.backends.base import BackendUnavailable, Toolchain, load_backend
+from neffcache.workers.backends.base import BackendUnavailable, Toolchain
+from neffcache.workers.backends.registry import load_backend
 from neffcache.workers.backends.inductor import InductorBackend
-from neffcache.workers.backends.neuronx_cc import (
-    NeuronxCcBackend,
-    debian_upstream_version,
-    parse_compiler_version,
-)
+from neffcache.workers.backends.neuronx_cc import NeuronxCcBackend, parse_compiler_version
 from neffcache.workers.backends.process import ProcessResult, classify
 
 REPO = Path(__file__).resolve().parent.parent
@@ -215,16 +212,14 @@ def test_runtime_version_from_settings_else_dpkg_else_a_clear_error(
     assert NeuronxCcBackend(Settings(worker_runtime_version=None)).detect().runtime_version == "2.34.10.0"
 
 
-def test_debian_upstream_version() -> None:
-    assert debian_upstream_version("2.34.10.0-5a8c1f2b3\n") == "2.34.10.0"
-    assert debian_upstream_version("1:2.20.22.0-1") == "2.20.22.0"
-    assert debian_upstream_version("2.19.0.0") == "2.19.0.0"
+@pytest.mark.parametrize(("name", "cls"), [("neuronx-cc", NeuronxCcBackend), ("inductor", InductorBackend),
+                                           ("neuronx_cc", NeuronxCcBackend), (" NeuronxCC ", NeuronxCcBackend)])
+def test_load_backend_picks_by_setting(name: str, cls: type) -> None:
+    assert type(load_backend(Settings(worker_backend=name))) is cls
 
 
-def test_load_backend_picks_by_setting() -> None:
-    assert isinstance(load_backend(Settings(worker_backend="neuronx-cc")), NeuronxCcBackend)
-    assert isinstance(load_backend(Settings(worker_backend="inductor")), InductorBackend)
-    with pytest.raises(ValueError, match="NEFFCACHE_WORKER_BACKEND"):
+def test_load_backend_refuses_an_unknown_name_naming_the_setting() -> None:
+    with pytest.raises(ValueError, match="NEFFCACHE_WORKER_BACKEND to 'inductor' or 'neuronx-cc'"):
         load_backend(Settings(worker_backend="neuron-cc"))
 
 

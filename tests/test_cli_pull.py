@@ -22,6 +22,7 @@ from tests.support.api import (
 )
 from tests.support.cli import client_env, files_under, run_cli, write_yaml
 from tests.support.http_stub import StubHandler, serve
+from tests.support.snapshot import snapshot
 from tests.support.tamper import overwrite_stored_bytes
 
 pytestmark = pytest.mark.stack
@@ -131,6 +132,87 @@ def test_missing_key_exits_4_and_writes_nothing(cli, api: httpx.Client, tmp_path
     r = cli("pull", artifact["key"], "f" * 64, "--dest", str(dest), "--runtime-version", NEURON_RUNTIME)
     assert r.rc == 4 and "f" * 64 in r.one_line_error()
     assert not dest.exists()
+
+
+# --- by name, and all or nothing ---------------------------------------------------------------
+def _named_specs(tmp_path: Path, models: dict[str, bytes]) -> Path:
+    """A spec file with one named entry per model (the model files written beside it)."""
+    entries = []
+    for name, data in models.items():
+        (tmp_path / f"{name}.hlo.pb").write_bytes(data)
+        s = neuron_spec("sha256:" + "0" * 64)
+        s["model"] = {"path": f"{name}.hlo.pb"}
+        entries.append({"name": name, **s})
+    return write_yaml(tmp_path / f"{'-'.join(models)}.yaml", entries)
+
+
+def test_pull_makes_each_spec_entry_reachable_by_its_name(cli, api: httpx.Client, tmp_path: Path) -> None:
+    encoder_data, encoder = published(api)
+    decoder_data, decoder = published(api)
+    spec_file = _named_specs(tmp_path, {"encoder-b1": encoder_data, "decoder-b1": decoder_data})
+    dest = tmp_path / "neffs"
+    r = cli("pull", "--spec", str(spec_file), "--dest", str(dest), "--runtime-version", NEURON_RUNTIME)
+    assert r.rc == 0, r.stderr
+    for name, artifact in (("encoder-b1", encoder), ("decoder-b1", decoder)):
+        for f in artifact["files"]:
+            by_name = dest / "by-name" / name / f["name"]
+            assert hashlib.sha256(by_name.read_bytes()).hexdigest() == f["sha256"]
+            assert by_name.resolve() == (dest / artifact["key"] / f["name"]).resolve()
+        assert not (dest / "by-name" / name).readlink().is_absolute()  # the volume may be mounted elsewhere
+
+    # A pod pulling by the lock (as the README's init container does) gets the same names.
+    other = tmp_path / "pod"
+    by_lock = cli("pull", "--lock", str(dest / "neffcache.lock.json"), "--dest", str(other),
+                  "--runtime-version", NEURON_RUNTIME)
+    assert by_lock.rc == 0, by_lock.stderr
+    neff = next(f for f in decoder["files"] if f["name"] == "model.neff")
+    assert hashlib.sha256((other / "by-name" / "decoder-b1" / "model.neff").read_bytes()).hexdigest() == neff["sha256"]
+
+    # A name that is not a plain folder name is refused before anything is written.
+    bad = write_yaml(tmp_path / "bad.yaml", [{**_entries(spec_file)[0], "name": "../escape"}])
+    refused = cli("pull", "--spec", str(bad), "--dest", str(tmp_path / "refused"), "--runtime-version", NEURON_RUNTIME)
+    assert refused.rc == 2 and "'../escape'" in refused.one_line_error()
+    assert not (tmp_path / "refused").exists()
+
+
+def _entries(spec_file: Path) -> list[dict[str, Any]]:
+    import yaml
+
+    return yaml.safe_load(spec_file.read_text())
+
+
+def test_a_failed_pull_leaves_dest_exactly_as_it_found_it(cli, api: httpx.Client, stack_settings: dict[str, Any],
+                                                          tmp_path: Path) -> None:
+    good_data, good = published(api)
+    bad_data, bad = published(api)
+    earlier = _named_specs(tmp_path, {"good": good_data})
+    both = _named_specs(tmp_path, {"good": good_data, "bad": bad_data})
+    dest = tmp_path / "neffs"
+    assert cli("pull", "--spec", str(earlier), "--dest", str(dest), "--runtime-version", NEURON_RUNTIME).rc == 0
+    before = snapshot(dest)
+    assert before and any(k.startswith("by-name") for k in before)
+
+    neff = next(f for f in bad["files"] if f["name"] == "model.neff")
+    store = open_store(Settings(**stack_settings))
+    original = store.open(neff["sha256"]).read()
+    overwrite_stored_bytes(store, neff["sha256"], original[:-1] + bytes([original[-1] ^ 0xFF]))
+    try:
+        # Into a DEST that held an earlier good pull: nothing added, nothing changed.
+        r = cli("pull", "--spec", str(both), "--dest", str(dest), "--runtime-version", NEURON_RUNTIME, "--json")
+        assert r.rc == 5, (r.stdout, r.stderr)
+        assert r.json()["error"] == "integrity_failure" and neff["sha256"] in r.one_line_error()
+        assert snapshot(dest) == before
+        # Into a DEST that did not exist: it still does not (no compile.log, no empty key folder).
+        fresh = tmp_path / "fresh" / "neffs"
+        r = cli("pull", bad["key"], good["key"], "--dest", str(fresh), "--runtime-version", NEURON_RUNTIME)
+        assert r.rc == 5, r.stderr
+        assert not (tmp_path / "fresh").exists()
+    finally:
+        overwrite_stored_bytes(store, neff["sha256"], original)
+    # Repaired, the same pull lands whole.
+    r = cli("pull", "--spec", str(both), "--dest", str(dest), "--runtime-version", NEURON_RUNTIME)
+    assert r.rc == 0, r.stderr
+    assert (dest / "by-name" / "bad" / "model.neff").read_bytes() == original
 
 
 # --- authorisation, as the client handles it ---------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -16,7 +17,8 @@ from neffcache.db.session import Database
 from neffcache.queue import connect_redis, enqueue_compile
 from neffcache.settings import Settings
 from neffcache.storage import open_store
-from tests.support.api import hlo_model, neuron_spec, upload, wait_job
+from tests.support.api import hlo_model, inductor_spec, neuron_spec, upload, wait_job
+from tests.support.rq_keys import delete_run_keys, run_leftovers
 from tests.support.tamper import overwrite_stored_bytes
 
 pytestmark = pytest.mark.stack
@@ -139,6 +141,32 @@ def test_corrupt_model_blob_fails_the_job_without_retry(api: httpx.Client, stack
     assert "corrupt" in job["message"] and job["attempts"] == 1
 
 
+def test_a_succeeded_job_shows_its_log_tail(api: httpx.Client) -> None:
+    digest = upload(api, hlo_model())
+    job = wait_job(api, api.post("/v1/compile", json={"spec": neuron_spec(digest)}).json()["job"]["id"])
+    assert job["state"] == "succeeded"
+    assert job["log_tail"] is not None and job["log_tail"].rstrip().endswith("Compiler status PASS")
+    listed = [j for j in api.get("/v1/jobs?state=succeeded&limit=500").json()["jobs"] if j["id"] == job["id"]]
+    assert listed[0]["log_tail"] == job["log_tail"]
+    log = api.get(f"/v1/jobs/{job['id']}/log")
+    assert log.headers["X-Neffcache-Log-Complete"] == "true" and log.text.endswith(job["log_tail"])
+
+
+def test_an_input_shape_the_program_does_not_take_is_invalid_input_and_remembered(
+        api: httpx.Client, tmp_path) -> None:
+    from tests.support.models import save_tiny_exported_model
+
+    save_tiny_exported_model(tmp_path / "model.pt2", batch=4, features=16, seed=21)
+    digest = upload(api, (tmp_path / "model.pt2").read_bytes())
+    spec = inductor_spec(digest, [8, 16])  # the program was exported for [4, 16]
+    job = wait_job(api, api.post("/v1/compile", json={"spec": spec}).json()["job"]["id"], timeout_s=300)
+    assert job["state"] == "failed" and job["failure_class"] == "invalid_input" and job["attempts"] == 1
+    assert "input 'x' (#0): shape [8, 16] in the manifest, [4, 16] in the exported program" in job["message"]
+    again = api.post("/v1/compile", json={"spec": spec})
+    assert again.status_code == 200 and again.json()["status"] == "failed"
+    assert again.json()["job"]["id"] == job["id"]
+
+
 def test_job_listing_pages_with_a_cursor(api: httpx.Client) -> None:
     first = api.get("/v1/jobs?limit=2").json()
     assert len(first["jobs"]) == 2 and first["next_cursor"]
@@ -174,3 +202,29 @@ def test_a_worker_stopped_mid_compile_gives_its_job_back(api: httpx.Client, runn
         assert api.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
     finally:
         worker.kill()
+
+
+def test_a_runs_redis_keys_are_found_by_its_queue_prefix_and_only_its(redis_url: str) -> None:
+    """What the session's end deletes (tests/conftest.py): all RQ keys of this run's queues,
+    jobs and workers, and none of another run's on the same Redis."""
+    redis = connect_redis(redis_url)
+    ours, theirs = (f"neffcache-test-{uuid.uuid4().hex[:10]}" for _ in range(2))
+    for prefix in (ours, theirs):
+        queue = f"{prefix}:neuronx-cc:2.27.5334.0:neuron"
+        rq_id = f"{uuid.uuid4()}_1"
+        enqueue_compile(redis, queue, rq_id[:-2], attempt=1)  # rq:queue:..., rq:job:..., rq:queues
+        redis.xadd(f"rq:results:{rq_id}", {"status": "1"})
+        redis.zadd(f"rq:finished:{queue}", {rq_id: 1})
+        worker = f"host-{uuid.uuid4().hex[:6]}-abcdef"
+        redis.hset(f"rq:worker:{worker}", mapping={"queues": f"{queue},{queue}-v2", "state": "idle"})
+        redis.sadd("rq:workers", f"rq:worker:{worker}")
+        redis.sadd(f"rq:workers:{queue}", f"rq:worker:{worker}")
+    theirs_before = run_leftovers(redis, theirs)
+    keys, members = run_leftovers(redis, ours)
+    assert {k.split(":")[1] for k in keys} == {"queue", "job", "results", "finished", "worker", "workers"}
+    assert len(keys) == 6 and {name for name, _ in members} == {"rq:queues", "rq:workers"}
+    assert delete_run_keys(redis, ours) == len(keys) + len(members)
+    assert run_leftovers(redis, ours) == ([], [])
+    assert run_leftovers(redis, theirs) == theirs_before and len(theirs_before[0]) == 6
+    delete_run_keys(redis, theirs)
+    assert run_leftovers(redis, theirs) == ([], [])

@@ -1,5 +1,5 @@
-"""The key, flag and NEFF-header modules are pure: standard library only, no I/O of their own;
-and the client never imports the server side."""
+"""The key, flag, NEFF-header, toolchain and digest modules are pure: standard library only, no
+I/O of their own; the client never imports the server side; the workers have no import circle."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PURE = {
-    "neffcache/key.py": {"neffcache.errors", "neffcache.flags"},
-    "neffcache/flags.py": {"neffcache.errors"},
+    "neffcache/key.py": {"neffcache.errors", "neffcache.flags", "neffcache.toolchain"},
+    "neffcache/flags.py": {"neffcache.errors", "neffcache.toolchain"},
     "neffcache/neff.py": {"neffcache.errors"},
+    "neffcache/toolchain.py": set(),
+    "neffcache/digests.py": set(),
 }
 IO_CALLS = {"open", "print", "input"}
 
@@ -75,3 +77,58 @@ def test_everything_is_imported_by_its_namespaced_name() -> None:
         for path in (REPO / folder).rglob("*.py"):
             for name in _imports(ast.parse(path.read_text())):
                 assert name.split(".")[0] not in OLD_TOP_LEVEL, (str(path), name)
+
+
+def _module_names() -> dict[str, Path]:
+    """Every module of the house by its installed name (neffcache.workers.backends.base, ...)."""
+    packages = {"neffcache": "neffcache", **{f: f"neffcache.{f}" for f in OLD_TOP_LEVEL}}
+    found: dict[str, Path] = {}
+    for folder, package in packages.items():
+        for path in (REPO / folder).rglob("*.py"):
+            parts = list(path.relative_to(REPO / folder).with_suffix("").parts)
+            if folder == "neffcache" and parts[0] in OLD_TOP_LEVEL:
+                continue
+            if parts[-1] == "__init__":
+                parts.pop()
+            found[".".join([package, *parts])] = path
+    return found
+
+
+def _imported_modules(tree: ast.AST) -> set[str]:
+    """What a module imports, anywhere in it (a function-level import closes a circle too);
+    `from package import module` counts as importing package.module."""
+    found = _imports(tree)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def test_backend_base_imports_no_backend() -> None:
+    """workers/backends/registry.py picks the backend; base.py, which every backend imports,
+    imports none of them (nor anything else of the backends package)."""
+    tree = ast.parse((REPO / "workers/backends/base.py").read_text())
+    assert not [n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level > 0]
+    backends = sorted(n for n in _imported_modules(tree) if _under(n, "neffcache.workers.backends"))
+    assert backends == []
+
+
+def test_no_import_circle_in_the_workers() -> None:
+    """The workers' import graph has no circle (a lazy import inside a function counts)."""
+    modules = {name: path for name, path in _module_names().items() if _under(name, "neffcache.workers")}
+    assert "neffcache.workers.backends.registry" in modules
+    graph = {name: {m for m in _imported_modules(ast.parse(path.read_text())) if m in modules and m != name}
+             for name, path in modules.items()}
+    done: set[str] = set()
+
+    def visit(name: str, trail: list[str]) -> None:
+        if name in trail:
+            raise AssertionError("import circle: " + " -> ".join([*trail[trail.index(name):], name]))
+        if name in done:
+            return
+        for dep in sorted(graph[name]):
+            visit(dep, [*trail, name])
+        done.add(name)
+
+    for name in sorted(graph):
+        visit(name, [])

@@ -18,7 +18,7 @@ from neffcache.queue import connect_redis, queues_for_toolchain
 from neffcache.settings import Settings
 from neffcache.storage import open_store
 from neffcache.workers import context, registry
-from neffcache.workers.backends.base import load_backend
+from neffcache.workers.backends.registry import load_backend
 
 log = logging.getLogger("neffcache.worker")
 

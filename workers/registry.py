@@ -1,9 +1,9 @@
 """A worker's presence: registration, heartbeats, and the sweep it runs on each beat.
 
 The sweep is what makes a dead worker harmless: a running job whose worker has been silent
-for `worker_lost_after_s` fails as `worker_lost` (and is retried), and a queued job that never
-reached Redis (the enqueue after commit failed) is enqueued. Every live worker sweeps; the
-conditional updates make concurrent sweeps safe.
+for `worker_lost_after_s` fails as `worker_lost` (and is retried): the reap, and a queued job that
+never reached Redis (the enqueue after commit failed) is enqueued. Every live worker sweeps; the
+lifecycle's conditional steps make concurrent sweeps safe.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from datetime import timedelta
 
 from sqlalchemy import and_, or_, select
 
-from neffcache.db.models import QUEUED, RUNNING, WORKER_LOST, Job, Worker, utcnow
+from neffcache.db.models import Job, Worker, utcnow
 from neffcache.dispatch import dispatch
+from neffcache.lifecycle import FailureClass, JobState, WorkerState, heard_since
 from neffcache.sdk import SdkTable
 from neffcache.workers import jobs
 from neffcache.workers.context import WorkerContext
@@ -44,7 +45,7 @@ def register(ctx: WorkerContext) -> None:
                 toolchain={**t.as_dict(), "sdk_releases": SdkTable.load().with_compiler(t.compiler_version)
                            if t.compiler_name == "neuronx-cc" else []},
                 queues=ctx.queues,
-                state="idle",
+                state=WorkerState.IDLE,
                 current_job=None,
                 started_at=utcnow(),
                 last_heartbeat=utcnow(),
@@ -52,7 +53,7 @@ def register(ctx: WorkerContext) -> None:
         )
 
 
-def beat(ctx: WorkerContext, state: str | None = None, current_job: str | None = None, clear_job: bool = False) -> None:
+def beat(ctx: WorkerContext, state: WorkerState | None = None, current_job: str | None = None, clear_job: bool = False) -> None:
     with ctx.db.session() as session:
         worker = session.get(Worker, ctx.worker_id)
         if worker is None:  # deleted by an operator: come back
@@ -76,14 +77,14 @@ def reap_lost_jobs(ctx: WorkerContext) -> None:
     deleted: fail the attempt as `worker_lost`, which retries it."""
     with ctx.db.session() as session:
         alive = set(
-            session.scalars(select(Worker.id).where(Worker.heard_since(ctx.settings.worker_lost_after_s)))
+            session.scalars(select(Worker.id).where(heard_since(ctx.settings.worker_lost_after_s)))
         )
-        running = session.execute(select(Job.id, Job.worker_id).where(Job.state == RUNNING)).all()
+        running = session.execute(select(Job.id, Job.worker_id).where(Job.state == JobState.RUNNING)).all()
         victims = [(job_id, worker_id) for job_id, worker_id in running if worker_id not in alive]
     for job_id, worker_id in victims:
         log.warning("job %s: worker %s is lost; failing the attempt as worker_lost", job_id, worker_id)
         jobs.record_failure(
-            ctx, job_id, WORKER_LOST, f"worker {worker_id} stopped sending heartbeats",
+            ctx, job_id, FailureClass.WORKER_LOST, f"worker {worker_id} stopped sending heartbeats",
             expected_worker=worker_id,
         )
 
@@ -96,7 +97,7 @@ def enqueue_due_jobs(ctx: WorkerContext) -> None:
     with ctx.db.session() as session:
         due = session.execute(
             select(Job.id, Job.queue, Job.attempts).where(
-                Job.state == QUEUED,
+                Job.state == JobState.QUEUED,
                 Job.enqueued_at.is_(None),
                 Job.queue.in_(ctx.queues),
                 or_(
@@ -113,7 +114,7 @@ def mark_stopped(ctx: WorkerContext) -> None:
     with ctx.db.session() as session:
         worker = session.get(Worker, ctx.worker_id)
         if worker is not None:
-            worker.state, worker.current_job, worker.last_heartbeat = "stopped", None, utcnow()
+            worker.state, worker.current_job, worker.last_heartbeat = WorkerState.STOPPED, None, utcnow()
 
 
 class Heartbeat(threading.Thread):

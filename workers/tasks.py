@@ -13,9 +13,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from neffcache import neff
-from neffcache.db.models import INVALID_INPUT, INVALID_OUTPUT, WORKER_LOST
+from neffcache.digests import bare_hex, digest_of
 from neffcache.errors import CorruptObject
 from neffcache.errors import InvalidNeff
+from neffcache.lifecycle import FailureClass, WorkerState
 from neffcache.queue import version_matches
 from neffcache.workers import context, jobs, registry
 from neffcache.workers.backends.base import LOG_FILE, CompileOutcome
@@ -30,16 +31,16 @@ def run_compile_job(job_id: str) -> str:
     claimed = jobs.claim(ctx, job_id)
     if claimed is None:
         return "skipped: not queued"
-    registry.beat(ctx, state="busy", current_job=job_id)
+    registry.beat(ctx, state=WorkerState.BUSY, current_job=job_id)
     try:
         return _run(ctx, claimed)
     except Exception as exc:  # noqa: BLE001 - whatever broke here, the job must not stay `running`
         log.exception("job %s: worker error", job_id)
-        jobs.record_failure(ctx, job_id, WORKER_LOST, f"worker error: {type(exc).__name__}: {exc}",
+        jobs.record_failure(ctx, job_id, FailureClass.WORKER_LOST, f"worker error: {type(exc).__name__}: {exc}",
                                   expected_worker=ctx.worker_id)
         return "worker error"
     finally:
-        registry.beat(ctx, state="idle", clear_job=True)
+        registry.beat(ctx, state=WorkerState.IDLE, clear_job=True)
 
 
 def _refusal(ctx: WorkerContext, manifest: dict) -> str | None:
@@ -57,21 +58,21 @@ def _run(ctx: WorkerContext, job: jobs.ClaimedJob) -> str:
     settings = ctx.settings
     refusal = _refusal(ctx, job.manifest)
     if refusal:
-        jobs.record_failure(ctx, job.id, INVALID_INPUT, refusal, expected_worker=ctx.worker_id)
+        jobs.record_failure(ctx, job.id, FailureClass.INVALID_INPUT, refusal, expected_worker=ctx.worker_id)
         return refusal
     with tempfile.TemporaryDirectory(dir=settings.work_dir, prefix=f"neffcache-{job.id[:8]}-") as tmp:
         work = Path(tmp)
         model_path = work / "input" / "model"
         model_path.parent.mkdir()
-        model_hex = job.manifest["model"]["digest"].split(":", 1)[1]
+        model_hex = bare_hex(job.manifest["model"]["digest"])
         try:
             found = ctx.store.fetch_to_path(model_hex, model_path)
         except CorruptObject as exc:
-            jobs.record_failure(ctx, job.id, INVALID_INPUT, f"model blob is corrupt: {exc.detail}",
+            jobs.record_failure(ctx, job.id, FailureClass.INVALID_INPUT, f"model blob is corrupt: {exc.detail}",
                                 expected_worker=ctx.worker_id)
             return "corrupt input"
         if not found:
-            jobs.record_failure(ctx, job.id, INVALID_INPUT,
+            jobs.record_failure(ctx, job.id, FailureClass.INVALID_INPUT,
                                 f"model blob {job.manifest['model']['digest']} is missing from the object store",
                                 expected_worker=ctx.worker_id)
             return "missing input"
@@ -119,23 +120,23 @@ def _log_state(path: Path, limit: int, digest: str | None = None) -> jobs.LogSta
 
 def _finish(ctx: WorkerContext, job: jobs.ClaimedJob, outcome: CompileOutcome) -> str:
     log_put = ctx.store.put_path(outcome.log_path)
-    log_digest = f"sha256:{log_put.digest}"
+    log_digest = digest_of(log_put.digest)
     log = _log_state(outcome.log_path, ctx.settings.log_tail_bytes, log_digest)
     if not outcome.ok:
-        jobs.record_failure(ctx, job.id, outcome.failure_class or "compile_error", outcome.message,
+        jobs.record_failure(ctx, job.id, outcome.failure_class or FailureClass.COMPILE_ERROR, outcome.message,
                             log=log, expected_worker=ctx.worker_id)
         return f"failed: {outcome.failure_class}"
     try:
         neff_headers = {name: _neff_summary(path) for name, path in outcome.files.items() if name.endswith(".neff")}
     except InvalidNeff as exc:
         # Never publish what a runtime could not load; the same compile would write it again.
-        jobs.record_failure(ctx, job.id, INVALID_OUTPUT, f"the compiler wrote an invalid NEFF: {exc}",
+        jobs.record_failure(ctx, job.id, FailureClass.INVALID_OUTPUT, f"the compiler wrote an invalid NEFF: {exc}",
                             log=log, expected_worker=ctx.worker_id)
-        return "failed: invalid_output"
+        return f"failed: {FailureClass.INVALID_OUTPUT}"
     files = [jobs.PublishedFile("compile.log", log_digest, log_put.size)]
     for name, path in sorted(outcome.files.items()):
         put = ctx.store.put_path(path)  # digest computed while writing; atomic under its name
-        files.append(jobs.PublishedFile(name, f"sha256:{put.digest}", put.size, neff_headers.get(name)))
+        files.append(jobs.PublishedFile(name, digest_of(put.digest), put.size, neff_headers.get(name)))
     assert log is not None  # the backend always writes its log file
     published = jobs.publish(ctx, job, files, log, outcome.seconds,
                              f"compiled in {outcome.seconds:.1f} s on {ctx.worker_id}")

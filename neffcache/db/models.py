@@ -6,7 +6,7 @@ Shared by the service and the workers (both write here), never imported by the c
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import (
@@ -22,20 +22,9 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
-    and_,
+    text,
 )
-from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
-
-# Job states and failure classes (DESIGN.md: Job).
-QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
-ACTIVE_STATES = (QUEUED, RUNNING)
-FINAL_STATES = (SUCCEEDED, FAILED, CANCELLED)
-COMPILE_ERROR, TIMEOUT, OOM, WORKER_LOST, INVALID_INPUT, INVALID_OUTPUT = (
-    "compile_error", "timeout", "oom", "worker_lost", "invalid_input", "invalid_output",
-)
-# Transient failures are retried with backoff; the others are remembered.
-TRANSIENT_FAILURES = (TIMEOUT, OOM, WORKER_LOST)
 
 
 def utcnow() -> datetime:
@@ -77,13 +66,17 @@ class Blob(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+# The one-active-job-per-key index's predicate, as migration 0001 created it.
+ACTIVE_JOB_PREDICATE = "state IN ('queued', 'running')"
+
+
 class Job(Base):
     __tablename__ = "jobs"
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     key: Mapped[str] = mapped_column(String(64), index=True)
     manifest: Mapped[dict[str, Any]] = mapped_column(JSON)
     queue: Mapped[str] = mapped_column(String(255))
-    state: Mapped[str] = mapped_column(String(16), index=True)
+    state: Mapped[str] = mapped_column(String(16), index=True)  # a lifecycle.JobState
     failure_class: Mapped[str | None] = mapped_column(String(32))
     message: Mapped[str | None] = mapped_column(Text)
     log_tail: Mapped[str | None] = mapped_column(Text)
@@ -105,13 +98,15 @@ class Job(Base):
 
     __table_args__ = (
         # At most one queued or running job per key, enforced by the database itself so that
-        # concurrent submissions of one key cannot both create a job.
+        # concurrent submissions of one key cannot both create a job. The predicate is the
+        # migrated schema's, as its migration wrote it (tests/test_lifecycle.py checks that it
+        # names exactly lifecycle.ACTIVE_STATES, which a new active state would need a migration for).
         Index(
             "uq_jobs_active_key",
             "key",
             unique=True,
-            postgresql_where=state.in_(ACTIVE_STATES),
-            sqlite_where=state.in_(ACTIVE_STATES),
+            postgresql_where=text(ACTIVE_JOB_PREDICATE),
+            sqlite_where=text(ACTIVE_JOB_PREDICATE),
         ),
     )
 
@@ -196,15 +191,10 @@ class Worker(Base):
     runtime_version: Mapped[str] = mapped_column(String(64))
     toolchain: Mapped[dict[str, Any]] = mapped_column(JSON)
     queues: Mapped[list[str]] = mapped_column(JSON)
-    state: Mapped[str] = mapped_column(String(16))  # idle | busy | stopped
+    state: Mapped[str] = mapped_column(String(16))  # a lifecycle.WorkerState (lifecycle.heard_since)
     current_job: Mapped[str | None] = mapped_column(String(36))
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_heartbeat: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
-
-    @classmethod
-    def heard_since(cls, seconds: float) -> ColumnElement[bool]:
-        """Workers in service: a heartbeat within `seconds`, and not stopped cleanly."""
-        return and_(cls.last_heartbeat >= utcnow() - timedelta(seconds=seconds), cls.state != "stopped")
 
 
 class ApiToken(Base):

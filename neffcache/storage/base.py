@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -21,18 +20,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from neffcache.digests import is_bare_hex
 from neffcache.errors import CorruptObject, DigestMismatch, InvalidDigest, StorageError, TooLarge
 
 # Big enough that per-chunk overhead vanishes next to disk and network time, small enough that a
 # multi-GiB upload never holds more than this in memory.
 CHUNK_BYTES = 1024 * 1024
 
-_DIGEST = re.compile(r"[0-9a-f]{64}")
-
 
 def validate_digest(value: object) -> str:
     """Return `value` if it is a bare lowercase hex sha256, else raise InvalidDigest naming it."""
-    if not isinstance(value, str) or _DIGEST.fullmatch(value) is None:
+    if not is_bare_hex(value):
         raise InvalidDigest(
             f"{value!r} is not a sha256 digest (64 lowercase hex characters)", digest=repr(value)
         )

@@ -9,13 +9,15 @@ from fastapi.responses import JSONResponse, Response
 from sqlalchemy import or_, select
 
 from neffcache.db.models import Artifact
+from neffcache.digests import bare_hex
 from neffcache.errors import NotFound
 from neffcache.spec import PublishRequest
 from neffcache.service import cache, publish
 from neffcache.service.auth import READ, WRITE
 from neffcache.service.pagination import MAX_LIMIT, fetch_page
+from neffcache.service.resolve import resolve_artifact
 from neffcache.service.routes.deps import caller, context, object_response
-from neffcache.service.views import artifact_view, bare_hex
+from neffcache.service.views import artifact_view
 
 router = APIRouter(prefix="/v1/artifacts", tags=["artifacts"])
 
@@ -47,9 +49,10 @@ def list_artifacts(
 
 @router.get("/{key}", dependencies=[READ])
 def get_artifact(key: str, request: Request) -> dict[str, Any]:
+    """One artifact, by its key or a unique prefix of it (8 hex characters at least)."""
     with context(request).db.session() as session:
-        artifact = cache.get_artifact(session, key)
-        return artifact_view(artifact, cache.artifact_hits(session, key))
+        artifact = resolve_artifact(session, key)
+        return artifact_view(artifact, cache.artifact_hits(session, artifact.key))
 
 
 @router.get(
@@ -58,10 +61,12 @@ def get_artifact(key: str, request: Request) -> dict[str, Any]:
     responses={307: {"description": "redirect to a presigned URL (S3)"}, 200: {"description": "the bytes (folder store)"}},
 )
 def download_file(key: str, name: str, request: Request) -> Response:
-    """Download one file of an artifact; counts a hit. The sha256 is in X-Neffcache-Sha256."""
+    """Download one file of an artifact (named by its key or a unique prefix of it); counted as a
+    download. The sha256 is in X-Neffcache-Sha256."""
     ctx = context(request)
     with ctx.db.session() as session:
-        artifact = cache.get_artifact(session, key)
+        artifact = resolve_artifact(session, key)
+        key = artifact.key
         entry = next((f for f in artifact.files if f.name == name), None)
         if entry is None:
             raise NotFound(f"artifact {key} has no file {name!r} (it has {', '.join(f.name for f in artifact.files)})")

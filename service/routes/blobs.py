@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from neffcache.db.models import Blob
+from neffcache.digests import digest_of
 from neffcache.errors import InvalidParameter, NotFound, TooLarge
 from neffcache.service.auth import READ, WRITE
 from neffcache.service.context import ServiceContext
@@ -70,17 +71,17 @@ async def put_blob(digest: str, request: Request) -> JSONResponse:
 def get_blob(digest: str, request: Request) -> Response:
     """Download a blob (a model graph): the bytes, or a 307 to a presigned URL on S3."""
     ctx = context(request)
-    size = _known_size(ctx, f"sha256:{parse_digest(digest)}")
+    size = _known_size(ctx, digest_of(parse_digest(digest)))
     if size is None:
         raise NotFound(f"blob {digest} is not stored")
-    return object_response(ctx, parse_digest(digest), digest.split(":", 1)[1][:16] + ".blob", size,
+    return object_response(ctx, parse_digest(digest), parse_digest(digest)[:16] + ".blob", size,
                            missing=f"blob {digest} is missing from the object store")
 
 
 @router.head("/{digest}", dependencies=[READ])
 def head_blob(digest: str, request: Request) -> Response:
     """200 when the blob is stored (its size in Content-Length), 404 when not."""
-    size = _known_size(context(request), f"sha256:{parse_digest(digest)}")
+    size = _known_size(context(request), digest_of(parse_digest(digest)))
     if size is None:
         return Response(status_code=404)
     return Response(status_code=200, headers={"Content-Length": str(size)})

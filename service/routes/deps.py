@@ -8,8 +8,8 @@ from typing import BinaryIO
 from fastapi import Request, Response
 from fastapi.responses import RedirectResponse, StreamingResponse
 
+from neffcache.digests import DIGEST_FORM, bare_hex, is_digest
 from neffcache.errors import CorruptObject, InvalidDigest
-from neffcache.spec import is_digest
 from neffcache.service.context import ServiceContext
 
 
@@ -25,8 +25,8 @@ def caller(request: Request) -> str | None:
 def parse_digest(digest: str) -> str:
     """'sha256:<hex>' -> '<hex>', or 400 naming the value."""
     if not is_digest(digest):
-        raise InvalidDigest(f"digest: {digest[:80]!r} is not of the form sha256:<64 lowercase hex>")
-    return digest.split(":", 1)[1]
+        raise InvalidDigest(f"digest: {digest[:80]!r} is not of the form {DIGEST_FORM}")
+    return bare_hex(digest)
 
 
 def object_response(ctx: ServiceContext, hex_digest: str, name: str, size: int,

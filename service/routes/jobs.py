@@ -7,26 +7,28 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
-from sqlalchemy import select, update
+from sqlalchemy import select
 
-from neffcache.db.models import CANCELLED, QUEUED, RUNNING, Job, utcnow
+from neffcache import lifecycle
+from neffcache.db.models import Job
+from neffcache.digests import bare_hex
 from neffcache.errors import CorruptObject, JobFinished, NotFound
 from neffcache.service.auth import READ, WRITE
 from neffcache.service.pagination import MAX_LIMIT, fetch_page
+from neffcache.service.resolve import resolve_job
 from neffcache.service.routes.deps import context, stream_chunks
-from neffcache.service.views import bare_hex, job_view
+from neffcache.service.views import job_view
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 LOG_TYPE = "text/plain; charset=utf-8"
-JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+# The listing's filter: a job state (a Literal, so that a bad value is refused as a literal).
+JobState = Literal[tuple(s.value for s in lifecycle.JobState)]  # type: ignore[valid-type]
 
 
 def _get(session: Any, job_id: str) -> Job:
-    job = session.get(Job, job_id)
-    if job is None:
-        raise NotFound(f"job {job_id} does not exist", job=job_id)
-    return job
+    """The job named by its id or a unique prefix of it (service.resolve)."""
+    return resolve_job(session, job_id)
 
 
 @router.get("", dependencies=[READ])
@@ -65,6 +67,7 @@ def get_job_log(
     ctx = context(request)
     with ctx.db.session() as session:
         job = _get(session, job_id)
+        job_id = job.id
         digest, tail, size, state = job.log_digest, job.log_tail, job.log_bytes, job.state
     if digest is not None:
         stream = ctx.store.open(bare_hex(digest))
@@ -87,11 +90,12 @@ def cancel_job(job_id: str, request: Request) -> JSONResponse:
     """Cancel a queued job at once; ask the worker running a job to stop it."""
     ctx = context(request)
     with ctx.db.session() as session:
-        _get(session, job_id)
+        job_id = _get(session, job_id).id
         # Conditional updates: a worker may claim or finish the job between our read and write.
-        if _transition(session, job_id, QUEUED, state=CANCELLED, finished_at=utcnow(), message="cancelled while queued"):
+        step = lifecycle.cancel(session, job_id)
+        if step == lifecycle.Step.CANCEL:
             status = 200
-        elif _transition(session, job_id, RUNNING, cancel_requested=True):
+        elif step == lifecycle.Step.REQUEST_CANCEL:
             status = 202
         else:
             job = _get(session, job_id)
@@ -100,8 +104,3 @@ def cancel_job(job_id: str, request: Request) -> JSONResponse:
         body = job_view(_get(session, job_id))
     # A cancelled queued job may still sit in RQ; the worker sees its state and skips it.
     return JSONResponse(body, status_code=status)
-
-
-def _transition(session: Any, job_id: str, from_state: str, **values: Any) -> bool:
-    result = session.execute(update(Job).where(Job.id == job_id, Job.state == from_state).values(**values))
-    return result.rowcount == 1

@@ -1,4 +1,8 @@
-"""Cache statistics: hit rate and compile time saved, in total and by target and compiler."""
+"""Cache statistics: hit rate and compile time saved, in total and by target and compiler.
+
+Two counts, named apart here and in the artifact view: `lookup_hits` (lookups and compile
+requests answered by a published artifact) and `downloads` (artifact files fetched). `hits` is a
+deprecated alias of `lookup_hits`, kept for clients that read it."""
 
 from __future__ import annotations
 
@@ -8,9 +12,11 @@ from fastapi import APIRouter, Query, Request
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
-from neffcache.db.models import FAILED, SUCCEEDED, CacheEvent, Job
+from neffcache.db.models import CacheEvent, Job
+from neffcache.lifecycle import JobState
 from neffcache.service.auth import READ
 from neffcache.service.pagination import MAX_LIMIT
+from neffcache.service.resolve import KEY_LENGTH, key_prefix, resolve_key
 from neffcache.service.routes.deps import context
 from neffcache.service.views import iso
 
@@ -31,22 +37,24 @@ def _cache_counts(session: Session, *group: Any) -> list[tuple[Any, ...]]:
     return [tuple(r) for r in session.execute(query)]
 
 
-def _summary(lookups: int, hits: int | None, saved: float) -> dict[str, Any]:
-    hits = int(hits or 0)
+def _summary(lookups: int, lookup_hits: int | None, saved: float) -> dict[str, Any]:
+    lookup_hits = int(lookup_hits or 0)
     return {
         "lookups": lookups,
-        "hits": hits,
-        "misses": lookups - hits,
-        "hit_rate": round(hits / lookups, 4) if lookups else None,
+        "lookup_hits": lookup_hits,
+        "hits": lookup_hits,  # deprecated alias of lookup_hits
+        "misses": lookups - lookup_hits,
+        "hit_rate": round(lookup_hits / lookups, 4) if lookups else None,
         "compile_seconds_saved": round(float(saved or 0.0), 3),
     }
 
 
 @router.get("/stats")
 def stats(request: Request) -> dict[str, Any]:
-    """Lookups and compile requests count as lookups; downloads are counted apart."""
+    """Lookups and compile requests count as lookups (`lookup_hits` of them answered by an
+    artifact); downloads of artifact files are counted apart (`downloads`)."""
     with context(request).db.session() as session:
-        (lookups, hits, saved), = _cache_counts(session)
+        (lookups, lookup_hits, saved), = _cache_counts(session)
         by_target = {t: _summary(n, h, s) for t, n, h, s in _cache_counts(session, CacheEvent.target)}
         by_compiler = {
             f"{name}=={version}": _summary(n, h, s)
@@ -55,14 +63,14 @@ def stats(request: Request) -> dict[str, Any]:
         downloads = session.scalar(select(func.count()).where(CacheEvent.kind == "download")) or 0
         compiles = dict(
             session.execute(
-                select(Job.state, func.count()).where(Job.state.in_((SUCCEEDED, FAILED))).group_by(Job.state)
+                select(Job.state, func.count()).where(Job.state.in_((JobState.SUCCEEDED, JobState.FAILED))).group_by(Job.state)
             ).all()
         )
     return {
-        **_summary(lookups, hits, saved),
+        **_summary(lookups, lookup_hits, saved),
         "downloads": downloads,
-        "compiles_succeeded": compiles.get(SUCCEEDED, 0),
-        "compiles_failed": compiles.get(FAILED, 0),
+        "compiles_succeeded": compiles.get(JobState.SUCCEEDED, 0),
+        "compiles_failed": compiles.get(JobState.FAILED, 0),
         "by_target": by_target,
         "by_compiler": by_compiler,
     }
@@ -71,17 +79,19 @@ def stats(request: Request) -> dict[str, Any]:
 @router.get("/hits")
 def hits(
     request: Request,
-    key: str | None = None,
+    key: str | None = Query(None, description="artifact key, or a unique prefix of it (8 hex characters at least)"),
     caller: str | None = Query(None, description="token name"),
     limit: int = Query(100, ge=1, le=MAX_LIMIT),
 ) -> dict[str, Any]:
     """Which caller hit which artifact, and when (newest first)."""
     query = select(CacheEvent).where(CacheEvent.outcome == "hit")
-    if key:
-        query = query.where(CacheEvent.key == key)
     if caller:
         query = query.where(CacheEvent.caller == caller)
     with context(request).db.session() as session:
+        if key:
+            # A whole key filters as it is (no artifact, no hits); a shorter one names an artifact.
+            full = key_prefix(key)
+            query = query.where(CacheEvent.key == (full if len(full) == KEY_LENGTH else resolve_key(session, key)))
         rows = session.scalars(query.order_by(CacheEvent.at.desc(), CacheEvent.id.desc()).limit(limit)).all()
         return {"hits": [{"key": e.key, "caller": e.caller, "kind": e.kind, "outcome": e.outcome,
                           "target": e.target, "at": iso(e.at)} for e in rows]}

@@ -8,7 +8,8 @@ from fastapi import APIRouter, Request
 from sqlalchemy import select
 
 from neffcache.db.models import Worker
-from neffcache.sdk import release_version
+from neffcache.lifecycle import heard_since
+from neffcache.toolchain import release_version
 from neffcache.service.auth import READ
 from neffcache.service.routes.deps import context
 
@@ -22,7 +23,7 @@ def toolchains(request: Request) -> dict[str, Any]:
     ctx = context(request)
     with ctx.db.session() as session:
         live = session.scalars(
-            select(Worker).where(Worker.heard_since(ctx.settings.worker_lost_after_s))
+            select(Worker).where(heard_since(ctx.settings.worker_lost_after_s))
         ).all()
         offered: dict[tuple[str, str, str], int] = {}
         for w in live:

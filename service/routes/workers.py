@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 from sqlalchemy import select
 
 from neffcache.db.models import Worker, utcnow
+from neffcache.lifecycle import WorkerState
 from neffcache.service.auth import READ
 from neffcache.service.routes.deps import context
 from neffcache.service.views import worker_view
@@ -24,7 +25,8 @@ def list_workers(request: Request) -> dict[str, Any]:
         rows = session.scalars(select(Worker).order_by(Worker.last_heartbeat.desc())).all()
         return {
             "workers": [
-                worker_view(w, "lost" if w.state != "stopped" and w.last_heartbeat < lost_before else w.state)
+                worker_view(w, WorkerState.LOST if w.state != WorkerState.STOPPED and w.last_heartbeat < lost_before
+                            else w.state)
                 for w in rows
             ]
         }

@@ -47,6 +47,20 @@ def run_cli(args: list[str], env: dict[str, str], cwd: Path | None = None, timeo
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
+def run_cli_into_closed_pipe(args: list[str], env: dict[str, str], timeout: float = 180) -> Result:
+    """Run the command with stdout a real pipe whose reader is already gone (`neffcache ... |
+    head` once head has exited): every write to stdout fails with EPIPE. stdout is "" here."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "neffcache.client.cli", *args], env=env, cwd=REPO,
+                              stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL)
+    finally:
+        os.close(write_end)
+    return Result(proc.returncode, "", proc.stderr)
+
+
 def cli_runner(url: str, token: str):
     """cli(*args, cwd=, timeout=, **env) -> Result against the service at `url` with `token`."""
 
@@ -59,8 +73,6 @@ def cli_runner(url: str, token: str):
 def write_yaml(path: Path, data: Any) -> Path:
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
-
-
 
 
 def files_under(path: Path) -> list[Path]:

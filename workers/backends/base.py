@@ -12,14 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from neffcache.settings import Settings
-
-# Failure classes a compile can end with (the service decides which are retried).
-COMPILE_ERROR = "compile_error"
-TIMEOUT = "timeout"
-OOM = "oom"
-CANCELLED = "cancelled"
-FAILURE_CLASSES = (COMPILE_ERROR, TIMEOUT, OOM, CANCELLED)
+from neffcache.lifecycle import FailureClass
 
 
 class BackendUnavailable(RuntimeError):
@@ -62,8 +55,9 @@ class Toolchain:
 @dataclass
 class CompileOutcome:
     ok: bool
-    # None when ok; else one of FAILURE_CLASSES.
-    failure_class: str | None
+    # None when ok; else how it failed: compile_error, invalid_input, timeout, oom or cancelled
+    # (the lifecycle decides what the job does then: remember, retry, or end cancelled).
+    failure_class: FailureClass | None
     # One readable line: "neuronx-cc exited with 70: ERROR 70: ...", "timed out after 3.0 s".
     message: str
     # Output file name -> path, only when ok: neuronx-cc {"model.neff"}, inductor {"model.pt2"}.
@@ -117,22 +111,6 @@ def failed_before_start(log_path: Path, message: str) -> CompileOutcome:
     with open(log_path, "a", encoding="utf-8") as log:
         log.write(f"neffcache: {message}\n")
     return CompileOutcome(
-        ok=False, failure_class=COMPILE_ERROR, message=message, files={}, log_path=log_path
+        ok=False, failure_class=FailureClass.COMPILE_ERROR, message=message, files={}, log_path=log_path
     )
 
-
-def load_backend(settings: Settings) -> Backend:
-    """The backend `settings.worker_backend` names: "inductor" or "neuronx-cc"."""
-    name = settings.worker_backend.strip().lower()
-    if name == "inductor":
-        from neffcache.workers.backends.inductor import InductorBackend
-
-        return InductorBackend(settings)
-    if name in ("neuronx-cc", "neuronx_cc", "neuronxcc"):
-        from neffcache.workers.backends.neuronx_cc import NeuronxCcBackend
-
-        return NeuronxCcBackend(settings)
-    raise ValueError(
-        f"unknown worker backend {settings.worker_backend!r}: "
-        "set NEFFCACHE_WORKER_BACKEND to 'inductor' or 'neuronx-cc'"
-    )

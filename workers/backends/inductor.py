@@ -29,9 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from neffcache.key import aten_cpu_capability
+from neffcache.lifecycle import FailureClass
 from neffcache.settings import Settings
+from neffcache.toolchain import CPU_ISA_LEVELS, TORCH_RUNTIME
 from neffcache.workers.backends.base import (
-    COMPILE_ERROR,
     Backend,
     BackendUnavailable,
     CompileOutcome,
@@ -39,23 +40,24 @@ from neffcache.workers.backends.base import (
     failed_before_start,
     prepare_work_dir,
 )
+from neffcache.workers.backends.inductor_child import EXIT_INVALID_INPUT
 from neffcache.workers.backends.process import classify, run_process
 
-X86_LEVELS = ("x86-64", "x86-64-v2", "x86-64-v3", "x86-64-v4")
 # Flags each level adds to the one below (the psABI's levels, as /proc/cpuinfo names them).
 _LEVEL_FLAGS = {
     "x86-64-v2": {"sse4_2", "popcnt", "ssse3"},
     "x86-64-v3": {"avx2", "fma", "bmi2", "movbe"},
     "x86-64-v4": {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"},
 }
+assert tuple(_LEVEL_FLAGS) == CPU_ISA_LEVELS[1:]
 OUTPUT_FILE = "model.pt2"
 
 
 def x86_levels(cpu_flags: set[str]) -> tuple[str, ...]:
     """The x86-64 levels a CPU with these /proc/cpuinfo flags can run, lowest first."""
-    levels = ["x86-64"]
+    levels = [CPU_ISA_LEVELS[0]]
     needed: set[str] = set()
-    for level in X86_LEVELS[1:]:
+    for level in CPU_ISA_LEVELS[1:]:
         needed |= _LEVEL_FLAGS[level]
         if not needed <= cpu_flags:
             break
@@ -69,12 +71,12 @@ def host_x86_levels(cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[str, ...]:
     try:
         text = cpuinfo.read_text()
     except OSError:
-        return ("x86-64",)
+        return CPU_ISA_LEVELS[:1]
     for line in text.splitlines():
         key, _, value = line.partition(":")
         if key.strip() == "flags":
             return x86_levels(set(value.split()))
-    return ("x86-64",)
+    return CPU_ISA_LEVELS[:1]
 
 
 def child_env(work_dir: Path, manifest: dict[str, Any], base: dict[str, str] | None = None) -> dict[str, str]:
@@ -140,7 +142,7 @@ class InductorBackend(Backend):
         return Toolchain(
             compiler_name="inductor",
             compiler_version=version,
-            runtime_name="torch",
+            runtime_name=TORCH_RUNTIME,
             runtime_version=version,
             targets=tuple(targets),
             isas=tuple(isas),
@@ -162,9 +164,9 @@ class InductorBackend(Backend):
                 log_path, f"inductor compiles model format 'torch-export', not {fmt!r}"
             )
         if target == "cpu":
-            if isa not in X86_LEVELS:
+            if isa not in CPU_ISA_LEVELS:
                 return failed_before_start(
-                    log_path, f"cpu isa must be one of {', '.join(X86_LEVELS)}, not {isa!r}"
+                    log_path, f"cpu isa must be one of {', '.join(CPU_ISA_LEVELS)}, not {isa!r}"
                 )
         elif target != "cuda":
             return failed_before_start(log_path, f"inductor compiles for cpu or cuda, not {target!r}")
@@ -193,9 +195,13 @@ class InductorBackend(Backend):
             should_cancel=should_cancel,
         )
         outcome = classify(result, "inductor", log_path, {OUTPUT_FILE: output})
+        if outcome.failure_class == FailureClass.COMPILE_ERROR and result.returncode == EXIT_INVALID_INPUT:
+            # The manifest's inputs do not fit the exported program: the same request always
+            # fails the same way (remembered), and it is the request that is wrong.
+            outcome.failure_class = FailureClass.INVALID_INPUT
         if outcome.ok and not (output.is_file() and output.stat().st_size > 0):
             outcome.ok = False
-            outcome.failure_class = COMPILE_ERROR
+            outcome.failure_class = FailureClass.COMPILE_ERROR
             outcome.message = f"inductor exited with 0 but no output written ({output.name})"
             outcome.files = {}
         return outcome

@@ -3,12 +3,13 @@
     python -m neffcache.workers.backends.inductor_child --model M --manifest manifest.json --output out/model.pt2
 
 A separate process so that a timeout, a cancel or a memory blowup kills only this, never the
-worker. Loads the torch.export program, checks its example inputs against the manifest's inputs,
-sets inductor's config from the manifest (flags, isa) and writes an AOTInductor package.
+worker. Loads the torch.export program, checks that the manifest's inputs fit the program's input
+specs, sets inductor's config from the manifest (flags, isa) and writes an AOTInductor package.
 Everything it prints goes to the job's compile log; a failure's last line says what went wrong.
 
-Exit status: 0 success; 2 the model does not match the manifest (or the manifest asks for
-something impossible); 1 anything else (the traceback is in the log).
+Exit status: 0 success; 3 the manifest's inputs do not fit the exported program (the worker
+classes it invalid_input); 2 the manifest asks for something impossible (flags, isa, target);
+1 anything else (the traceback is in the log).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 EXIT_MISMATCH = 2
+EXIT_INVALID_INPUT = 3
 CUDA_HOST_MARCH = "x86-64"
 
 # Set from the manifest itself, never from flags.
@@ -38,6 +40,10 @@ RESERVED_CONFIGS = {
 
 class ManifestMismatch(Exception):
     """The model or the manifest cannot be compiled as asked: exit 2 with this message."""
+
+
+class InputsMismatch(Exception):
+    """The manifest's inputs do not fit the exported program: exit 3 with this message."""
 
 
 def say(message: str) -> None:
@@ -84,38 +90,51 @@ def inductor_configs(manifest: dict[str, Any], known: set[str]) -> dict[str, Any
 
 
 def check_inputs(ep: Any, manifest_inputs: list[dict[str, Any]]) -> None:
+    """The manifest's inputs must fit the exported program's input specs: as many inputs, each a
+    tensor of the program's dtype and of a shape the program accepts (a static dim equal, a
+    dynamic one within its range). Raises InputsMismatch naming the first input that does not.
+    The dynamic dims are checked by torch's own input check, on meta tensors of the manifest's
+    shapes (what calling the program with such inputs would raise)."""
     import torch
-    from torch.utils._pytree import tree_leaves
+    from torch.export.graph_signature import InputKind
+    from torch.utils._pytree import tree_flatten_with_path
 
-    if ep.example_inputs is None:
-        raise ManifestMismatch(
-            "the exported program carries no example inputs (save it with torch.export.save "
-            "from torch.export.export(model, example_inputs))"
-        )
-    leaves = tree_leaves(ep.example_inputs)
-    names = list(ep.graph_signature.user_inputs)
-    if len(leaves) != len(manifest_inputs):
-        raise ManifestMismatch(
+    placeholders = [n for n in ep.graph.nodes if n.op == "placeholder"]
+    user = [(spec, node) for spec, node in zip(ep.graph_signature.input_specs, placeholders, strict=True)
+            if spec.kind == InputKind.USER_INPUT]
+    if len(user) != len(manifest_inputs):
+        raise InputsMismatch(
             f"the manifest lists {len(manifest_inputs)} input(s) "
             f"({', '.join(str(i.get('name')) for i in manifest_inputs) or 'none'}), the exported "
-            f"program takes {len(leaves)} ({', '.join(map(str, names)) or 'none'})"
+            f"program takes {len(user)} ({', '.join(node.name for _, node in user) or 'none'})"
         )
-    for index, (expected, actual) in enumerate(zip(manifest_inputs, leaves, strict=True)):
+    metas = []
+    for index, (expected, (_, node)) in enumerate(zip(manifest_inputs, user, strict=True)):
         name = expected.get("name", f"#{index}")
         where = f"input {name!r} (#{index})"
-        if not isinstance(actual, torch.Tensor):
-            raise ManifestMismatch(f"{where}: the exported program's example is not a tensor ({actual!r})")
+        program = node.meta.get("val")
+        if not isinstance(program, torch.Tensor):
+            raise InputsMismatch(f"{where}: the exported program's input is not a tensor ({program!r})")
         want_shape = [int(d) for d in expected["shape"]]
-        have_shape = [int(d) for d in actual.shape]
-        if want_shape != have_shape:
-            raise ManifestMismatch(
+        # Static dims as numbers, dynamic ones by their symbol (s0, s77, ...).
+        have_shape = [d if isinstance(d, int) else str(d) for d in program.shape]
+        if len(want_shape) != len(have_shape) or any(
+            isinstance(have, int) and have != want for want, have in zip(want_shape, have_shape)
+        ):
+            raise InputsMismatch(
                 f"{where}: shape {want_shape} in the manifest, {have_shape} in the exported program"
             )
-        have_dtype = str(actual.dtype).removeprefix("torch.")
+        have_dtype = str(program.dtype).removeprefix("torch.")
         if str(expected["dtype"]) != have_dtype:
-            raise ManifestMismatch(
+            raise InputsMismatch(
                 f"{where}: dtype {expected['dtype']} in the manifest, {have_dtype} in the exported program"
             )
+        metas.append(torch.empty(want_shape, dtype=program.dtype, device="meta"))
+    flat_with_path, _ = tree_flatten_with_path((tuple(metas), {}))
+    try:
+        ep._check_input_constraints(flat_with_path)
+    except (RuntimeError, AssertionError) as exc:
+        raise InputsMismatch(f"the manifest's inputs do not fit the exported program: {exc}") from exc
 
 
 def compile_package(model: Path, manifest: dict[str, Any], output: Path) -> Path:
@@ -163,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     except ManifestMismatch as exc:
         print(f"error: {exc}", flush=True)
         return EXIT_MISMATCH
+    except InputsMismatch as exc:
+        print(f"error: {exc}", flush=True)
+        return EXIT_INVALID_INPUT
     return 0
 
 

@@ -17,9 +17,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from neffcache.lifecycle import FailureClass
 from neffcache.settings import Settings
+from neffcache.toolchain import (
+    NEURON_RUNTIME,
+    NEURON_TARGETS,
+    RUNTIME_DPKG_QUERY,
+    RUNTIME_PACKAGE,
+    debian_upstream_version,
+)
 from neffcache.workers.backends.base import (
-    COMPILE_ERROR,
     Backend,
     BackendUnavailable,
     CompileOutcome,
@@ -29,8 +36,6 @@ from neffcache.workers.backends.base import (
 )
 from neffcache.workers.backends.process import classify, run_process
 
-NEURON_TARGETS = ("trn1", "trn1n", "inf2", "trn2", "trn3")
-RUNTIME_PACKAGE = "aws-neuronx-runtime-lib"
 MODEL_FILE = "model.hlo.pb"
 OUTPUT_FILE = "model.neff"
 
@@ -52,14 +57,6 @@ def parse_compiler_version(output: str) -> str:
         "cannot read the compiler version from `neuronx-cc --version`: expected a line "
         f"'NeuronX Compiler version <version>', got: {excerpt[:300]}"
     )
-
-
-def debian_upstream_version(version: str) -> str:
-    """'2.34.10.0-1a2b3c4d5' -> '2.34.10.0' (drops an epoch 'N:' and the Debian revision)."""
-    version = version.strip()
-    if ":" in version:
-        version = version.split(":", 1)[1]
-    return version.split("-", 1)[0]
 
 
 class NeuronxCcBackend(Backend):
@@ -103,7 +100,7 @@ class NeuronxCcBackend(Backend):
         return Toolchain(
             compiler_name="neuronx-cc",
             compiler_version=version,
-            runtime_name="neuron-runtime",
+            runtime_name=NEURON_RUNTIME,
             runtime_version=self.runtime_version(),
             targets=NEURON_TARGETS,
             isas=(),
@@ -118,7 +115,7 @@ class NeuronxCcBackend(Backend):
         )
         try:
             proc = subprocess.run(
-                ["dpkg-query", "-W", "-f=${Version}", RUNTIME_PACKAGE],
+                list(RUNTIME_DPKG_QUERY),
                 stdin=subprocess.DEVNULL,
                 capture_output=True,
                 text=True,
@@ -198,7 +195,7 @@ class NeuronxCcBackend(Backend):
         outcome = classify(result, "neuronx-cc", log_path, {OUTPUT_FILE: output})
         if outcome.ok and not (output.is_file() and output.stat().st_size > 0):
             outcome.ok = False
-            outcome.failure_class = COMPILE_ERROR
+            outcome.failure_class = FailureClass.COMPILE_ERROR
             outcome.message = f"neuronx-cc exited with 0 but no output written ({output.name})"
             outcome.files = {}
         return outcome

@@ -15,7 +15,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from neffcache.workers.backends.base import CANCELLED, COMPILE_ERROR, OOM, TIMEOUT, CompileOutcome
+from neffcache.lifecycle import FailureClass
+from neffcache.workers.backends.base import CompileOutcome
 
 POLL_INTERVAL_S = 0.2
 
@@ -105,9 +106,9 @@ def classify(
     compile_error. A failure's message ends with the last line of the log when there is one."""
     rc = result.returncode
     if result.timed_out:
-        failure, message = TIMEOUT, f"{program} timed out after {result.timeout_s:.1f} s"
+        failure, message = FailureClass.TIMEOUT, f"{program} timed out after {result.timeout_s:.1f} s"
     elif result.cancelled:
-        failure, message = CANCELLED, f"{program} cancelled after {result.seconds:.1f} s"
+        failure, message = FailureClass.CANCELLED, f"{program} cancelled after {result.seconds:.1f} s"
     elif rc == 0:
         return CompileOutcome(
             ok=True,
@@ -118,14 +119,14 @@ def classify(
             seconds=result.seconds,
         )
     elif rc == -signal.SIGKILL:
-        failure = OOM
+        failure = FailureClass.OOM
         message = f"{program} was killed by SIGKILL (most likely out of memory)"
     elif rc < 0:
-        failure, message = COMPILE_ERROR, f"{program} was killed by {_signal_name(-rc)}"
+        failure, message = FailureClass.COMPILE_ERROR, f"{program} was killed by {_signal_name(-rc)}"
     else:
-        failure, message = COMPILE_ERROR, f"{program} exited with {rc}"
+        failure, message = FailureClass.COMPILE_ERROR, f"{program} exited with {rc}"
     last = last_log_line(log_path)
-    if last and failure == COMPILE_ERROR:
+    if last and failure == FailureClass.COMPILE_ERROR:
         message = f"{message}: {last}"
     return CompileOutcome(
         ok=False,

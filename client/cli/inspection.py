@@ -1,0 +1,192 @@
+"""Looking at the cache: `ls`, `show`, `stats`, `hits`, `workers`, `toolchains`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from neffcache.client import output
+from neffcache.client.cli import session
+from neffcache.client.cli.compile import usage_counts
+from neffcache.client.cli.options import JsonOpt, LimitOpt, TokenOpt, UrlOpt
+from neffcache.client.specs import sha256_file
+from neffcache.digests import is_digest
+from neffcache.errors import UsageError
+
+
+def ls_cmd(
+    model: Annotated[Optional[str], typer.Option("--model", metavar="DIGEST|FILE", help="Model digest, or a model file to hash.",
+                                                 show_default=False)] = None,
+    target: Annotated[Optional[str], typer.Option("--target", metavar="TARGET", show_default=False)] = None,
+    compiler: Annotated[Optional[str], typer.Option("--compiler", metavar="C", help="Name, version, or name==version.",
+                                                    show_default=False)] = None,
+    limit: LimitOpt = 50,
+    cursor: Annotated[Optional[str], typer.Option("--cursor", metavar="CURSOR", help="Continue a listing.", show_default=False)] = None,
+    json_out: JsonOpt = False,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """List published artifacts, newest first."""
+    if model and not is_digest(model):
+        path = Path(model)
+        if not path.is_file():
+            raise UsageError(f"--model {model!r} is neither a sha256:<hex> digest nor a file")
+        model = sha256_file(path)
+    with session.open_client(url, token) as client:
+        body = client.artifacts(model=model, target=target, compiler=compiler, limit=limit, cursor=cursor)
+    if json_out:
+        output.print_json(body)
+        return
+    rows = []
+    for a in body["artifacts"]:
+        m = a["manifest"]
+        rows.append([a["key"], output.short(m["model"]["digest"]), m["target"],
+                     f"{m['compiler']['name']} {m['compiler']['version']}", m["runtime"]["version"],
+                     output.human_bytes(sum(f["size"] for f in a["files"])),
+                     output.when(a.get("created_at"), ago=False)])
+    if not rows:
+        output.say("no artifacts match")
+        return
+    output.table(None, ["key", "model", "target", "compiler", "runtime", "size", "published"], rows)
+    if body.get("next_cursor"):
+        output.say(f"more: neffcache ls --cursor {body['next_cursor']}")
+
+
+def show_cmd(
+    key: Annotated[str, typer.Argument(metavar="KEY", help="Artifact key.", show_default=False)],
+    json_out: JsonOpt = False,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """One artifact: its manifest, files and hits."""
+    session.check_keys([key])
+    with session.open_client(url, token) as client:
+        a = client.artifact(key)
+    if json_out:
+        output.print_json(a)
+        return
+    m = a["manifest"]
+    lookup_hits, downloads = usage_counts(a)
+    rows = [
+        ["key", a["key"]],
+        ["model", f"{m['model']['format']} {m['model']['digest']}"],
+        ["inputs", ", ".join(f"{i['name']}={'x'.join(map(str, i['shape']))}:{i['dtype']}" for i in m["inputs"])],
+        ["target", m["target"] + (f" ({m['isa']})" if m.get("isa") else "")],
+        ["compiler", f"{m['compiler']['name']}=={m['compiler']['version']} {' '.join(m['compiler']['flags'])}".strip()],
+        ["runtime", f"{m['runtime']['name']}=={m['runtime']['version']}"],
+        ["namespace", m.get("namespace")],
+        ["compiled in", output.human_seconds(a.get("compile_seconds"))],
+        ["published", output.when(a.get("created_at"))],
+        ["job", a.get("job_id") or ""],
+        ["lookup hits", "" if lookup_hits is None else lookup_hits],
+        ["downloads", "" if downloads is None else downloads],
+    ]
+    if m.get("allow_toolchain_mismatch"):
+        rows.append(["toolchain", "mismatch allowed (compiler and runtime of different SDK releases)"])
+    output.table(None, ["field", "value"], rows)
+    output.table("files", ["name", "size", "sha256"],
+                 [[f["name"], output.human_bytes(f["size"]), f["sha256"]] for f in a["files"]])
+    headers = [f for f in a["files"] if f.get("neff")]
+    if headers:
+        output.table("NEFF headers", ["file", "neff_version", "neff_build_version", "lnc_size", "feature_bits",
+                                      "num_tpb", "name"],
+                     [[f["name"], h.get("neff_version"), h.get("neff_build_version"), h.get("lnc_size"),
+                       _bits(h.get("feature_bits")), h.get("num_tpb"), h.get("name")]
+                      for f in headers for h in [f["neff"]]])
+    annotations = a.get("annotations") or {}
+    if annotations:
+        output.table("annotations", ["name", "value"], [[k, v] for k, v in sorted(annotations.items())])
+
+
+def _bits(value: Any) -> str:
+    return f"{value} (0x{value:x})" if isinstance(value, int) else ("" if value is None else str(value))
+
+
+def stats_cmd(json_out: JsonOpt = False, url: UrlOpt = None, token: TokenOpt = None) -> None:
+    """Hit rate and compile time saved, in total and by target and compiler."""
+    with session.open_client(url, token) as client:
+        s = client.stats()
+    if json_out:
+        output.print_json(s)
+        return
+
+    def row(name: str, v: dict[str, Any]) -> list[Any]:
+        rate = v.get("hit_rate")
+        return [name, v.get("lookups"), usage_counts(v)[0], v.get("misses"),
+                "" if rate is None else f"{rate * 100:.1f}%", output.human_seconds(v.get("compile_seconds_saved"))]
+
+    rows = [row("all", s)]
+    rows += [row(f"target {t}", v) for t, v in sorted(s.get("by_target", {}).items())]
+    rows += [row(c, v) for c, v in sorted(s.get("by_compiler", {}).items())]
+    output.table(None, ["", "lookups", "lookup hits", "misses", "hit rate", "compile time saved"], rows)
+    output.line(f"downloads {s.get('downloads', 0)}, compiles succeeded {s.get('compiles_succeeded', 0)}, "
+                f"failed {s.get('compiles_failed', 0)}")
+
+
+def hits_cmd(
+    key: Annotated[Optional[str], typer.Argument(metavar="KEY", help="Only this artifact.", show_default=False)] = None,
+    caller: Annotated[Optional[str], typer.Option("--caller", metavar="NAME", help="Only this token's hits.",
+                                                  show_default=False)] = None,
+    limit: LimitOpt = 50,
+    json_out: JsonOpt = False,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Which token hit which artifact, and when (newest first)."""
+    if key is not None:
+        session.check_keys([key])
+    with session.open_client(url, token) as client:
+        body = client.hits(key, limit, caller)
+    if json_out:
+        output.print_json(body)
+        return
+    rows = [[h.get("at") and output.when(h["at"]), h.get("caller") or "(anonymous)", h.get("kind"), h.get("outcome"),
+             h.get("key")] for h in body.get("hits", [])]
+    if not rows:
+        output.say("no hits recorded" + (f" for {key}" if key else ""))
+        return
+    output.table(None, ["when", "caller", "kind", "outcome", "key"], rows)
+
+
+def workers_cmd(json_out: JsonOpt = False, url: UrlOpt = None, token: TokenOpt = None) -> None:
+    """Registered compile workers, their toolchains and whether they are alive."""
+    with session.open_client(url, token) as client:
+        body = client.workers()
+    if json_out:
+        output.print_json(body)
+        return
+    rows = []
+    for w in body["workers"]:
+        tc = w.get("toolchain") or {}
+        rows.append([w["id"], w.get("host"), w.get("state"),
+                     f"{tc.get('compiler_name')}=={tc.get('compiler_version')}",
+                     f"{tc.get('runtime_name')}=={tc.get('runtime_version')}",
+                     " ".join(tc.get("targets", [])), w.get("current_job") or "",
+                     output.when(w.get("last_heartbeat"))])
+    if not rows:
+        output.say("no workers registered")
+        return
+    output.table(None, ["worker", "host", "state", "compiler", "runtime", "targets", "job", "heartbeat"], rows)
+
+
+def toolchains_cmd(json_out: JsonOpt = False, url: UrlOpt = None, token: TokenOpt = None) -> None:
+    """Neuron SDK releases (which neuronx-cc and runtime ship together, which have live workers),
+    and the toolchains live workers offer."""
+    with session.open_client(url, token) as client:
+        body = client.toolchains()
+    if json_out:
+        output.print_json(body)
+        return
+    releases = body.get("releases", [])
+    output.table("SDK releases", ["sdk", "neuronx-cc", "runtime", "live workers"],
+                 [[r.get("sdk"), ", ".join(r.get("neuronx_cc", [])), ", ".join(r.get("runtime", [])),
+                   r.get("live_workers") or ""] for r in releases])
+    live = body.get("live", [])
+    if not live:
+        output.say("no live workers")
+        return
+    output.table("live toolchains", ["compiler", "runtime", "workers", "SDK releases"],
+                 [[t.get("compiler"), t.get("runtime"), t.get("workers"), ", ".join(t.get("sdk_releases") or [])]
+                  for t in live])

@@ -1,0 +1,189 @@
+"""`pull` (fail closed, into a folder or a libneuronxla cache) and `lock` (what a deployment pulls)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from neffcache.client import output
+from neffcache.client.cli import session
+from neffcache.client.cli.options import JsonOpt, SpecOpt, TokenOpt, UrlOpt
+from neffcache.client.lockfile import (
+    LOCK_FILE_NAME,
+    dump,
+    lock_document,
+    read_lock,
+    write_lock,
+)
+from neffcache.client.pull import (
+    LNC_ENV,
+    CacheRestore,
+    check_lnc,
+    check_runtimes,
+    download_all,
+    plan,
+    plan_neuron_cache,
+    resolve,
+    resolve_locked,
+    restore_into_neuron_cache,
+)
+from neffcache.client.runtime import RuntimeResolver
+from neffcache.client.specs import hash_models, load_spec_files
+from neffcache.errors import UsageError
+
+KeysArg = Annotated[Optional[list[str]], typer.Argument(metavar="KEY", help="Artifact keys.", show_default=False)]
+
+
+def pull_cmd(
+    keys: KeysArg = None,
+    dest: Annotated[Optional[Path], typer.Option("--dest", metavar="DIR", help="Folder to pull into: DIR/<key>/<file>, "
+                                                 f"and DIR/{LOCK_FILE_NAME} recording what was pulled.",
+                                                 show_default=False)] = None,
+    into_neuron_cache: Annotated[Optional[Path], typer.Option(
+        "--into-neuron-cache", metavar="DIR", help="Restore each artifact as a libneuronxla cache entry instead: "
+        "DIR/neuronxcc-<version>/MODULE_*/ with model.neff, compile_flags.json, the HLO, and model.done last.",
+        show_default=False)] = None,
+    spec: SpecOpt = None,
+    lock: Annotated[Optional[Path], typer.Option("--lock", metavar="FILE", help="Pull exactly what this lock file "
+                                                 "(neffcache lock) names: no key is computed, every digest must match.",
+                                                 show_default=False)] = None,
+    runtime_version: Annotated[Optional[list[str]], typer.Option(
+        "--runtime-version", metavar="V", help="Local runtime version (V, or NAME=V for one runtime) "
+        "[env NEFFCACHE_RUNTIME_VERSION; else detected].", show_default=False)] = None,
+    parallel: Annotated[int, typer.Option("--parallel", metavar="N", help="Files downloaded at once.", min=1, max=64)] = 4,
+    json_out: JsonOpt = False,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Pull artifacts, fail closed: resolve everything first; any miss writes nothing (exit 4).
+
+    Refused before anything is written (exit 5): an artifact built for another runtime, and with
+    NEURON_LOGICAL_NC_CONFIG set, a NEFF built for another number of logical NeuronCores.
+    """
+    if dest is None and into_neuron_cache is None:
+        raise UsageError("--dest DIR (or --into-neuron-cache DIR) is required")
+    if dest is not None and into_neuron_cache is not None:
+        raise UsageError("give --dest DIR or --into-neuron-cache DIR, not both")
+    if lock is not None and (keys or spec):
+        raise UsageError("--lock FILE pulls exactly what the lock names: give it without KEYs or --spec")
+    if not keys and not spec and lock is None:
+        raise UsageError("nothing to pull: give artifact KEYs, --spec FILE or --lock FILE")
+    session.check_keys(keys)
+    folder = dest if dest is not None else into_neuron_cache
+    assert folder is not None
+    option = "--dest" if dest is not None else "--into-neuron-cache"
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{option} {folder} exists and is not a folder")
+    locked = read_lock(lock) if lock is not None else None
+    entries = load_spec_files(spec) if spec else []
+    hash_models(entries)  # hashed only: a lookup does not need the model uploaded
+    resolver = RuntimeResolver(runtime_version or [], session.settings(url, token).runtime_version)
+    lock_path = dest / LOCK_FILE_NAME if dest is not None else None
+    with session.open_client(url, token, max_connections=max(parallel * 2, 8)) as client:
+        if locked is not None:
+            wanted = resolve_locked(client, locked, f"lock file {lock}")
+        else:
+            # Keys may be prefixes: each Wanted carries the whole key the service answered with.
+            wanted = resolve(client, list(dict.fromkeys(keys or [])), entries)
+        check_runtimes(wanted, resolver)
+        check_lnc(wanted, os.environ.get(LNC_ENV))
+        if into_neuron_cache is not None:
+            restores = plan_neuron_cache(client, wanted, into_neuron_cache)
+            total = sum(r.neff.size + r.hlo.size for r in restores)
+            with output.transfer_progress() as progress:
+                task = progress.add_task(f"restore {len(restores)} entr{'y' if len(restores) == 1 else 'ies'}",
+                                         total=total)
+                restore_into_neuron_cache(client, restores, parallel, lambda n: progress.advance(task, n))
+        else:
+            assert dest is not None and lock_path is not None
+            files = plan(wanted, dest)
+            with output.transfer_progress() as progress:
+                task = progress.add_task(f"pull {len(files)} file(s)", total=sum(f.size for f in files))
+                # All or nothing: the files, then the lock file recording them.
+                download_all(client, files, parallel, lambda n: progress.advance(task, n), lock_path=lock_path,
+                             lock_doc=lock_document(client.url, wanted))
+    if into_neuron_cache is not None:
+        _report_neuron_cache_pull(into_neuron_cache, restores, lock, json_out)
+        return
+    if json_out:
+        output.print_json({
+            "dest": str(dest),
+            "lock": str(lock_path),
+            "from_lock": str(lock) if lock is not None else None,
+            "artifacts": [
+                {"key": w.key, "names": w.names, "requested_as": w.requested_as,
+                 "runtime": w.artifact["manifest"]["runtime"],
+                 "files": [{"name": f.name, "path": str(f.path), "sha256": f.sha256, "size": f.size,
+                            "status": f.status} for f in files if f.key == w.key]}
+                for w in wanted
+            ],
+        })
+    else:
+        output.table(None, ["key", "file", "size", "result"],
+                     [[f.key, f.name, output.human_bytes(f.size), "already present" if f.status == "present"
+                       else "downloaded, sha256 verified"] for f in files])
+        fetched = sum(1 for f in files if f.status == "downloaded")
+        output.say(f"pulled {len(wanted)} artifact(s) into {dest}: {fetched} file(s) downloaded, "
+                   f"{len(files) - fetched} already present; recorded in {lock_path}")
+
+
+def _report_neuron_cache_pull(root: Path, restores: list[CacheRestore], lock: Path | None, json_out: bool) -> None:
+    if json_out:
+        output.print_json({
+            "neuron_cache": str(root),
+            "from_lock": str(lock) if lock is not None else None,
+            "artifacts": [
+                {"key": r.item.key, "names": r.item.names, "requested_as": r.item.requested_as,
+                 "runtime": r.item.artifact["manifest"]["runtime"], "entry": r.place.label, "path": str(r.folder),
+                 "status": r.status,
+                 "files": [{"name": f.name, "path": str(f.path), "sha256": f.sha256, "size": f.size,
+                            "status": f.status} for f in (r.neff, r.hlo)]}
+                for r in restores
+            ],
+        })
+        return
+    output.table(None, ["entry", "key", "result"],
+                 [[r.place.label, r.item.key, "already present" if r.status == "present"
+                   else "restored, sha256 verified"] for r in restores])
+    restored = sum(1 for r in restores if r.status == "restored")
+    output.say(f"restored {restored} entr{'y' if restored == 1 else 'ies'} into {root}, "
+               f"{len(restores) - restored} already present")
+
+
+def lock_cmd(
+    keys: Annotated[Optional[list[str]], typer.Argument(metavar="KEY", help="Artifact keys (besides --spec).",
+                                                        show_default=False)] = None,
+    spec: SpecOpt = None,
+    output_file: Annotated[Optional[Path], typer.Option("--output", "-o", metavar="FILE", help="Write the lock here "
+                                                        "(default: stdout).", show_default=False)] = None,
+    json_out: JsonOpt = False,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Write a deployment lock file: each spec's key and its files' names, digests and sizes.
+
+    `neffcache pull --lock FILE --dest DIR` then pulls exactly those, without asking the service to
+    compute any key. Any spec not published: exit 4, nothing written.
+    """
+    if not keys and not spec:
+        raise UsageError("nothing to lock: give --spec FILE (or artifact KEYs)")
+    session.check_keys(keys)
+    if output_file is not None and output_file.exists() and output_file.is_dir():
+        raise UsageError(f"--output {output_file} is a folder")
+    entries = load_spec_files(spec) if spec else []
+    hash_models(entries)
+    with session.open_client(url, token) as client:
+        # Keys may be prefixes: the lock records the whole key the service answered with.
+        wanted = resolve(client, list(dict.fromkeys(keys or [])), entries, "nothing was written")
+        doc: dict[str, Any] = lock_document(client.url, wanted)
+    if output_file is None:
+        output.write(dump(doc))
+        return
+    write_lock(output_file, doc)
+    if json_out:
+        output.write(dump(doc))
+    n_files = sum(len(a["files"]) for a in doc["artifacts"])
+    output.say(f"locked {len(wanted)} artifact(s), {n_files} file(s), in {output_file}")

@@ -1,0 +1,238 @@
+"""The job lifecycle: states, failure classes, worker states, and every change of a job's state.
+
+    step            from        to          what it is
+    create          (no row)    queued      a compile request; or it joins the key's active job
+    enqueue         queued      queued      the job reached its Redis queue (enqueued_at)
+    claim           queued      running     a worker takes an attempt (attempts + 1)
+    skip            queued      succeeded   the key was published meanwhile: nothing to compile
+    cancel          queued      cancelled   at once
+    heartbeat       running     running     the attempt's log progress, from its worker
+    request_cancel  running     running     cancel_requested: its worker stops the compiler
+    publish         running     succeeded   in the transaction that writes the artifact row
+    fail            running     failed      a remembered failure, or no attempts left
+    retry           running     queued      a transient failure with attempts left (not_before)
+    stop            running     cancelled   the worker ended an attempt it was asked to cancel
+
+    succeeded, failed and cancelled are final: no step leaves them.
+
+`TRANSITIONS` is that table: each step, the states it may start from and the state it leaves.
+Every step but `create` (an INSERT that the one-active-job-per-key index decides) is one
+conditional UPDATE, `transition()`:
+
+    UPDATE jobs SET ... WHERE id = ? AND state IN (the step's sources) [AND worker_id = ?]
+
+which says whether it happened. So racing paths change a job once and the loser learns it lost:
+two deliveries of one job (one claim wins), a cancel during a publish, a sweep reaping a job that
+has just finished (or that another worker has claimed again since).
+
+Who takes which step: the service creates and cancels; `neffcache.dispatch` enqueues; a worker
+claims (or skips), heartbeats, publishes, and ends a failed attempt (`end_attempt`: fail, retry,
+or stop); a worker's sweep reaps the jobs of lost workers (`end_attempt` with `worker_lost`,
+guarded by the lost worker's id). States, classes and worker states are str-valued enums: their
+values are the API and what the database stores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import timedelta
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import and_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
+
+from neffcache.db import models
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+# At most one job per key is in an active state (a unique index of the database).
+ACTIVE_STATES = (JobState.QUEUED, JobState.RUNNING)
+FINAL_STATES = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+
+class FailureClass(StrEnum):
+    """How an attempt failed (a job's `failure_class`; `cancelled` is only a compile's outcome:
+    the job then ends `cancelled`, with no failure class)."""
+
+    COMPILE_ERROR = "compile_error"
+    INVALID_INPUT = "invalid_input"
+    INVALID_OUTPUT = "invalid_output"
+    TIMEOUT = "timeout"
+    OOM = "oom"
+    WORKER_LOST = "worker_lost"
+    CANCELLED = "cancelled"
+
+
+# The same inputs fail the same way again: the failure is answered from memory until forced.
+REMEMBERED_FAILURES = (FailureClass.COMPILE_ERROR, FailureClass.INVALID_INPUT, FailureClass.INVALID_OUTPUT)
+# Worth another attempt, with exponential backoff, while attempts remain.
+TRANSIENT_FAILURES = (FailureClass.TIMEOUT, FailureClass.OOM, FailureClass.WORKER_LOST)
+
+
+class WorkerState(StrEnum):
+    IDLE = "idle"
+    BUSY = "busy"
+    STOPPED = "stopped"
+    # Never stored: what the API shows for a worker not stopped but silent too long.
+    LOST = "lost"
+
+
+def heard_since(seconds: float) -> ColumnElement[bool]:
+    """Workers in service: a heartbeat within `seconds`, and not stopped cleanly."""
+    worker = models.Worker
+    return and_(worker.last_heartbeat >= models.utcnow() - timedelta(seconds=seconds),
+                worker.state != WorkerState.STOPPED.value)
+
+
+class Step(StrEnum):
+    CREATE = "create"  # a new job, or join the key's active one
+    ENQUEUE = "enqueue"  # it reached its Redis queue (enqueued_at)
+    CLAIM = "claim"  # a worker takes the attempt
+    SKIP = "skip"  # published meanwhile (a forced job, another host): nothing to compile
+    HEARTBEAT = "heartbeat"  # the running attempt's log progress, from its worker
+    REQUEST_CANCEL = "request_cancel"  # ask the worker running it to stop
+    PUBLISH = "publish"  # the artifact row is written in the same transaction
+    FAIL = "fail"  # a remembered failure, or a transient one with no attempts left
+    RETRY = "retry"  # a transient failure with attempts left: back to the queue, with a due time
+    STOP = "stop"  # the worker ended an attempt that was cancelled
+    CANCEL = "cancel"  # a queued job is cancelled at once
+
+
+_Q, _R = JobState.QUEUED, JobState.RUNNING
+# step: (the states it starts from, the state it leaves). No source: a new row.
+TRANSITIONS: dict[Step, tuple[tuple[JobState, ...], JobState]] = {
+    Step.CREATE: ((), _Q),
+    Step.ENQUEUE: ((_Q,), _Q),
+    Step.CLAIM: ((_Q,), _R),
+    Step.SKIP: ((_Q,), JobState.SUCCEEDED),
+    Step.CANCEL: ((_Q,), JobState.CANCELLED),
+    Step.HEARTBEAT: ((_R,), _R),
+    Step.REQUEST_CANCEL: ((_R,), _R),
+    Step.PUBLISH: ((_R,), JobState.SUCCEEDED),
+    Step.FAIL: ((_R,), JobState.FAILED),
+    Step.RETRY: ((_R,), _Q),
+    Step.STOP: ((_R,), JobState.CANCELLED),
+}
+# Every (from, to) pair some step makes; None is "no row yet". Final states lead nowhere.
+ALLOWED: frozenset[tuple[JobState | None, JobState]] = frozenset(
+    (source, target) for sources, target in TRANSITIONS.values() for source in (sources or (None,))
+)
+
+
+def transition(session: Session, job_id: str, step: Step, *, worker: str | None = None, **values: Any) -> bool:
+    """Take `step` if the job is in one of its source states (and, given `worker`, is that
+    worker's): one conditional UPDATE setting `values` and the step's state. True if it did."""
+    sources, target = TRANSITIONS[step]
+    if not sources:
+        raise ValueError(f"{step} makes a new job: use create()")
+    if "state" in values:
+        raise ValueError("the step decides the state")
+    query = update(models.Job).where(models.Job.id == job_id, models.Job.state.in_([s.value for s in sources]))
+    if worker is not None:
+        query = query.where(models.Job.worker_id == worker)
+    if target not in sources:
+        values["state"] = target.value
+    return session.execute(query.values(**values)).rowcount == 1
+
+
+def active_job(session: Session, key: str) -> models.Job | None:
+    return session.scalar(
+        select(models.Job).where(models.Job.key == key, models.Job.state.in_([s.value for s in ACTIVE_STATES]))
+    )
+
+
+def create(session: Session, job: models.Job) -> tuple[models.Job, bool]:
+    """Insert `job` (as queued), or join the key's active job that a concurrent request inserted
+    first: (the job, whether it is new). The unique index on active jobs per key decides the
+    race; the savepoint lets the caller's transaction go on after losing it."""
+    job.state = TRANSITIONS[Step.CREATE][1].value
+    try:
+        with session.begin_nested():
+            session.add(job)
+        return job, True
+    except IntegrityError:
+        existing = active_job(session, job.key)
+        if existing is None:  # it finished between the two statements: a plain retry
+            raise
+        return existing, False
+
+
+def claim(session: Session, job_id: str, worker: str) -> models.Job | None:
+    """queued -> running for `worker` (a new attempt), or None when the job is not its to run:
+    not queued (claimed by another delivery, cancelled, finished), or already published, which
+    finishes it (skip)."""
+    job = session.get(models.Job, job_id)
+    if job is None or job.state != JobState.QUEUED:
+        return None
+    if session.get(models.Artifact, job.key) is not None:
+        transition(session, job_id, Step.SKIP, finished_at=models.utcnow(), message="already published")
+        return None
+    claimed = transition(
+        session, job_id, Step.CLAIM,
+        attempts=models.Job.attempts + 1, worker_id=worker, started_at=models.utcnow(), finished_at=None,
+        # The log is the last attempt's: a retry starts a new one.
+        log_digest=None, log_tail=None, log_bytes=0,
+    )
+    if not claimed:
+        return None
+    session.refresh(job)
+    return job
+
+
+def retry_delay(backoff_s: float, attempt: int) -> float:
+    """Seconds before the retry after failed attempt number `attempt`: doubling each time."""
+    return backoff_s * (2 ** max(attempt - 1, 0))
+
+
+def end_attempt(session: Session, job_id: str, failure_class: FailureClass | str, message: str, *,
+                retry_backoff_s: float, worker: str | None = None,
+                log: Mapping[str, Any] | None = None) -> Step | None:
+    """End a running attempt that did not publish: stop (cancelled), retry (transient, attempts
+    left; the sweep enqueues it when due) or fail. `worker`, when given, is whose attempt it must
+    be (a reap names the lost worker, so a job claimed again since is left alone). `log` holds
+    the attempt's log columns; without it the last stored progress stays. The step taken, or None
+    when the job was not running (it finished, or someone else ended the attempt first)."""
+    job = session.get(models.Job, job_id)
+    if job is None or job.state != JobState.RUNNING or (worker and job.worker_id != worker):
+        return None
+    failure_class = FailureClass(failure_class)
+    common: dict[str, Any] = {"failure_class": failure_class.value, **(log or {})}
+    # Guarded by the worker read above: a reap racing a new claim must not end the new attempt.
+    owner = job.worker_id
+    if failure_class == FailureClass.CANCELLED or job.cancel_requested:
+        step = Step.STOP
+        values = {**common, "failure_class": None, "finished_at": models.utcnow(),
+                  "message": f"cancelled while running: {message}"}
+    elif failure_class in TRANSIENT_FAILURES and job.attempts < job.max_attempts:
+        step = Step.RETRY
+        delay = retry_delay(retry_backoff_s, job.attempts)
+        values = {**common, "enqueued_at": None, "worker_id": None,
+                  "not_before": models.utcnow() + timedelta(seconds=delay),
+                  "message": f"attempt {job.attempts} of {job.max_attempts} failed ({failure_class}: {message}); "
+                             f"retrying in {delay:g} s"}
+    else:
+        step = Step.FAIL
+        values = {**common, "finished_at": models.utcnow(),
+                  "message": f"{failure_class}: {message}"
+                             + (f" (after {job.attempts} attempts)" if job.attempts > 1 else "")}
+    return step if transition(session, job_id, step, worker=owner, **values) else None
+
+
+def cancel(session: Session, job_id: str) -> Step | None:
+    """Cancel a queued job at once (`cancel`), or ask the worker of a running one to stop
+    (`request_cancel`). None when the job has already ended."""
+    if transition(session, job_id, Step.CANCEL, finished_at=models.utcnow(), message="cancelled while queued"):
+        return Step.CANCEL
+    if transition(session, job_id, Step.REQUEST_CANCEL, cancel_requested=True):
+        return Step.REQUEST_CANCEL
+    return None
