@@ -20,10 +20,10 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from neffcache.db.migrate import upgrade  # noqa: E402
-from tests.support.api import inductor_spec, upload, wait_job  # noqa: E402
-from tests.support.models import save_tiny_exported_model  # noqa: E402
-from tests.support.stack import Stack  # noqa: E402
+from neffcache.db.migrate import upgrade
+from tests.support.api import inductor_spec, upload, wait_job
+from tests.support.models import save_tiny_exported_model
+from tests.support.stack import Stack
 
 
 def main() -> int:

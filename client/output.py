@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from rich.console import Console
@@ -119,11 +119,11 @@ def when(iso: str | None, ago: bool = True) -> str:
     except ValueError:
         return iso
     if ts.tzinfo is None:
-        ts = ts.replace(tzinfo=timezone.utc)
-    stamp = ts.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+        ts = ts.replace(tzinfo=UTC)
+    stamp = ts.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
     if not ago:
         return stamp
-    seconds = (datetime.now(timezone.utc) - ts).total_seconds()
+    seconds = (datetime.now(UTC) - ts).total_seconds()
     return f"{stamp} ({human_seconds(max(seconds, 0))} ago)"
 
 

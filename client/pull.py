@@ -37,13 +37,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from neffcache.errors import IntegrityFailure, NotFound, RuntimeMismatch, UsageError
 from neffcache.client import neuron_cache
 from neffcache.client.api import NeffcacheClient
 from neffcache.client.lockfile import LockedArtifact
 from neffcache.client.runtime import RuntimeResolver
 from neffcache.client.specs import SpecEntry, sha256_file
 from neffcache.digests import bare_hex, digest_of, is_bare_hex
+from neffcache.errors import IntegrityFailure, NotFound, RuntimeMismatch, UsageError
 
 LNC_ENV = "NEURON_LOGICAL_NC_CONFIG"
 BY_NAME = "by-name"  # DEST/by-name/<name> -> ../<key>

@@ -41,7 +41,7 @@ class SdkTable:
         self.releases = sorted(releases, key=lambda r: version_key(r.sdk), reverse=True)
 
     @classmethod
-    def from_data(cls, data: Mapping[str, Any]) -> "SdkTable":
+    def from_data(cls, data: Mapping[str, Any]) -> SdkTable:
         return cls(
             SdkRelease(
                 sdk=r["sdk"],
@@ -53,7 +53,7 @@ class SdkTable:
         )
 
     @classmethod
-    def load(cls, path: Path = DATA_PATH) -> "SdkTable":
+    def load(cls, path: Path = DATA_PATH) -> SdkTable:
         return cls.from_data(json.loads(path.read_text()))
 
     def with_compiler(self, version: str) -> list[str]:

@@ -103,7 +103,7 @@ class CompileSpec(_Strict):
         return data
 
     @model_validator(mode="after")
-    def _consistent(self) -> "CompileSpec":
+    def _consistent(self) -> CompileSpec:
         rules = COMPILERS[self.compiler.name]
         if self.target not in rules["targets"]:
             raise ValueError(

@@ -9,10 +9,10 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from neffcache.settings import Settings
 from neffcache.service import errors
 from neffcache.service.context import ServiceContext
 from neffcache.service.routes import artifacts, blobs, compile, health, jobs, stats, tokens, toolchains, workers
+from neffcache.settings import Settings
 
 log = logging.getLogger("neffcache.service")
 

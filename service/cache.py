@@ -15,15 +15,15 @@ from sqlalchemy.orm import Session
 
 from neffcache import lifecycle
 from neffcache.db.models import Artifact, Blob, CacheEvent, Job, utcnow
+from neffcache.dispatch import dispatch
 from neffcache.errors import BlobMissing, NotFound
 from neffcache.key import key_for_spec, manifest_diff
-from neffcache.dispatch import dispatch
 from neffcache.lifecycle import REMEMBERED_FAILURES, JobState
 from neffcache.queue import queue_for_manifest
-from neffcache.spec import CompileSpec
 from neffcache.service.context import ServiceContext
 from neffcache.service.toolchains import resolve_spec
 from neffcache.service.views import artifact_view, job_view
+from neffcache.spec import CompileSpec
 
 NEAREST_LIMIT = 5
 NEAREST_SCAN = 200

@@ -9,9 +9,9 @@ from typing import Any
 from neffcache.db.session import Database
 from neffcache.queue import connect_redis
 from neffcache.sdk import SdkTable
+from neffcache.service.metrics import ServiceMetrics
 from neffcache.settings import Settings
 from neffcache.storage import ObjectStore, open_store
-from neffcache.service.metrics import ServiceMetrics
 
 
 @dataclass
@@ -31,7 +31,7 @@ class ServiceContext:
         return connect_redis(self.settings.redis_url)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "ServiceContext":
+    def from_settings(cls, settings: Settings) -> ServiceContext:
         return cls(settings=settings, db=Database(settings.database_url), store=open_store(settings))
 
     def close(self) -> None:

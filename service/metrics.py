@@ -8,7 +8,8 @@ service replica then reports the same truth.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -27,7 +28,7 @@ DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400)
 
 
 class _DatabaseCollector:
-    def __init__(self, db: "Database", settings: "Settings") -> None:
+    def __init__(self, db: Database, settings: Settings) -> None:
         self.db = db
         self.settings = settings
 
@@ -73,7 +74,7 @@ class _DatabaseCollector:
 
 
 class ServiceMetrics:
-    def __init__(self, db: "Database", settings: "Settings") -> None:
+    def __init__(self, db: Database, settings: Settings) -> None:
         # A registry per app, not the global one: several apps (tests) live in one process.
         self.registry = CollectorRegistry()
         self.cache_requests = Counter(

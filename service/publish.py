@@ -18,10 +18,10 @@ from neffcache import neff
 from neffcache.db.models import Artifact, ArtifactFile, Blob
 from neffcache.digests import bare_hex
 from neffcache.errors import ArtifactExists, BlobMissing, CorruptObject, InvalidNeff
-from neffcache.spec import PublishRequest
 from neffcache.service.cache import Outcome, artifact_hits, resolve_key
 from neffcache.service.context import ServiceContext
 from neffcache.service.views import artifact_view
+from neffcache.spec import PublishRequest
 
 
 def _same_files(artifact: Artifact, wanted: dict[str, str]) -> bool:

@@ -12,8 +12,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from neffcache.db.models import Worker
-from neffcache.lifecycle import heard_since
 from neffcache.errors import ToolchainAmbiguous, ToolchainMismatch, ToolchainUnavailable
+from neffcache.lifecycle import heard_since
 from neffcache.queue import version_matches
 from neffcache.sdk import SdkTable
 from neffcache.spec import CompileSpec

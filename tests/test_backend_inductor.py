@@ -16,7 +16,6 @@ import pytest
 import torch
 
 from neffcache.settings import Settings
-from tests.support.models import save_tiny_exported_model
 from neffcache.workers.backends.base import CompileOutcome
 from neffcache.workers.backends.inductor import (
     InductorBackend,
@@ -24,6 +23,7 @@ from neffcache.workers.backends.inductor import (
     host_x86_levels,
     x86_levels,
 )
+from tests.support.models import save_tiny_exported_model
 
 TORCH_VERSION = importlib.metadata.version("torch")
 # Files inductor, g++ and triton leave behind; anything else new in /tmp is someone else's.

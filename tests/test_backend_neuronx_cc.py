@@ -20,10 +20,10 @@ import pytest
 
 from neffcache.settings import Settings
 from neffcache.workers.backends.base import BackendUnavailable, Toolchain
-from neffcache.workers.backends.registry import load_backend
 from neffcache.workers.backends.inductor import InductorBackend
 from neffcache.workers.backends.neuronx_cc import NeuronxCcBackend, parse_compiler_version
 from neffcache.workers.backends.process import ProcessResult, classify
+from neffcache.workers.backends.registry import load_backend
 
 REPO = Path(__file__).resolve().parent.parent
 DOUBLE_BIN = REPO / "tests" / "doubles" / "bin"

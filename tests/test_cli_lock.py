@@ -44,13 +44,13 @@ class _GetOnlyProxy(StubHandler):
         if method != "HEAD":
             self.wfile.write(r.content)
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self._forward("GET")
 
-    def do_HEAD(self) -> None:  # noqa: N802
+    def do_HEAD(self) -> None:
         self._forward("HEAD")
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         type(self).seen.append(f"POST {self.path}")
         self.send_json(503, {"error": "not_ready", "detail": "key computation unavailable (test proxy)"})
 

@@ -222,7 +222,7 @@ class _Refusing(StubHandler):
     status = 401
     seen: list[str | None] = []
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         type(self).seen.append(self.headers.get("Authorization"))
         code = {401: "unauthorized", 403: "forbidden"}[self.status]
         self.send_json(self.status, {"error": code, "detail": f"{code} (test stub)"})

@@ -52,13 +52,13 @@ class _OtherServer(StubHandler):
         if with_body:
             self.wfile.write(self.body)
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self._answer()
 
-    def do_HEAD(self) -> None:  # noqa: N802
+    def do_HEAD(self) -> None:
         self._answer(with_body=False)
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length", "0")))
         self._answer()
 
@@ -239,10 +239,10 @@ class _Neffcache(StubHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self._send(self.stats if self.path == "/v1/stats" else self.artifact)
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length", "0")))
         self._send({"status": "hit", "key": KEY, "artifact": self.artifact, "spec": {}})
 

@@ -8,8 +8,8 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from neffcache.settings import Settings
 from neffcache.service.app import create_app
+from neffcache.settings import Settings
 from tests.support.stack import free_port
 
 pytestmark = pytest.mark.stack

@@ -132,7 +132,7 @@ def test_manifest_layout() -> None:
 
 
 def test_canonical_json_form() -> None:
-    assert canonical_json({"b": [1, "é"], "a": None}) == '{"a":null,"b":[1,"é"]}'.encode("utf-8")
+    assert canonical_json({"b": [1, "é"], "a": None}) == '{"a":null,"b":[1,"é"]}'.encode()
     assert cache_key({"a": 1}) == hashlib.sha256(b'{"a":1}').hexdigest()
     with pytest.raises(ValueError):
         canonical_json({"a": float("nan")})

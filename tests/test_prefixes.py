@@ -21,9 +21,9 @@ from sqlalchemy import event
 from neffcache.db import migrate
 from neffcache.db.models import Artifact, Job, utcnow
 from neffcache.errors import EXIT_USAGE, AmbiguousPrefix, from_body
-from neffcache.settings import Settings
 from neffcache.service.app import create_app
 from neffcache.service.resolve import CANDIDATES_SHOWN, resolve_job_id, resolve_key
+from neffcache.settings import Settings
 from tests.support.api import digest_of, hlo_model, neuron_spec, published, stats
 from tests.support.stack import free_port
 

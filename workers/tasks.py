@@ -14,8 +14,7 @@ from pathlib import Path
 
 from neffcache import neff
 from neffcache.digests import bare_hex, digest_of
-from neffcache.errors import CorruptObject
-from neffcache.errors import InvalidNeff
+from neffcache.errors import CorruptObject, InvalidNeff
 from neffcache.lifecycle import FailureClass, WorkerState
 from neffcache.queue import version_matches
 from neffcache.workers import context, jobs, registry
@@ -34,7 +33,7 @@ def run_compile_job(job_id: str) -> str:
     registry.beat(ctx, state=WorkerState.BUSY, current_job=job_id)
     try:
         return _run(ctx, claimed)
-    except Exception as exc:  # noqa: BLE001 - whatever broke here, the job must not stay `running`
+    except Exception as exc:
         log.exception("job %s: worker error", job_id)
         jobs.record_failure(ctx, job_id, FailureClass.WORKER_LOST, f"worker error: {type(exc).__name__}: {exc}",
                                   expected_worker=ctx.worker_id)

@@ -117,7 +117,7 @@ def _run(args: list[str], json_mode: bool) -> int:
         raise
     except (output.OutputClosed, BrokenPipeError):
         raise
-    except Exception as exc:  # noqa: BLE001 - every ending is worded by _ending
+    except Exception as exc:
         if type(exc).__name__ == "NoArgsIsHelpError":  # bare `neffcache`: the help, as help
             sys.stderr.write(exc.format_message() + "\n")  # type: ignore[attr-defined]
             return EXIT_USAGE

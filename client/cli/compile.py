@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -28,10 +28,10 @@ def compile_cmd(
     spec_args: SpecArgs,
     force: Annotated[bool, typer.Option("--force", help="Compile again even if the last compile failed.")] = False,
     wait: Annotated[bool, typer.Option("--wait", help="Follow the jobs until each ends.")] = False,
-    timeout: Annotated[Optional[float], typer.Option("--timeout", metavar="S", help="With --wait: give up after S seconds "
+    timeout: Annotated[float | None, typer.Option("--timeout", metavar="S", help="With --wait: give up after S seconds "
                                                      "(exit 3; the jobs go on).", show_default=False)] = None,
     interval: Annotated[float, typer.Option("--poll-interval", metavar="S", help="Seconds between polls.")] = 1.0,
-    from_neuron_cache: Annotated[Optional[Path], typer.Option(
+    from_neuron_cache: Annotated[Path | None, typer.Option(
         "--from-neuron-cache", metavar="DIR", help="Compile every entry of a libneuronxla cache folder that has no "
         "NEFF yet (neuronxcc-<version>/MODULE_*/), e.g. after a NEURON_EXTRACT_GRAPHS_ONLY=1 run.",
         show_default=False)] = None,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -17,13 +17,13 @@ from neffcache.errors import UsageError
 
 
 def ls_cmd(
-    model: Annotated[Optional[str], typer.Option("--model", metavar="DIGEST|FILE", help="Model digest, or a model file to hash.",
+    model: Annotated[str | None, typer.Option("--model", metavar="DIGEST|FILE", help="Model digest, or a model file to hash.",
                                                  show_default=False)] = None,
-    target: Annotated[Optional[str], typer.Option("--target", metavar="TARGET", show_default=False)] = None,
-    compiler: Annotated[Optional[str], typer.Option("--compiler", metavar="C", help="Name, version, or name==version.",
+    target: Annotated[str | None, typer.Option("--target", metavar="TARGET", show_default=False)] = None,
+    compiler: Annotated[str | None, typer.Option("--compiler", metavar="C", help="Name, version, or name==version.",
                                                     show_default=False)] = None,
     limit: LimitOpt = 50,
-    cursor: Annotated[Optional[str], typer.Option("--cursor", metavar="CURSOR", help="Continue a listing.", show_default=False)] = None,
+    cursor: Annotated[str | None, typer.Option("--cursor", metavar="CURSOR", help="Continue a listing.", show_default=False)] = None,
     json_out: JsonOpt = False,
     url: UrlOpt = None,
     token: TokenOpt = None,
@@ -126,8 +126,8 @@ def stats_cmd(json_out: JsonOpt = False, url: UrlOpt = None, token: TokenOpt = N
 
 
 def hits_cmd(
-    key: Annotated[Optional[str], typer.Argument(metavar="KEY", help="Only this artifact.", show_default=False)] = None,
-    caller: Annotated[Optional[str], typer.Option("--caller", metavar="NAME", help="Only this token's hits.",
+    key: Annotated[str | None, typer.Argument(metavar="KEY", help="Only this artifact.", show_default=False)] = None,
+    caller: Annotated[str | None, typer.Option("--caller", metavar="NAME", help="Only this token's hits.",
                                                   show_default=False)] = None,
     limit: LimitOpt = 50,
     json_out: JsonOpt = False,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -19,10 +19,10 @@ JobArg = Annotated[str, typer.Argument(metavar="JOB", help="Job id.", show_defau
 
 
 def jobs_cmd(
-    state: Annotated[Optional[str], typer.Option("--state", metavar="STATE", help="queued running succeeded failed cancelled.",
+    state: Annotated[str | None, typer.Option("--state", metavar="STATE", help="queued running succeeded failed cancelled.",
                                                  show_default=False)] = None,
     limit: LimitOpt = 50,
-    cursor: Annotated[Optional[str], typer.Option("--cursor", metavar="CURSOR", show_default=False)] = None,
+    cursor: Annotated[str | None, typer.Option("--cursor", metavar="CURSOR", show_default=False)] = None,
     json_out: JsonOpt = False,
     url: UrlOpt = None,
     token: TokenOpt = None,

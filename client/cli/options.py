@@ -12,7 +12,7 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -28,35 +28,35 @@ from neffcache.digests import is_digest
 from neffcache.errors import UsageError
 
 # --- every command -----------------------------------------------------------------------------
-UrlOpt = Annotated[Optional[str], typer.Option("--url", metavar="URL", help=f"Service URL [env NEFFCACHE_URL; default "
+UrlOpt = Annotated[str | None, typer.Option("--url", metavar="URL", help=f"Service URL [env NEFFCACHE_URL; default "
                                                f"{DEFAULT_URL}].", show_default=False)]
-TokenOpt = Annotated[Optional[str], typer.Option("--token", metavar="TOKEN", help="Bearer token [env NEFFCACHE_TOKEN].",
+TokenOpt = Annotated[str | None, typer.Option("--token", metavar="TOKEN", help="Bearer token [env NEFFCACHE_TOKEN].",
                                                  show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
 
 # --- several commands --------------------------------------------------------------------------
-SpecOpt = Annotated[Optional[list[Path]], typer.Option("--spec", metavar="FILE", help="Spec file (YAML or JSON; one spec or a list). "
+SpecOpt = Annotated[list[Path] | None, typer.Option("--spec", metavar="FILE", help="Spec file (YAML or JSON; one spec or a list). "
                                                        "Repeatable.", show_default=False)]
-NamespaceOpt = Annotated[Optional[str], typer.Option("--namespace", metavar="NS", show_default=False)]
+NamespaceOpt = Annotated[str | None, typer.Option("--namespace", metavar="NS", show_default=False)]
 LimitOpt = Annotated[int, typer.Option("--limit", metavar="N", min=1, max=500)]
 
 # --- the spec options of compile and lookup ----------------------------------------------------
 _SPEC_OPTIONS: dict[str, Any] = {
-    "model": Annotated[Optional[str], typer.Argument(metavar="MODEL", help="Model file (or sha256:<hex> digest), instead of --spec.",
+    "model": Annotated[str | None, typer.Argument(metavar="MODEL", help="Model file (or sha256:<hex> digest), instead of --spec.",
                                                      show_default=False)],
     "spec": SpecOpt,
-    "fmt": Annotated[Optional[str], typer.Option("--format", metavar="FORMAT", help="Model format: hlo | torch-export "
+    "fmt": Annotated[str | None, typer.Option("--format", metavar="FORMAT", help="Model format: hlo | torch-export "
                                                  "(default: from the compiler).", show_default=False)],
-    "inputs": Annotated[Optional[list[str]], typer.Option("--input", metavar="NAME=SHAPE:DTYPE", help="NAME=DIMxDIM:DTYPE, e.g. "
+    "inputs": Annotated[list[str] | None, typer.Option("--input", metavar="NAME=SHAPE:DTYPE", help="NAME=DIMxDIM:DTYPE, e.g. "
                                                           "x=8x64:float32. Repeatable, in order.", show_default=False)],
-    "target": Annotated[Optional[str], typer.Option("--target", metavar="TARGET", help="trn1 trn1n inf2 trn2 trn3 cpu cuda.",
+    "target": Annotated[str | None, typer.Option("--target", metavar="TARGET", help="trn1 trn1n inf2 trn2 trn3 cpu cuda.",
                                                     show_default=False)],
-    "compiler": Annotated[Optional[str], typer.Option("--compiler", metavar="NAME", help="neuronx-cc | inductor "
+    "compiler": Annotated[str | None, typer.Option("--compiler", metavar="NAME", help="neuronx-cc | inductor "
                                                       "(default: from the target).", show_default=False)],
-    "compiler_version": Annotated[Optional[str], typer.Option("--compiler-version", metavar="V", show_default=False)],
-    "runtime_version": Annotated[Optional[str], typer.Option("--runtime-version", metavar="V", help="Runtime version the "
+    "compiler_version": Annotated[str | None, typer.Option("--compiler-version", metavar="V", show_default=False)],
+    "runtime_version": Annotated[str | None, typer.Option("--runtime-version", metavar="V", help="Runtime version the "
                                                              "output is for.", show_default=False)],
-    "flags": Annotated[Optional[list[str]], typer.Option("--flag", metavar="FLAG", help="Compiler flag, e.g. --flag=-O2. "
+    "flags": Annotated[list[str] | None, typer.Option("--flag", metavar="FLAG", help="Compiler flag, e.g. --flag=-O2. "
                                                          "Repeatable.", show_default=False)],
     "namespace": NamespaceOpt,
 }

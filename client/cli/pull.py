@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -34,23 +34,23 @@ from neffcache.client.runtime import RuntimeResolver
 from neffcache.client.specs import hash_models, load_spec_files
 from neffcache.errors import UsageError
 
-KeysArg = Annotated[Optional[list[str]], typer.Argument(metavar="KEY", help="Artifact keys.", show_default=False)]
+KeysArg = Annotated[list[str] | None, typer.Argument(metavar="KEY", help="Artifact keys.", show_default=False)]
 
 
 def pull_cmd(
     keys: KeysArg = None,
-    dest: Annotated[Optional[Path], typer.Option("--dest", metavar="DIR", help="Folder to pull into: DIR/<key>/<file>, "
+    dest: Annotated[Path | None, typer.Option("--dest", metavar="DIR", help="Folder to pull into: DIR/<key>/<file>, "
                                                  f"and DIR/{LOCK_FILE_NAME} recording what was pulled.",
                                                  show_default=False)] = None,
-    into_neuron_cache: Annotated[Optional[Path], typer.Option(
+    into_neuron_cache: Annotated[Path | None, typer.Option(
         "--into-neuron-cache", metavar="DIR", help="Restore each artifact as a libneuronxla cache entry instead: "
         "DIR/neuronxcc-<version>/MODULE_*/ with model.neff, compile_flags.json, the HLO, and model.done last.",
         show_default=False)] = None,
     spec: SpecOpt = None,
-    lock: Annotated[Optional[Path], typer.Option("--lock", metavar="FILE", help="Pull exactly what this lock file "
+    lock: Annotated[Path | None, typer.Option("--lock", metavar="FILE", help="Pull exactly what this lock file "
                                                  "(neffcache lock) names: no key is computed, every digest must match.",
                                                  show_default=False)] = None,
-    runtime_version: Annotated[Optional[list[str]], typer.Option(
+    runtime_version: Annotated[list[str] | None, typer.Option(
         "--runtime-version", metavar="V", help="Local runtime version (V, or NAME=V for one runtime) "
         "[env NEFFCACHE_RUNTIME_VERSION; else detected].", show_default=False)] = None,
     parallel: Annotated[int, typer.Option("--parallel", metavar="N", help="Files downloaded at once.", min=1, max=64)] = 4,
@@ -154,10 +154,10 @@ def _report_neuron_cache_pull(root: Path, restores: list[CacheRestore], lock: Pa
 
 
 def lock_cmd(
-    keys: Annotated[Optional[list[str]], typer.Argument(metavar="KEY", help="Artifact keys (besides --spec).",
+    keys: Annotated[list[str] | None, typer.Argument(metavar="KEY", help="Artifact keys (besides --spec).",
                                                         show_default=False)] = None,
     spec: SpecOpt = None,
-    output_file: Annotated[Optional[Path], typer.Option("--output", "-o", metavar="FILE", help="Write the lock here "
+    output_file: Annotated[Path | None, typer.Option("--output", "-o", metavar="FILE", help="Write the lock here "
                                                         "(default: stdout).", show_default=False)] = None,
     json_out: JsonOpt = False,
     url: UrlOpt = None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -118,10 +118,10 @@ def push_cmd(
     from_neuron_cache: Annotated[Path, typer.Option(
         "--from-neuron-cache", metavar="DIR", help="A libneuronxla cache folder: every entry holding model.neff and "
         "model.done is validated and published.", show_default=False)],
-    target: Annotated[Optional[str], typer.Option("--target", metavar="TARGET", help="trn1 trn1n inf2 trn2 trn3 "
+    target: Annotated[str | None, typer.Option("--target", metavar="TARGET", help="trn1 trn1n inf2 trn2 trn3 "
                                                   "(default: the --target in each entry's compile_flags.json).",
                                                   show_default=False)] = None,
-    runtime_version: Annotated[Optional[str], typer.Option(
+    runtime_version: Annotated[str | None, typer.Option(
         "--runtime-version", metavar="V", help="Runtime the NEFFs are for (default: the runtime of the compiler's "
         "SDK release).", show_default=False)] = None,
     namespace: NamespaceOpt = None,

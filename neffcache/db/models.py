@@ -6,7 +6,7 @@ Shared by the service and the workers (both write here), never imported by the c
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -28,7 +28,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -40,12 +40,12 @@ class UTCDateTime(TypeDecorator[datetime]):
     def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
         if value is not None and value.tzinfo is None:
             raise ValueError("naive datetime given to a UTCDateTime column")
-        return value.astimezone(timezone.utc) if value is not None else None
+        return value.astimezone(UTC) if value is not None else None
 
     def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
         if value is None:
             return None
-        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 class Base(DeclarativeBase):
@@ -126,14 +126,14 @@ class Artifact(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     # Not part of the key: where it came from (e.g. the libneuronxla module folder name).
     annotations: Mapped[dict[str, str] | None] = mapped_column(JSON)
-    files: Mapped[list["ArtifactFile"]] = relationship(
+    files: Mapped[list[ArtifactFile]] = relationship(
         back_populates="artifact", order_by="ArtifactFile.name", lazy="selectin"
     )
 
     @classmethod
-    def from_manifest(cls, key: str, manifest: dict[str, Any], files: list["ArtifactFile"],
+    def from_manifest(cls, key: str, manifest: dict[str, Any], files: list[ArtifactFile],
                       compile_seconds: float, job_id: str | None,
-                      annotations: dict[str, str] | None) -> "Artifact":
+                      annotations: dict[str, str] | None) -> Artifact:
         """The row for a key: the columns the listings filter on are copied out of the manifest."""
         return cls(
             key=key,

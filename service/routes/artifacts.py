@@ -11,13 +11,13 @@ from sqlalchemy import or_, select
 from neffcache.db.models import Artifact
 from neffcache.digests import bare_hex
 from neffcache.errors import NotFound
-from neffcache.spec import PublishRequest
 from neffcache.service import cache, publish
 from neffcache.service.auth import READ, WRITE
 from neffcache.service.pagination import MAX_LIMIT, fetch_page
 from neffcache.service.resolve import resolve_artifact
 from neffcache.service.routes.deps import caller, context, object_response
 from neffcache.service.views import artifact_view
+from neffcache.spec import PublishRequest
 
 router = APIRouter(prefix="/v1/artifacts", tags=["artifacts"])
 

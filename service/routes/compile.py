@@ -7,10 +7,10 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from neffcache.spec import CompileRequest, LookupRequest
 from neffcache.service import cache
 from neffcache.service.auth import READ, WRITE
 from neffcache.service.routes.deps import caller, context
+from neffcache.spec import CompileRequest, LookupRequest
 
 router = APIRouter(prefix="/v1", tags=["cache"])
 

@@ -9,9 +9,9 @@ from sqlalchemy import select
 
 from neffcache.db.models import Worker
 from neffcache.lifecycle import heard_since
-from neffcache.toolchain import release_version
 from neffcache.service.auth import READ
 from neffcache.service.routes.deps import context
+from neffcache.toolchain import release_version
 
 router = APIRouter(prefix="/v1", tags=["toolchains"], dependencies=[READ])
 
