@@ -31,13 +31,12 @@ the rest is there for people reading the file and for `pull --into-neuron-cache`
 from __future__ import annotations
 
 import json
-import os
-import secrets
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from neffcache.client.files import read_text, write_atomically
 from neffcache.digests import DIGEST_FORM, bare_hex, digest_of, is_bare_hex, is_digest
 from neffcache.errors import UsageError
 
@@ -96,19 +95,7 @@ def dump(doc: dict[str, Any]) -> str:
 
 
 def write_lock(path: Path, doc: dict[str, Any]) -> None:
-    """Write atomically (temp file in the same folder, then rename)."""
-    temp = path.parent / f".{path.name}.part-{secrets.token_hex(4)}"
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temp.write_text(dump(doc), encoding="utf-8")
-        os.replace(temp, path)
-    except OSError as exc:
-        raise UsageError(f"cannot write the lock file {path}: {exc.strerror or exc}") from None
-    finally:
-        try:
-            temp.unlink(missing_ok=True)
-        except OSError:  # e.g. the folder is a file: nothing was written there
-            pass
+    write_atomically(path, dump(doc).encode("utf-8"), "the lock file")
 
 
 def print_lock(doc: dict[str, Any]) -> None:
@@ -118,12 +105,7 @@ def print_lock(doc: dict[str, Any]) -> None:
 
 def read_lock(path: Path) -> list[LockedArtifact]:
     """Parse and check a lock file; every problem is a UsageError naming the file and the field."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UsageError(f"lock file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"lock file {path}: cannot read it ({exc})") from None
+    text = read_text(path, "lock file")
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -174,10 +156,16 @@ def read_lock(path: Path) -> list[LockedArtifact]:
             if not isinstance(size, int) or isinstance(size, bool) or size < 0:
                 raise bad(f"{fwhere}.size", f"{size!r} is not a byte count")
             locked_files.append(LockedFile(name, digest, size))
-        model = item.get("model") if isinstance(item.get("model"), dict) else {}
+        model = item.get("model")
+        if not isinstance(model, dict):
+            model = {}
         model_digest = model.get("digest") if isinstance(model.get("digest"), str) else None
-        raw_names = item.get("names") if isinstance(item.get("names"), list) else []
-        annotations = item.get("annotations") if isinstance(item.get("annotations"), dict) else {}
+        raw_names = item.get("names")
+        if not isinstance(raw_names, list):
+            raw_names = []
+        annotations = item.get("annotations")
+        if not isinstance(annotations, dict):
+            annotations = {}
         out.append(LockedArtifact(
             key=key, files=locked_files, names=[n for n in raw_names if isinstance(n, str)],
             model_digest=model_digest,

@@ -28,9 +28,7 @@ Standard library only; nothing here talks to the service.
 from __future__ import annotations
 
 import json
-import os
 import re
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -217,7 +215,9 @@ def restore_target(annotations: dict[str, Any], what: str) -> RestoreTarget:
         )
     compiler_dir, module = annotations[ANNOTATION_COMPILER_DIR], annotations[ANNOTATION_MODULE]
     if not compiler_version_of(compiler_dir):
-        raise UsageError(f"{what}: annotation {ANNOTATION_COMPILER_DIR}={compiler_dir!r} is not a neuronxcc-<version> name")
+        raise UsageError(
+            f"{what}: annotation {ANNOTATION_COMPILER_DIR}={compiler_dir!r} is not a neuronxcc-<version> name"
+        )
     if not is_module_name(module):
         raise UsageError(f"{what}: annotation {ANNOTATION_MODULE}={module!r} is not a MODULE_ folder name")
     hlo_file = annotations.get(ANNOTATION_HLO_FILE)
@@ -225,31 +225,3 @@ def restore_target(annotations: dict[str, Any], what: str) -> RestoreTarget:
         hlo_file = HLO_FILE
     return RestoreTarget(compiler_dir, module, annotations[ANNOTATION_FLAGS], hlo_file)
 
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write a file via a temp file in the same folder, fsynced, then renamed over `path`."""
-    temp = path.parent / f".{path.name}.part-{secrets.token_hex(4)}"
-    try:
-        with open(temp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except OSError as exc:
-        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
-    finally:
-        temp.unlink(missing_ok=True)
-
-
-def sync_folder(path: Path) -> None:
-    """Make renames in a folder durable (best effort: not every file system allows it)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -25,6 +25,7 @@ Order of events, so that a pod never starts with a wrong or missing NEFF:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import secrets
@@ -39,6 +40,7 @@ from typing import Any
 
 from neffcache.client import neuron_cache
 from neffcache.client.api import NeffcacheClient
+from neffcache.client.files import sync_folder, write_atomically
 from neffcache.client.lockfile import LockedArtifact
 from neffcache.client.runtime import RuntimeResolver
 from neffcache.client.specs import SpecEntry, sha256_file
@@ -295,7 +297,9 @@ def _download(client: NeffcacheClient, result: FileResult, advance: Callable[[in
     received = 0
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        opened = client.open_blob(result.blob, result.name) if result.blob else client.open_file(result.key, result.name)
+        opened = (
+            client.open_blob(result.blob, result.name) if result.blob else client.open_file(result.key, result.name)
+        )
         with opened as (response, announced):
             if announced and announced.lower() != result.sha256:
                 raise IntegrityFailure(
@@ -441,7 +445,7 @@ class _DestTransaction:
             if self.staging is not None:
                 shutil.rmtree(self.staging, ignore_errors=True)
         for folder in {self.dest, self.dest / BY_NAME, *(self.dest / r.key for r in self.plan)}:
-            neuron_cache.sync_folder(folder)  # the renames, durable (a missing folder is skipped)
+            sync_folder(folder)  # the renames, durable (a missing folder is skipped)
 
     # --- steps -----------------------------------------------------------------------------
     def _begin(self) -> Path:
@@ -475,7 +479,7 @@ class _DestTransaction:
             if not os.path.lexists(final):
                 source = self.staging / "files" / key
                 self._os(os.rename, final, source, final)
-                self.undo.append(lambda final=final: shutil.rmtree(final))
+                self.undo.append(functools.partial(shutil.rmtree, final))
                 continue
             for result in results:
                 assert result.stage is not None
@@ -599,7 +603,9 @@ def plan_neuron_cache(client: NeffcacheClient, wanted: list[Wanted], root: Path)
             raise IntegrityFailure(f"the service named an artifact key {item.key!r} that is not 64 hex characters")
         place = neuron_cache.restore_target(item.annotations, what)
         if place.label in taken:
-            raise UsageError(f"{what} and artifact {taken[place.label]} both restore to {place.label}; pull one of them")
+            raise UsageError(
+                f"{what} and artifact {taken[place.label]} both restore to {place.label}; pull one of them"
+            )
         taken[place.label] = item.key
         neff = next((f for f in item.artifact["files"] if f["name"] == neuron_cache.NEFF_FILE), None)
         if neff is None:
@@ -623,7 +629,9 @@ def plan_neuron_cache(client: NeffcacheClient, wanted: list[Wanted], root: Path)
                        model_size, blob=model_digest),
         ))
     if missing_models:
-        raise NotFound(f"{len(missing_models)} model blob(s) not stored, nothing was pulled: " + "; ".join(missing_models))
+        raise NotFound(
+            f"{len(missing_models)} model blob(s) not stored, nothing was pulled: " + "; ".join(missing_models)
+        )
     return restores
 
 
@@ -668,8 +676,8 @@ def restore_into_neuron_cache(client: NeffcacheClient, restores: list[CacheResto
             raise UsageError(f"cannot write {r.folder}: {exc.strerror or exc}") from None
     download_all(client, [f for r in todo for f in (r.neff, r.hlo)], parallel, advance)
     for r in todo:
-        neuron_cache.write_atomically(r.flags_path, r.place.flags_text.encode("utf-8"))
-        neuron_cache.sync_folder(r.folder)
-        neuron_cache.write_atomically(r.done_path, b"")
-        neuron_cache.sync_folder(r.folder)
+        write_atomically(r.flags_path, r.place.flags_text.encode("utf-8"))
+        sync_folder(r.folder)
+        write_atomically(r.done_path, b"")
+        sync_folder(r.folder)
         r.status = "restored"

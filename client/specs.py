@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from neffcache.client.files import read_text
 from neffcache.digests import DIGEST_FORM, digest_of, is_digest
 from neffcache.errors import UsageError
 from neffcache.spec import COMPILERS, CompileSpec
@@ -83,12 +84,7 @@ def default_compiler(target: str) -> str:
 
 
 def _read(path: Path) -> Any:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UsageError(f"spec file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"spec file {path}: cannot read it ({exc})") from None
+    text = read_text(path, "spec file")
     if path.suffix.lower() == ".json":
         try:
             return json.loads(text)

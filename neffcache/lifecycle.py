@@ -37,9 +37,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, select, update
+from sqlalchemy import CursorResult, and_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
@@ -142,7 +142,9 @@ def transition(session: Session, job_id: str, step: Step, *, worker: str | None 
         query = query.where(models.Job.worker_id == worker)
     if target not in sources:
         values["state"] = target.value
-    return session.execute(query.values(**values)).rowcount == 1
+    # an UPDATE's result is a CursorResult (Session.execute is typed as returning the base Result)
+    result = cast(CursorResult[Any], session.execute(query.values(**values)))
+    return result.rowcount == 1
 
 
 def active_job(session: Session, key: str) -> models.Job | None:

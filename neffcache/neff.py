@@ -108,7 +108,7 @@ def _check_tarball(stream: BinaryIO) -> None:
     compressed = stream.read(2) == GZIP_MAGIC
     stream.seek(start)
     try:
-        source: BinaryIO = gzip.GzipFile(fileobj=stream, mode="rb") if compressed else stream
+        source: gzip.GzipFile | BinaryIO = gzip.GzipFile(fileobj=stream, mode="rb") if compressed else stream
         first_block = source.read(512)
     except (OSError, EOFError) as exc:
         raise InvalidNeff(f"payload is not a tarball: its gzip stream is broken ({exc})") from None

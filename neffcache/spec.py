@@ -145,7 +145,7 @@ def _check_annotations(values: dict[str, str]) -> dict[str, str]:
     return values
 
 
-Annotations = Field(
+Annotations: dict[str, str] = Field(
     default_factory=dict,
     description="free-form strings kept with the job and the artifact but NOT part of the key "
     "(e.g. neuron_cache.module, the libneuronxla cache folder the graph came from)",

@@ -66,7 +66,7 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except Exception as exc:  # click usage errors and database errors: one line, no traceback
+    except Exception as exc:  # noqa: BLE001 - click usage errors and database errors: one line, no traceback
         import click
 
         if isinstance(exc, click.ClickException):

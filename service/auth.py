@@ -7,9 +7,9 @@ every request is the caller "anonymous" with every scope.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, params
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
@@ -30,9 +30,9 @@ def _identify(request: Request, token: str) -> tuple[str, str] | None:
         return (row.name, row.scope) if row is not None else None
 
 
-def require(scope: str) -> Callable[..., object]:
+def require(scope: str) -> params.Depends:
     async def dependency(request: Request,
-                         credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:
+                         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
         if not context(request).settings.auth_required:
             request.state.caller = "anonymous"
             return

@@ -62,7 +62,7 @@ def _record(session: Session, ctx: ServiceContext, kind: str, manifest: dict[str
 def artifact_hits(session: Session, key: str) -> dict[str, int]:
     """How often an artifact was used, as two counts named apart (the same two /v1/stats gives):
     `lookup_hits`, the lookups and compile requests it answered, and `downloads` of its files."""
-    by_kind: dict[str, int] = dict(session.execute(  # type: ignore[arg-type]
+    by_kind: dict[str, int] = dict(session.execute(
         select(CacheEvent.kind, func.count())
         .where(CacheEvent.key == key, CacheEvent.outcome == "hit")
         .group_by(CacheEvent.kind)
@@ -114,7 +114,8 @@ def submit_compile(ctx: ServiceContext, spec: CompileSpec, force: bool, caller: 
             return Outcome(202, {"status": "queued", "key": key, "spec": spec_out,
                                  "job": job_view(running), "deduplicated": True})
         last = latest_job(session, key)
-        if not force and last is not None and last.state == JobState.FAILED and last.failure_class in REMEMBERED_FAILURES:
+        if (not force and last is not None and last.state == JobState.FAILED
+                and last.failure_class in REMEMBERED_FAILURES):
             return Outcome(200, {"status": "failed", "key": key, "spec": spec_out, "job": job_view(last)})
         job, created_now = _create_or_join(session, ctx, manifest, key, caller, annotations or {})
         if created_now:

@@ -102,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     upgrade(env["NEFFCACHE_DATABASE_URL"])
     url = f"http://{args.host}:{args.port}"
     procs = [
-        subprocess.Popen([sys.executable, "-m", "neffcache.service", "serve", "--host", args.host, "--port", str(args.port)],
+        subprocess.Popen([sys.executable, "-m", "neffcache.service", "serve",
+                          "--host", args.host, "--port", str(args.port)],
                          env=env),
         subprocess.Popen([sys.executable, "-m", "neffcache.workers"], env=env),
     ]

@@ -62,7 +62,9 @@ class _DatabaseCollector:
                 .group_by(Worker.compiler_name, Worker.compiler_version)
             ):
                 live.add_metric([compiler], count)
-            row = s.execute(select(func.count(), func.coalesce(func.sum(Artifact.compile_seconds), 0.0), *buckets_sql)).one()
+            row = s.execute(
+                select(func.count(), func.coalesce(func.sum(Artifact.compile_seconds), 0.0), *buckets_sql)
+            ).one()
         total, seconds_sum, *cumulative = row
         hist = HistogramMetricFamily(
             "neffcache_compile_duration_seconds", "Compile time of published artifacts",

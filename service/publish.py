@@ -74,4 +74,6 @@ def _existing(session: Any, artifact: Artifact, wanted: dict[str, str], key: str
             f"artifact {key} is published already with other files; artifacts are immutable",
             key=key, published={f.name: f.digest for f in artifact.files},
         )
-    return Outcome(200, {"status": "exists", "key": key, "artifact": artifact_view(artifact, artifact_hits(session, key))})
+    return Outcome(
+        200, {"status": "exists", "key": key, "artifact": artifact_view(artifact, artifact_hits(session, key))}
+    )

@@ -31,7 +31,7 @@ KEY_LENGTH = 64
 JOB_ID_LENGTH = 36
 CANDIDATES_SHOWN = 5
 
-_KEY_PREFIX = re.compile(r"^[0-9a-f]{%d,%d}$" % (MIN_PREFIX, KEY_LENGTH))
+_KEY_PREFIX = re.compile(rf"^[0-9a-f]{{{MIN_PREFIX},{KEY_LENGTH}}}$")
 # A prefix of "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx" that holds the first group whole.
 _JOB_PREFIX = re.compile(r"^[0-9a-f]{8}(?:-(?:[0-9a-f]{1,4}(?:-(?:[0-9a-f]{1,4}(?:-(?:[0-9a-f]{1,4}"
                          r"(?:-[0-9a-f]{0,12})?)?)?)?)?)?)?$")

@@ -57,7 +57,8 @@ def _pick(field: str, values: set[str], spec: CompileSpec, candidates: list[Regi
         return next(iter(values))
     if not values:
         raise ToolchainUnavailable(
-            f"spec.{field}: left out, and {why_none or f'no registered worker offers {spec.compiler.name} for target {spec.target}'}"
+            f"spec.{field}: left out, and "
+            f"{why_none or f'no registered worker offers {spec.compiler.name} for target {spec.target}'}"
             f"; name the version explicitly",
             candidates=[],
         )

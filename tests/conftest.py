@@ -40,8 +40,22 @@ MAX_UPLOAD_BYTES = 32 * 1024 * 1024
 ADMIN_TOKEN = "nfc_test-bootstrap-admin"
 
 
+STACK_TESTS = Path(__file__).resolve().parent / "stack"
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "stack: needs the running service, workers and servers")
+    config.addinivalue_line("markers", "stack: needs the running service, workers and servers (tests/stack/)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The tests in tests/stack/ are the stack tests, and only they may start the stack: the rest
+    (tests/unit/, which mirror the source, and tests/project/) run in process or on their own."""
+    for item in items:
+        in_stack = STACK_TESTS in Path(item.path).parents
+        if in_stack:
+            item.add_marker(pytest.mark.stack)
+        elif "running" in getattr(item, "fixturenames", ()):
+            raise pytest.UsageError(f"{item.nodeid} uses the running stack: move it to tests/stack/")
 
 
 @pytest.fixture(scope="session")
@@ -155,8 +169,8 @@ def tokens(running: RunningStack, stack_settings: dict[str, Any]) -> dict[str, s
     env = running.stack.env()
     for scope in ("read", "write", "admin"):
         out = subprocess.run(
-            [sys.executable, "-m", "neffcache.service.admin", "token", "create", "--name", f"test-{scope}-{uuid.uuid4().hex[:6]}",
-             "--scope", scope, "--json"],
+            [sys.executable, "-m", "neffcache.service.admin", "token", "create",
+             "--name", f"test-{scope}-{uuid.uuid4().hex[:6]}", "--scope", scope, "--json"],
             env=env, capture_output=True, text=True, check=True,
         )
         made[scope] = json.loads(out.stdout)["token"]

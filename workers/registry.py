@@ -53,7 +53,9 @@ def register(ctx: WorkerContext) -> None:
         )
 
 
-def beat(ctx: WorkerContext, state: WorkerState | None = None, current_job: str | None = None, clear_job: bool = False) -> None:
+def beat(
+    ctx: WorkerContext, state: WorkerState | None = None, current_job: str | None = None, clear_job: bool = False
+) -> None:
     with ctx.db.session() as session:
         worker = session.get(Worker, ctx.worker_id)
         if worker is None:  # deleted by an operator: come back

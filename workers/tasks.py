@@ -47,7 +47,10 @@ def _refusal(ctx: WorkerContext, manifest: dict) -> str | None:
     t = ctx.toolchain
     compiler = manifest["compiler"]
     if compiler["name"] != t.compiler_name or not version_matches(compiler["version"], t.compiler_version):
-        return f"this worker has {t.compiler_name}=={t.compiler_version}, the job needs {compiler['name']}=={compiler['version']}"
+        return (
+            f"this worker has {t.compiler_name}=={t.compiler_version}, "
+            f"the job needs {compiler['name']}=={compiler['version']}"
+        )
     if manifest["target"] not in t.targets:
         return f"this worker builds {', '.join(t.targets)}, not {manifest['target']}"
     return None

@@ -101,7 +101,9 @@ def _ending(exc: BaseException) -> tuple[int, str | None, NeffcacheError | None]
         problems = "; ".join(f"NEFFCACHE_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
         error = UsageError(f"bad setting: {problems}")
     else:  # a bug: still one line unless asked for the traceback
-        error = NeffcacheError(f"unexpected error: {type(exc).__name__}: {exc} (set NEFFCACHE_DEBUG=1 for the traceback)")
+        error = NeffcacheError(
+            f"unexpected error: {type(exc).__name__}: {exc} (set NEFFCACHE_DEBUG=1 for the traceback)"
+        )
     return error.exit_code, f"neffcache: {' '.join((error.detail or error.code).split())}", error
 
 

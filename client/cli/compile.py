@@ -136,7 +136,9 @@ def _print_lookups(results: list[dict[str, Any]]) -> None:
         for n in r["nearest"]:
             differs = n.get("differs") or []
             for i, d in enumerate(differs):
-                nrows.append([n["key"] if i == 0 else "", d.get("field"), _show(d.get("wanted")), _show(d.get("found"))])
+                nrows.append(
+                    [n["key"] if i == 0 else "", d.get("field"), _show(d.get("wanted")), _show(d.get("found"))]
+                )
             if not differs:
                 nrows.append([n["key"], "(identical manifest)", "", ""])
         output.table(f"nearest published for {r['label']}", ["key", "field", "wanted", "found"], nrows)

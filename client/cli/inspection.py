@@ -17,13 +17,15 @@ from neffcache.errors import UsageError
 
 
 def ls_cmd(
-    model: Annotated[str | None, typer.Option("--model", metavar="DIGEST|FILE", help="Model digest, or a model file to hash.",
+    model: Annotated[str | None, typer.Option("--model", metavar="DIGEST|FILE",
+                                                 help="Model digest, or a model file to hash.",
                                                  show_default=False)] = None,
     target: Annotated[str | None, typer.Option("--target", metavar="TARGET", show_default=False)] = None,
     compiler: Annotated[str | None, typer.Option("--compiler", metavar="C", help="Name, version, or name==version.",
                                                     show_default=False)] = None,
     limit: LimitOpt = 50,
-    cursor: Annotated[str | None, typer.Option("--cursor", metavar="CURSOR", help="Continue a listing.", show_default=False)] = None,
+    cursor: Annotated[str | None, typer.Option("--cursor", metavar="CURSOR", help="Continue a listing.",
+                                                  show_default=False)] = None,
     json_out: JsonOpt = False,
     url: UrlOpt = None,
     token: TokenOpt = None,

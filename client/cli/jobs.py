@@ -19,7 +19,8 @@ JobArg = Annotated[str, typer.Argument(metavar="JOB", help="Job id.", show_defau
 
 
 def jobs_cmd(
-    state: Annotated[str | None, typer.Option("--state", metavar="STATE", help="queued running succeeded failed cancelled.",
+    state: Annotated[str | None, typer.Option("--state", metavar="STATE",
+                                                 help="queued running succeeded failed cancelled.",
                                                  show_default=False)] = None,
     limit: LimitOpt = 50,
     cursor: Annotated[str | None, typer.Option("--cursor", metavar="CURSOR", show_default=False)] = None,
@@ -83,7 +84,9 @@ def logs_cmd(
             except NotFound:  # no log yet
                 chunk = None
             if chunk is not None:
-                text = (f"[... {chunk.skipped} bytes not kept while running ...]\n" if chunk.skipped else "") + chunk.text
+                text = (
+                    f"[... {chunk.skipped} bytes not kept while running ...]\n" if chunk.skipped else ""
+                ) + chunk.text
                 if text and not json_out:
                     output.write(text)
                 printed += text

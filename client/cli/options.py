@@ -35,21 +35,23 @@ TokenOpt = Annotated[str | None, typer.Option("--token", metavar="TOKEN", help="
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
 
 # --- several commands --------------------------------------------------------------------------
-SpecOpt = Annotated[list[Path] | None, typer.Option("--spec", metavar="FILE", help="Spec file (YAML or JSON; one spec or a list). "
-                                                       "Repeatable.", show_default=False)]
+SpecOpt = Annotated[list[Path] | None, typer.Option("--spec", metavar="FILE", help="Spec file (YAML or JSON; one spec "
+                                                       "or a list). Repeatable.", show_default=False)]
 NamespaceOpt = Annotated[str | None, typer.Option("--namespace", metavar="NS", show_default=False)]
 LimitOpt = Annotated[int, typer.Option("--limit", metavar="N", min=1, max=500)]
 
 # --- the spec options of compile and lookup ----------------------------------------------------
 _SPEC_OPTIONS: dict[str, Any] = {
-    "model": Annotated[str | None, typer.Argument(metavar="MODEL", help="Model file (or sha256:<hex> digest), instead of --spec.",
-                                                     show_default=False)],
+    "model": Annotated[str | None, typer.Argument(metavar="MODEL", help="Model file (or sha256:<hex> digest), "
+                                                     "instead of --spec.", show_default=False)],
     "spec": SpecOpt,
     "fmt": Annotated[str | None, typer.Option("--format", metavar="FORMAT", help="Model format: hlo | torch-export "
                                                  "(default: from the compiler).", show_default=False)],
-    "inputs": Annotated[list[str] | None, typer.Option("--input", metavar="NAME=SHAPE:DTYPE", help="NAME=DIMxDIM:DTYPE, e.g. "
-                                                          "x=8x64:float32. Repeatable, in order.", show_default=False)],
-    "target": Annotated[str | None, typer.Option("--target", metavar="TARGET", help="trn1 trn1n inf2 trn2 trn3 cpu cuda.",
+    "inputs": Annotated[list[str] | None, typer.Option("--input", metavar="NAME=SHAPE:DTYPE",
+                                                          help="NAME=DIMxDIM:DTYPE, e.g. x=8x64:float32. "
+                                                          "Repeatable, in order.", show_default=False)],
+    "target": Annotated[str | None, typer.Option("--target", metavar="TARGET",
+                                                    help="trn1 trn1n inf2 trn2 trn3 cpu cuda.",
                                                     show_default=False)],
     "compiler": Annotated[str | None, typer.Option("--compiler", metavar="NAME", help="neuronx-cc | inductor "
                                                       "(default: from the target).", show_default=False)],

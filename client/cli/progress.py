@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ def upload_files(client: NeffcacheClient, files: list[tuple[str, Path]]) -> None
         for digest, path in missing:
             size = path.stat().st_size
             task = progress.add_task(f"upload {path.name}", total=size)
-            client.upload_blob(digest, path, lambda n, t=task: progress.advance(t, n))
+            client.upload_blob(digest, path, functools.partial(progress.advance, task))
             if progress.disable:  # no bar drawn: say it in one line
                 output.say(f"uploaded {path} ({output.human_bytes(size)}) as {digest}")
 

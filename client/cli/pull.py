@@ -53,7 +53,8 @@ def pull_cmd(
     runtime_version: Annotated[list[str] | None, typer.Option(
         "--runtime-version", metavar="V", help="Local runtime version (V, or NAME=V for one runtime) "
         "[env NEFFCACHE_RUNTIME_VERSION; else detected].", show_default=False)] = None,
-    parallel: Annotated[int, typer.Option("--parallel", metavar="N", help="Files downloaded at once.", min=1, max=64)] = 4,
+    parallel: Annotated[int, typer.Option("--parallel", metavar="N", help="Files downloaded at once.",
+                                          min=1, max=64)] = 4,
     json_out: JsonOpt = False,
     url: UrlOpt = None,
     token: TokenOpt = None,

@@ -99,7 +99,7 @@ class Job(Base):
     __table_args__ = (
         # At most one queued or running job per key, enforced by the database itself so that
         # concurrent submissions of one key cannot both create a job. The predicate is the
-        # migrated schema's, as its migration wrote it (tests/test_lifecycle.py checks that it
+        # migrated schema's, as its migration wrote it (tests/unit/neffcache/test_lifecycle.py checks that it
         # names exactly lifecycle.ACTIVE_STATES, which a new active state would need a migration for).
         Index(
             "uq_jobs_active_key",

@@ -34,7 +34,7 @@ def make_engine(url: str) -> Engine:
     engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 60})
 
     @event.listens_for(engine, "connect")
-    def _sqlite_connect(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+    def _sqlite_connect(dbapi_conn, _record):
         dbapi_conn.isolation_level = None  # let us issue BEGIN ourselves
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
@@ -43,7 +43,7 @@ def make_engine(url: str) -> Engine:
         cur.close()
 
     @event.listens_for(engine, "begin")
-    def _sqlite_begin(conn):  # type: ignore[no-untyped-def]
+    def _sqlite_begin(conn):
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 from neffcache.digests import is_bare_hex
 from neffcache.errors import CorruptObject, DigestMismatch, InvalidDigest, StorageError, TooLarge
@@ -73,7 +73,7 @@ class ObjectStore(ABC):
 
     def put(
         self,
-        source: BinaryIO,
+        source: IO[bytes],
         expected_digest: str | None = None,
         max_bytes: int | None = None,
     ) -> PutResult:
@@ -104,7 +104,7 @@ class ObjectStore(ABC):
             return self.put(source, expected_digest=expected_digest)
 
     @contextmanager
-    def _staged_upload(self, source: BinaryIO, max_bytes: int | None) -> Iterator[_StagedUpload]:
+    def _staged_upload(self, source: IO[bytes], max_bytes: int | None) -> Iterator[_StagedUpload]:
         """Copy `source` into a fresh staging file while hashing it; remove the file on exit
         unless `_publish` has already moved it away."""
         if max_bytes is not None and max_bytes < 0:

@@ -58,7 +58,10 @@ def get_artifact(key: str, request: Request) -> dict[str, Any]:
 @router.get(
     "/{key}/files/{name}",
     dependencies=[READ],
-    responses={307: {"description": "redirect to a presigned URL (S3)"}, 200: {"description": "the bytes (folder store)"}},
+    responses={
+        307: {"description": "redirect to a presigned URL (S3)"},
+        200: {"description": "the bytes (folder store)"},
+    },
 )
 def download_file(key: str, name: str, request: Request) -> Response:
     """Download one file of an artifact (named by its key or a unique prefix of it); counted as a
@@ -70,8 +73,10 @@ def download_file(key: str, name: str, request: Request) -> Response:
         entry = next((f for f in artifact.files if f.name == name), None)
         if entry is None:
             raise NotFound(f"artifact {key} has no file {name!r} (it has {', '.join(f.name for f in artifact.files)})")
-    response = object_response(ctx, bare_hex(entry.digest), name, entry.size,
-                               missing=f"file {name!r} of artifact {key} ({entry.digest}) is missing from the object store")
+    response = object_response(
+        ctx, bare_hex(entry.digest), name, entry.size,
+        missing=f"file {name!r} of artifact {key} ({entry.digest}) is missing from the object store",
+    )
     cache.record_download(ctx, artifact, caller(request))
     return response
 

@@ -30,6 +30,8 @@ def compile_spec(body: CompileRequest, request: Request) -> JSONResponse:
     return JSONResponse(outcome.body, status_code=outcome.status_code)
 
 
-@router.post("/lookup", dependencies=[READ], responses={404: {"description": "miss, with the key and the nearest manifests"}})
+@router.post(
+    "/lookup", dependencies=[READ], responses={404: {"description": "miss, with the key and the nearest manifests"}}
+)
 def lookup_spec(body: LookupRequest, request: Request) -> dict[str, Any]:
     return cache.lookup(context(request), body.spec, caller(request)).body

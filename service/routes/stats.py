@@ -63,7 +63,9 @@ def stats(request: Request) -> dict[str, Any]:
         downloads = session.scalar(select(func.count()).where(CacheEvent.kind == "download")) or 0
         compiles = dict(
             session.execute(
-                select(Job.state, func.count()).where(Job.state.in_((JobState.SUCCEEDED, JobState.FAILED))).group_by(Job.state)
+                select(Job.state, func.count())
+                .where(Job.state.in_((JobState.SUCCEEDED, JobState.FAILED)))
+                .group_by(Job.state)
             ).all()
         )
     return {

@@ -10,6 +10,31 @@ from typing import Any
 import httpx
 
 NEURON_RUNTIME = "2.34.10.0"
+# The neuronx-cc of SDK 2.32.0 (whose runtime is NEURON_RUNTIME), as the binary reports it; what
+# the test double (tests/doubles/neuronx_cc_double.py) answers to --version by default.
+NEURON_COMPILER = "2.27.5334.0+2d6a2ba2b"
+# A key manifest as the service stores it, for rows written straight into a test's database.
+SAMPLE_MANIFEST: dict[str, Any] = {
+    "namespace": "default", "model": {"format": "hlo", "digest": "sha256:" + "0" * 64},
+    "inputs": [{"name": "x", "shape": [1], "dtype": "float32"}], "target": "trn1",
+    "compiler": {"name": "neuronx-cc", "version": NEURON_COMPILER, "flags": []},
+    "runtime": {"name": "neuron-runtime", "version": NEURON_RUNTIME},
+}
+
+
+def error_body(r: httpx.Response, status: int, code: str, *in_detail: str) -> dict[str, Any]:
+    """The error body of `r`, after checking its status, its code and what its detail names."""
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert body["error"] == code, body
+    for text in in_detail:
+        assert text in body["detail"], body
+    return body
+
+
+def key_with_prefix(prefix: str, fill: str) -> str:
+    """A 64-character key that starts with `prefix`."""
+    return (prefix + fill * 64)[:64]
 
 
 def digest_of(data: bytes) -> str:

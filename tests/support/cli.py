@@ -31,6 +31,9 @@ class Result:
         assert "Traceback" not in self.stderr
         return lines[0]
 
+    def last_stderr_line(self) -> str:
+        return self.stderr.strip().splitlines()[-1]
+
 
 def client_env(url: str, token: str | None = None, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEFFCACHE_")}

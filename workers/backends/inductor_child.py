@@ -119,7 +119,7 @@ def check_inputs(ep: Any, manifest_inputs: list[dict[str, Any]]) -> None:
         # Static dims as numbers, dynamic ones by their symbol (s0, s77, ...).
         have_shape = [d if isinstance(d, int) else str(d) for d in program.shape]
         if len(want_shape) != len(have_shape) or any(
-            isinstance(have, int) and have != want for want, have in zip(want_shape, have_shape)
+            isinstance(have, int) and have != want for want, have in zip(want_shape, have_shape, strict=True)
         ):
             raise InputsMismatch(
                 f"{where}: shape {want_shape} in the manifest, {have_shape} in the exported program"

@@ -1,0 +1,172 @@
+"""Which service the `neffcache` command talks to, and how a run ends, as new users met them:
+
+- human output names the service that answered (and says when it is only the default URL);
+  --json output does not;
+- a web server that is not neffcache is exit 6, "no neffcache service at URL"; a /v1 suffix on
+  the URL is tolerated;
+- a closed stdout (`neffcache toolchains | head`) is exit 0, quietly;
+- artifact keys may be unique prefixes (8 hex characters at least); what is written downstream
+  (DEST folders, lock files) carries the whole key;
+- an artifact's lookup hits and downloads are named apart.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from neffcache.client.config import DEFAULT_URL
+from tests.support.api import NEURON_RUNTIME
+from tests.support.cli import client_env, run_cli
+from tests.support.http_stub import StubHandler, serve
+from tests.support.stack import REPO, free_port
+
+KEY = "3f2a" + "0" * 60
+
+
+# --- a web server that is not neffcache --------------------------------------------------------
+class _OtherServer(StubHandler):
+    """Some other web server on the port: `status` and `body` for every request."""
+
+    status = 404
+    content_type = "text/html"
+    body = b"<!DOCTYPE HTML>\n<html><head><title>Error response</title></head></html>\n"
+
+    def _answer(self, with_body: bool = True) -> None:
+        self.send_response(self.status)
+        self.send_header("Content-Type", self.content_type)
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        if with_body:
+            self.wfile.write(self.body)
+
+    def do_GET(self) -> None:
+        self._answer()
+
+    def do_HEAD(self) -> None:
+        self._answer(with_body=False)
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self._answer()
+
+    do_PUT = do_POST
+
+
+OTHER_SERVERS = {
+    "404 page": {},
+    "catch-all home page": {"status": 200},
+    "another FastAPI app": {"content_type": "application/json", "body": b'{"detail":"Not Found"}'},
+}
+
+
+@pytest.fixture(params=sorted(OTHER_SERVERS))
+def other_server(request: pytest.FixtureRequest) -> Iterator[str]:
+    handler = type("Handler", (_OtherServer,), OTHER_SERVERS[request.param])
+    with serve(handler) as url:
+        yield url
+
+
+def test_a_web_server_that_is_not_neffcache_exits_6_with_one_line(other_server: str, tmp_path: Path) -> None:
+    url = other_server
+    model = tmp_path / "m.hlo.pb"
+    model.write_bytes(b"HloModule m")
+    dest = tmp_path / "dest"
+    for args in (["stats"], ["show", KEY], ["jobs", "--json"], ["pull", KEY[:12], "--dest", str(dest)], ["lock", KEY],
+                 ["logs", "0b7c9e2a"], ["compile", str(model), "--input", "x=1:int8", "--target", "trn1"],
+                 ["--url", f"{url}/v1", "toolchains"]):
+        r = run_cli(args, client_env(url))
+        assert r.rc == 6, (args, r.stdout, r.stderr)
+        assert r.one_line_error().startswith(f"neffcache: no neffcache service at {url} ("), (args, r.stderr)
+    as_json = run_cli(["stats", "--json"], client_env(url))
+    assert as_json.rc == 6 and as_json.json()["error"] == "unreachable"
+    assert as_json.json()["detail"].startswith(f"no neffcache service at {url} ")
+    assert not dest.exists()
+
+
+def test_the_readme_and_the_help_name_the_default_url() -> None:
+    readme = (REPO / "README.md").read_text()
+    client_section = readme.split("## The client: `neffcache`", 1)[1].split("\n## ", 1)[0]
+    assert DEFAULT_URL in client_section and "NEFFCACHE_URL" in client_section
+    helped = run_cli(["stats", "--help"], client_env(DEFAULT_URL))
+    assert helped.rc == 0 and DEFAULT_URL in helped.stdout
+
+
+# --- key prefixes ------------------------------------------------------------------------------
+def test_a_key_prefix_shorter_than_8_is_refused_with_exit_2(tmp_path: Path) -> None:
+    env = client_env(f"http://127.0.0.1:{free_port()}")  # nothing is asked: refused before any request
+    dest = tmp_path / "dest"
+    for args in (["pull", "3f2a0c1", "--dest", str(dest)], ["lock", "3f2a0c1"], ["show", "3f2a0c1"],
+                 ["hits", "3f2a0c1"], ["pull", KEY.upper(), "--dest", str(dest)], ["show", KEY + "0"]):
+        r = run_cli(args, env)
+        assert r.rc == 2, (args, r.stderr)
+        line = r.one_line_error()
+        assert "is not an artifact key (8 to 64 lowercase hex characters" in line, args
+    assert not dest.exists()
+
+
+# --- lookup hits and downloads -----------------------------------------------------------------
+def _artifact(**counts: int) -> dict[str, Any]:
+    return {
+        "key": KEY, "created_at": "2026-01-02T03:04:05Z", "compile_seconds": 12.5,
+        "job_id": "0b7c9e2a-0000-4000-8000-000000000000",
+        "manifest": {"model": {"format": "hlo", "digest": "sha256:" + "1" * 64},
+                     "inputs": [{"name": "x", "shape": [1, 128], "dtype": "int64"}], "target": "trn1",
+                     "compiler": {"name": "neuronx-cc", "version": "2.21.18209.0", "flags": ["--optlevel=2"]},
+                     "runtime": {"name": "neuron-runtime", "version": NEURON_RUNTIME}, "namespace": "default"},
+        "files": [{"name": "model.neff", "size": 2048, "sha256": "2" * 64}],
+        "annotations": {},
+        **counts,
+    }
+
+
+class _Neffcache(StubHandler):
+    """Answers like neffcache, with set bodies: an artifact (GET and POST /v1/lookup) and stats."""
+
+    artifact: dict[str, Any] = {}
+    stats: dict[str, Any] = {}
+
+    def _send(self, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("X-Neffcache-Version", "0.1.0")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        self._send(self.stats if self.path == "/v1/stats" else self.artifact)
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self._send({"status": "hit", "key": KEY, "artifact": self.artifact, "spec": {}})
+
+
+@pytest.mark.parametrize("counts, lookup_hits, downloads", [
+    ({"lookup_hits": 1, "downloads": 1, "hits": 1}, "1", "1"),  # a service that names the two apart
+    ({"hits": 2}, "2", ""),  # an older one: `hits` only
+])
+def test_lookup_hits_and_downloads_are_named_apart(counts: dict[str, int], lookup_hits: str, downloads: str) -> None:
+    summary = {"lookups": 4, "misses": 3, "hit_rate": 0.25, "compile_seconds_saved": 12.5, **counts}
+    stats = {**summary, "downloads": 1, "by_target": {"trn1": summary}, "by_compiler": {}}
+    handler = type("Handler", (_Neffcache,), {"artifact": _artifact(**counts), "stats": stats})
+    with serve(handler) as url:
+        env = client_env(url)
+        shown = run_cli(["show", KEY[:8]], env)
+        assert shown.rc == 0, shown.stderr
+        rows = {m.group(1): m.group(2) for m in re.finditer(r"│ (lookup hits|downloads|hits)\s*│ ?(\S*)", shown.stdout)}
+        assert rows == {"lookup hits": lookup_hits, "downloads": downloads}, shown.stdout
+        looked = run_cli(["lookup", "sha256:" + "1" * 64, "--input", "x=1x128:int64", "--target", "trn1",
+                          "--runtime-version", NEURON_RUNTIME], env)
+        assert looked.rc == 0 and f"{lookup_hits} lookup hit(s)" in looked.stdout, looked.stdout
+        assert (f"{downloads} download(s)" in looked.stdout) == bool(downloads)
+        stat = run_cli(["stats"], env)
+        assert stat.rc == 0 and re.search(r"lookups\s*\S\s*lookup hits\s*\S\s*misses", stat.stdout), stat.stdout
+        assert re.search(rf"│ all\s*│ 4\s*│ {summary.get('lookup_hits', 2)}\s*│ 3", stat.stdout), stat.stdout
+        assert "downloads 1," in stat.stdout
