@@ -133,6 +133,14 @@ class NotFound(NeffcacheError):
     exit_code = EXIT_MISS
 
 
+class MethodNotAllowed(NeffcacheError):
+    """The route exists without this method; the response's Allow header lists the ones it has."""
+
+    code = "method_not_allowed"
+    http_status = 405
+    exit_code = EXIT_USAGE
+
+
 class JobFinished(NeffcacheError):
     code = "job_finished"
     http_status = 409

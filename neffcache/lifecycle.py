@@ -25,11 +25,14 @@ which says whether it happened. So racing paths change a job once and the loser 
 two deliveries of one job (one claim wins), a cancel during a publish, a sweep reaping a job that
 has just finished (or that another worker has claimed again since).
 
-Who takes which step: the service creates and cancels; `neffcache.dispatch` enqueues; a worker
-claims (or skips), heartbeats, publishes, and ends a failed attempt (`end_attempt`: fail, retry,
-or stop); a worker's sweep reaps the jobs of lost workers (`end_attempt` with `worker_lost`,
-guarded by the lost worker's id). States, classes and worker states are str-valued enums: their
-values are the API and what the database stores.
+Who takes which step: the service creates and cancels; `neffcache.dispatch` enqueues (and
+enqueues again a queued job that Redis no longer holds: `redeliver`, an enqueue step guarded by
+the `enqueued_at` it was seen with, so concurrent sweeps send it once); a worker claims (or skips),
+heartbeats, publishes, and ends a failed attempt (`end_attempt`: fail, retry, or stop); a worker's
+sweep reaps the jobs of lost workers (`end_attempt` with `worker_lost`, guarded by the lost
+worker's id), and so does a forced compile request that finds its key's job on a lost worker.
+States, classes and worker states are str-valued enums: their values are the API and what the
+database stores.
 """
 
 from __future__ import annotations
@@ -70,19 +73,25 @@ class FailureClass(StrEnum):
     TIMEOUT = "timeout"
     OOM = "oom"
     WORKER_LOST = "worker_lost"
+    # The object store or the database did not answer during the attempt: not the compile's
+    # fault. Retried with its own, longer backoff (`storage_retry_backoff_s`, capped).
+    STORAGE_UNAVAILABLE = "storage_unavailable"
     CANCELLED = "cancelled"
 
 
 # The same inputs fail the same way again: the failure is answered from memory until forced.
 REMEMBERED_FAILURES = (FailureClass.COMPILE_ERROR, FailureClass.INVALID_INPUT, FailureClass.INVALID_OUTPUT)
 # Worth another attempt, with exponential backoff, while attempts remain.
-TRANSIENT_FAILURES = (FailureClass.TIMEOUT, FailureClass.OOM, FailureClass.WORKER_LOST)
+TRANSIENT_FAILURES = (FailureClass.TIMEOUT, FailureClass.OOM, FailureClass.WORKER_LOST,
+                      FailureClass.STORAGE_UNAVAILABLE)
 
 
 class WorkerState(StrEnum):
     IDLE = "idle"
     BUSY = "busy"
     STOPPED = "stopped"
+    # Alive, but it cannot reach the object store or the database: it claims no job until it can.
+    DEGRADED = "degraded"
     # Never stored: what the API shows for a worker not stopped but silent too long.
     LOST = "lost"
 
@@ -129,9 +138,11 @@ ALLOWED: frozenset[tuple[JobState | None, JobState]] = frozenset(
 )
 
 
-def transition(session: Session, job_id: str, step: Step, *, worker: str | None = None, **values: Any) -> bool:
+def transition(session: Session, job_id: str, step: Step, *, worker: str | None = None,
+               only_if: ColumnElement[bool] | None = None, **values: Any) -> bool:
     """Take `step` if the job is in one of its source states (and, given `worker`, is that
-    worker's): one conditional UPDATE setting `values` and the step's state. True if it did."""
+    worker's; given `only_if`, matches it too): one conditional UPDATE setting `values` and the
+    step's state. True if it did."""
     sources, target = TRANSITIONS[step]
     if not sources:
         raise ValueError(f"{step} makes a new job: use create()")
@@ -140,6 +151,8 @@ def transition(session: Session, job_id: str, step: Step, *, worker: str | None 
     query = update(models.Job).where(models.Job.id == job_id, models.Job.state.in_([s.value for s in sources]))
     if worker is not None:
         query = query.where(models.Job.worker_id == worker)
+    if only_if is not None:
+        query = query.where(only_if)
     if target not in sources:
         values["state"] = target.value
     # an UPDATE's result is a CursorResult (Session.execute is typed as returning the base Result)
@@ -191,19 +204,25 @@ def claim(session: Session, job_id: str, worker: str) -> models.Job | None:
     return job
 
 
-def retry_delay(backoff_s: float, attempt: int) -> float:
-    """Seconds before the retry after failed attempt number `attempt`: doubling each time."""
-    return backoff_s * (2 ** max(attempt - 1, 0))
+def retry_delay(backoff_s: float, attempt: int, cap_s: float | None = None) -> float:
+    """Seconds before the retry after failed attempt number `attempt`: doubling each time, up
+    to `cap_s` when given."""
+    delay = backoff_s * (2 ** max(attempt - 1, 0))
+    return delay if cap_s is None else min(delay, cap_s)
 
 
 def end_attempt(session: Session, job_id: str, failure_class: FailureClass | str, message: str, *,
-                retry_backoff_s: float, worker: str | None = None,
+                retry_backoff_s: float, storage_backoff_s: float | None = None,
+                storage_backoff_max_s: float | None = None, worker: str | None = None,
                 log: Mapping[str, Any] | None = None) -> Step | None:
     """End a running attempt that did not publish: stop (cancelled), retry (transient, attempts
-    left; the sweep enqueues it when due) or fail. `worker`, when given, is whose attempt it must
-    be (a reap names the lost worker, so a job claimed again since is left alone). `log` holds
-    the attempt's log columns; without it the last stored progress stays. The step taken, or None
-    when the job was not running (it finished, or someone else ended the attempt first)."""
+    left; the sweep enqueues it when due) or fail. A retry waits `retry_delay(retry_backoff_s)`,
+    or for `storage_unavailable` `retry_delay(storage_backoff_s, cap storage_backoff_max_s)` (an
+    outage of the object store or database lasts longer than a flaky compile host). `worker`,
+    when given, is whose attempt it must be (a reap names the lost worker, so a job claimed again
+    since is left alone). `log` holds the attempt's log columns; without it the last stored
+    progress stays. The step taken, or None when the job was not running (it finished, or someone
+    else ended the attempt first)."""
     job = session.get(models.Job, job_id)
     if job is None or job.state != JobState.RUNNING or (worker and job.worker_id != worker):
         return None
@@ -217,7 +236,11 @@ def end_attempt(session: Session, job_id: str, failure_class: FailureClass | str
                   "message": f"cancelled while running: {message}"}
     elif failure_class in TRANSIENT_FAILURES and job.attempts < job.max_attempts:
         step = Step.RETRY
-        delay = retry_delay(retry_backoff_s, job.attempts)
+        if failure_class == FailureClass.STORAGE_UNAVAILABLE:
+            base = retry_backoff_s if storage_backoff_s is None else storage_backoff_s
+            delay = retry_delay(base, job.attempts, storage_backoff_max_s)
+        else:
+            delay = retry_delay(retry_backoff_s, job.attempts)
         values = {**common, "enqueued_at": None, "worker_id": None,
                   "not_before": models.utcnow() + timedelta(seconds=delay),
                   "message": f"attempt {job.attempts} of {job.max_attempts} failed ({failure_class}: {message}); "

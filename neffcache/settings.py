@@ -42,6 +42,15 @@ class Settings(BaseSettings):
     heartbeat_interval_s: float = Field(default=5.0, gt=0)
     # A worker silent for this long is lost; its running job is retried as `worker_lost`.
     worker_lost_after_s: float = Field(default=60.0, gt=0)
+    # A worker silent (or stopped) for this long is forgotten: its row is deleted by the sweep.
+    worker_retention_s: float = Field(default=24 * 3600.0, gt=0)
+    # How often a worker's sweep checks that the queued jobs of its queues are really in Redis
+    # (enqueued again when Redis lost them); a job enqueued more recently is not checked.
+    queue_check_interval_s: float = Field(default=30.0, gt=0)
+    # A `storage_unavailable` attempt (object store or database unreachable) is retried after
+    # this, doubling with each attempt and capped at the maximum: longer than a typical outage.
+    storage_retry_backoff_s: float = Field(default=60.0, ge=0)
+    storage_retry_backoff_max_s: float = Field(default=900.0, ge=0)
     # Workers seen within this window count as registered toolchains for version resolution.
     toolchain_ttl_s: float = Field(default=24 * 3600.0, gt=0)
     log_tail_bytes: int = Field(default=4096, ge=256)

@@ -7,9 +7,9 @@ depends on pydantic alone.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from neffcache.digests import DIGEST_PATTERN, is_digest  # noqa: F401 - client/cli.py imports is_digest from here
 from neffcache.toolchain import (
@@ -38,8 +38,54 @@ MAX_FLAGS = 64
 MAX_FLAG_LENGTH = 512
 
 
+def text_problem(value: str) -> str | None:
+    """Why `value` cannot be taken as text, or None. The one rule for every string the service is
+    given (spec fields, query filters): no NUL character (no Postgres text column holds one) and
+    no unpaired UTF-16 surrogate (JSON's "\\ud800" parses to one; it has no UTF-8 encoding)."""
+    if "\x00" in value:
+        return "contains a NUL character (\\x00)"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"contains an unpaired surrogate ({value[exc.start]!r} at position {exc.start}), which is not UTF-8"
+    return None
+
+
+def check_text(value: str) -> str:
+    """`value` itself, or ValueError naming it and what is wrong with it (see text_problem)."""
+    problem = text_problem(value)
+    if problem is not None:
+        raise ValueError(f"{value[:40]!r} {problem}")
+    return value
+
+
+# A str field or query parameter that follows the text rule.
+Text = Annotated[str, AfterValidator(check_text)]
+
+
+def _check_strings(value: Any) -> None:
+    """check_text on every string in `value`: itself, or in a list, or a dict's keys and values."""
+    if isinstance(value, str):
+        check_text(value)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _check_strings(item)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _check_strings(k)
+            _check_strings(v)
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*")
+    @classmethod
+    def _text_rule(cls, value: Any) -> Any:
+        # Every string field of every spec model, however nested in lists and dicts (nested
+        # models check their own).
+        _check_strings(value)
+        return value
 
 
 class ModelRef(_Strict):
@@ -98,7 +144,7 @@ class CompileSpec(_Strict):
         if isinstance(data, dict) and data.get("runtime") is None:
             compiler = data.get("compiler")
             name = compiler.get("name") if isinstance(compiler, dict) else None
-            if name in COMPILERS:
+            if isinstance(name, str) and name in COMPILERS:  # anything else is refused below
                 data = {**data, "runtime": {"name": COMPILERS[name]["runtime"]}}
         return data
 
@@ -138,7 +184,7 @@ MAX_ANNOTATION_BYTES = 16384
 
 def _check_annotations(values: dict[str, str]) -> dict[str, str]:
     for key in values:
-        if not re.match(ANNOTATION_KEY_PATTERN, key):
+        if not re.fullmatch(ANNOTATION_KEY_PATTERN, key):
             raise ValueError(f"annotation name {key[:40]!r} must match {ANNOTATION_KEY_PATTERN}")
     if sum(len(k) + len(v) for k, v in values.items()) > MAX_ANNOTATION_BYTES:
         raise ValueError(f"annotations exceed {MAX_ANNOTATION_BYTES} bytes")
@@ -160,9 +206,35 @@ class CompileRequest(_Strict):
     _annotations_ok = field_validator("annotations")(_check_annotations)
 
 
+# A published file's name: it becomes a file, DEST/<key>/<name>, wherever the artifact is pulled,
+# so it must mean the same plain file on every file system. 1 to 128 of A-Z a-z 0-9 _ . -
+# (no separator, NUL, control character, space or other character a shell or a file system reads
+# specially); not starting with "." (".", "..", hidden files) or "-" (read as an option by
+# commands given the name); not ending with "." (Windows drops trailing dots: "a." is "a"); and
+# not a Windows device name (CON, PRN, AUX, NUL, COM0-9, LPT0-9, whatever follows a dot).
+FILE_NAME_PATTERN = (
+    r"^(?![.-])"
+    r"(?!(?:[Cc][Oo][Nn]|[Pp][Rr][Nn]|[Aa][Uu][Xx]|[Nn][Uu][Ll]|[Cc][Oo][Mm][0-9]|[Ll][Pp][Tt][0-9])(?:\.|$))"
+    r"[A-Za-z0-9_.-]{0,127}[A-Za-z0-9_-]$"
+)
+FILE_NAME_RULE = ("1 to 128 of A-Z a-z 0-9 _ . -, not starting with '.' or '-', not ending with '.', "
+                  "and not a Windows device name (CON, PRN, AUX, NUL, COM0-9, LPT0-9)")
+_FILE_NAME = re.compile(FILE_NAME_PATTERN)
+
+
+def check_file_name(name: str) -> str:
+    """`name` itself when it is a safe file name (FILE_NAME_PATTERN), else ValueError."""
+    if _FILE_NAME.fullmatch(name) is None:
+        raise ValueError(f"{name[:40]!r} is not a safe file name: {FILE_NAME_RULE}")
+    return name
+
+
 class PublishedFileRef(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,128}$")
+    name: str = Field(description=f"the file's name: {FILE_NAME_RULE}",
+                      json_schema_extra={"pattern": FILE_NAME_PATTERN})
     digest: str = Field(pattern=DIGEST_PATTERN, description="an uploaded blob (PUT /v1/blobs first)")
+
+    _name_ok = field_validator("name")(check_file_name)
 
 
 class PublishRequest(_Strict):
@@ -170,7 +242,7 @@ class PublishRequest(_Strict):
 
     spec: CompileSpec
     files: list[PublishedFileRef] = Field(min_length=1, max_length=32)
-    compile_seconds: float = Field(default=0.0, ge=0)
+    compile_seconds: float = Field(default=0.0, ge=0, allow_inf_nan=False)
     annotations: dict[str, str] = Annotations
 
     _annotations_ok = field_validator("annotations")(_check_annotations)
@@ -179,8 +251,10 @@ class PublishRequest(_Strict):
     @classmethod
     def _unique_names(cls, files: list[PublishedFileRef]) -> list[PublishedFileRef]:
         names = [f.name for f in files]
-        if len(set(names)) != len(names):
-            raise ValueError(f"file names must be unique, got {names}")
+        # Unique ignoring case too: on a case-insensitive file system (macOS, Windows) two names
+        # that differ only in case are one file.
+        if len({n.lower() for n in names}) != len(names):
+            raise ValueError(f"file names must be unique (ignoring case), got {names}")
         return files
 
 

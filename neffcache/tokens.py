@@ -1,11 +1,13 @@
-"""Bearer tokens: creation, hashing, scopes. Shared by the service (checking) and the admin
-command (creating and revoking), which both talk to the database."""
+"""Bearer tokens: creation, hashing, scopes, expiry and use. Shared by the service (checking) and
+the admin command (creating and revoking), which both talk to the database."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
+from datetime import datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -15,6 +17,26 @@ from neffcache.errors import InvalidParameter, NotFound
 
 SCOPES = ("read", "write", "admin")  # each includes the ones before it
 TOKEN_PREFIX = "nfc_"
+# The caller name of NEFFCACHE_BOOTSTRAP_ADMIN_TOKEN (not a database token: no token may take it).
+BOOTSTRAP_ADMIN = "bootstrap-admin"
+# last_used_at is written at most this often per token, not on every request.
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+_DURATION = re.compile(r"(\d+)([smhdw])")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_duration(text: str) -> timedelta:
+    """'90m', '12h', '30d', '2w' (or combined, '1d12h') -> timedelta; InvalidParameter otherwise."""
+    text = text.strip().lower()
+    parts = _DURATION.findall(text)
+    if not text or "".join(n + u for n, u in parts) != text or not any(int(n) for n, _ in parts):
+        raise InvalidParameter(f"expires-in: {text!r} is not a duration such as 90m, 12h, 30d or 2w")
+    try:
+        total = sum((timedelta(**{_UNITS[unit]: int(n)}) for n, unit in parts), timedelta())
+        utcnow() + total  # a date past year 9999 cannot be stored
+    except OverflowError:
+        raise InvalidParameter(f"expires-in: {text!r} is too long") from None
+    return total
 
 
 def scope_allows(held: str, needed: str) -> bool:
@@ -26,9 +48,14 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def create_token(session: Session, name: str, scope: str) -> str:
+def create_token(session: Session, name: str, scope: str, expires_in: timedelta | None = None) -> str:
+    """A new token (returned, stored only as its hash); `expires_in`: refused that long from now."""
     if scope not in SCOPES:
         raise InvalidParameter(f"scope: {scope!r} is not one of {', '.join(SCOPES)}")
+    if name == BOOTSTRAP_ADMIN:
+        raise InvalidParameter(f"name: {BOOTSTRAP_ADMIN!r} names NEFFCACHE_BOOTSTRAP_ADMIN_TOKEN; pick another")
+    if expires_in is not None and expires_in <= timedelta(0):
+        raise InvalidParameter("expires-in: must be positive")
     existing = session.get(ApiToken, name)
     if existing is not None and existing.revoked_at is None:
         raise InvalidParameter(f"name: a token named {name!r} exists; revoke it first")
@@ -36,12 +63,17 @@ def create_token(session: Session, name: str, scope: str) -> str:
     if existing is not None:
         session.delete(existing)
         session.flush()
-    session.add(ApiToken(name=name, token_sha256=hash_token(token), scope=scope, created_at=utcnow()))
+    now = utcnow()
+    session.add(ApiToken(name=name, token_sha256=hash_token(token), scope=scope, created_at=now,
+                         expires_at=now + expires_in if expires_in is not None else None))
     return token
 
 
 def revoke_token(session: Session, name: str) -> None:
     row = session.get(ApiToken, name)
+    if row is None and name == BOOTSTRAP_ADMIN:
+        raise NotFound(f"{BOOTSTRAP_ADMIN!r} is NEFFCACHE_BOOTSTRAP_ADMIN_TOKEN, not a database token: "
+                       "it is refused once an admin token exists (create one with --scope admin)")
     if row is None or row.revoked_at is not None:
         raise NotFound(f"no active token named {name!r}")
     row.revoked_at = utcnow()
@@ -52,8 +84,30 @@ def list_tokens(session: Session) -> list[ApiToken]:
 
 
 def find_token(session: Session, token: str) -> ApiToken | None:
+    """The token's row unless it is unknown or revoked (an expired one is returned: see `expired`)."""
     row = session.scalar(select(ApiToken).where(ApiToken.token_sha256 == hash_token(token)))
     return row if row is not None and row.revoked_at is None else None
+
+
+def expired(row: ApiToken, now: datetime | None = None) -> bool:
+    return row.expires_at is not None and row.expires_at <= (now or utcnow())
+
+
+def record_use(row: ApiToken, now: datetime | None = None) -> bool:
+    """Set the row's last_used_at, unless it was set less than LAST_USED_RESOLUTION ago (by this
+    process or another replica: the row says), so a busy token is not written on every request.
+    Returns whether it was set (the caller's session commits it)."""
+    now = now or utcnow()
+    if row.last_used_at is not None and now - row.last_used_at < LAST_USED_RESOLUTION:
+        return False
+    row.last_used_at = now
+    return True
+
+
+def admin_tokens_exist(session: Session) -> bool:
+    """Whether any admin token was made (revoked or expired ones count): from then on the
+    bootstrap admin token is refused."""
+    return session.scalar(select(ApiToken.name).where(ApiToken.scope == "admin").limit(1)) is not None
 
 
 def matches(token: str, expected: str | None) -> bool:

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import datetime
 
 import typer
 
 from neffcache import tokens
+from neffcache.db.models import ApiToken, utcnow
 from neffcache.db.session import Database
 from neffcache.errors import NeffcacheError
 from neffcache.settings import Settings
@@ -26,16 +28,30 @@ def _database() -> Database:
 def create(
     name: str = typer.Option(..., help="who uses it, e.g. ci or serving-pods; recorded on jobs and hits"),
     scope: str = typer.Option("read", help="read | write | admin"),
+    expires_in: str | None = typer.Option(None, "--expires-in", metavar="DURATION",
+                                          help="refused after this long, e.g. 90m, 12h, 30d, 2w (default: never)"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Create a token and print it (once)."""
+    """Create a token and print it (once). The first admin token ends NEFFCACHE_BOOTSTRAP_ADMIN_TOKEN."""
+    lifetime = tokens.parse_duration(expires_in) if expires_in is not None else None
     with _database().session() as session:
-        token = tokens.create_token(session, name, scope)
+        token = tokens.create_token(session, name, scope, lifetime)
+        row = session.get(ApiToken, name)
+        expires_at = row.expires_at if row is not None else None
     if as_json:
-        print(json.dumps({"name": name, "scope": scope, "token": token}))
-    else:
-        print(token)
-        print(f"created token {name!r} with scope {scope!r}; store it now, it is not shown again", file=sys.stderr)
+        print(json.dumps({"name": name, "scope": scope, "token": token,
+                          "expires_at": expires_at.isoformat() if expires_at else None}))
+        return
+    print(token)
+    until = f", expiring {_when(expires_at)}" if expires_at else ""
+    print(f"created token {name!r} with scope {scope!r}{until}; store it now, it is not shown again", file=sys.stderr)
+    if scope == "admin":
+        print("an admin token exists now: the service no longer accepts NEFFCACHE_BOOTSTRAP_ADMIN_TOKEN",
+              file=sys.stderr)
+
+
+def _when(ts: datetime | None) -> str:
+    return ts.isoformat(timespec="seconds") if ts else "never"
 
 
 @token_app.command("revoke")
@@ -48,14 +64,49 @@ def revoke(name: str) -> None:
 
 @token_app.command("list")
 def list_(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Every token (never the token itself): scope, created, expires, last used (to the minute)."""
+    now = utcnow()
     with _database().session() as session:
-        rows = [{"name": t.name, "scope": t.scope, "created_at": t.created_at.isoformat(),
-                 "revoked": t.revoked_at is not None} for t in tokens.list_tokens(session)]
+        found = tokens.list_tokens(session)
     if as_json:
-        print(json.dumps(rows))
+        print(json.dumps([{"name": t.name, "scope": t.scope, "created_at": t.created_at.isoformat(),
+                           "expires_at": t.expires_at.isoformat() if t.expires_at else None,
+                           "last_used_at": t.last_used_at.isoformat() if t.last_used_at else None,
+                           "revoked": t.revoked_at is not None, "expired": tokens.expired(t, now)} for t in found]))
         return
-    for row in rows:
-        print(f"{row['name']:<24} {row['scope']:<6} {row['created_at']}{'  (revoked)' if row['revoked'] else ''}")
+    print(f"{'NAME':<24} {'SCOPE':<6} {'CREATED':<25} {'EXPIRES':<25} LAST USED")
+    for t in found:
+        state = "  (revoked)" if t.revoked_at is not None else "  (expired)" if tokens.expired(t, now) else ""
+        print(f"{t.name:<24} {t.scope:<6} {_when(t.created_at):<25} {_when(t.expires_at):<25} "
+              f"{_when(t.last_used_at)}{state}")
+
+
+@app.command("scrub")
+def scrub(
+    sample: int | None = typer.Option(None, "--sample", min=1, metavar="N",
+                                      help="check N objects chosen at random (default: all of them)"),
+    quarantine: bool = typer.Option(False, "--quarantine",
+                                    help="move corrupt objects aside (quarantine/), so the next upload recreates them"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Verify stored objects against their sha256 (NEFFCACHE_STORAGE_URL): one line per corrupt one,
+    then a summary. Exit 5 if any is corrupt, 6 if some could not be read."""
+    from neffcache.storage import open_store
+    from neffcache.storage.scrub import scrub as scrub_store
+
+    report = scrub_store(open_store(Settings()), sample=sample, quarantine=quarantine)
+    if as_json:
+        print(json.dumps(report.to_json()))
+    else:
+        for found in report.corrupt:
+            aside = f"; moved to {found.quarantined}" if found.quarantined else ""
+            print(f"corrupt {found.digest} ({found.size} bytes): hashes to {found.actual}{aside}")
+        for failed in report.unreadable:
+            print(f"unreadable {failed.digest}: {failed.detail}")
+        print(report.summary())
+    # sys.exit, not typer.Exit: with standalone_mode=False click returns an Exit's code from
+    # app() instead of raising it, and main() would exit 0.
+    sys.exit(report.exit_code)
 
 
 def main() -> None:

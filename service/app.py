@@ -9,12 +9,24 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from neffcache import errors as domain
 from neffcache.service import errors
 from neffcache.service.context import ServiceContext
 from neffcache.service.routes import artifacts, blobs, compile, health, jobs, stats, tokens, toolchains, workers
 from neffcache.settings import Settings
 
 log = logging.getLogger("neffcache.service")
+# The responses of the routers whose routes do not declare their own (each route declares its
+# domain errors with errors.error_responses; errors.document_errors adds those of its shape:
+# authentication, parameters, body). A route's own entry for a status wins over these.
+ROUTER_RESPONSES: dict[str, dict[int | str, Any]] = {
+    blobs.__name__: errors.error_responses(
+        domain.InvalidDigest, domain.DigestMismatch, domain.NotFound, domain.TooLarge, domain.CorruptObject,
+        domain.StorageError,
+        into={200: {"description": "the blob's bytes (GET, folder store)",
+                    "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}},
+    ),
+}
 
 
 class ServiceHeader:
@@ -61,7 +73,7 @@ def create_app(settings: Settings | None = None, ctx: ServiceContext | None = No
     errors.install(app)
     app.add_middleware(ServiceHeader, version=app.version)
     for module in (blobs, compile, jobs, artifacts, stats, workers, toolchains, tokens, health):
-        app.include_router(module.router)
+        app.include_router(module.router, responses=ROUTER_RESPONSES.get(module.__name__))
     return app
 
 

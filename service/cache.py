@@ -6,19 +6,22 @@ end) and only after that commit does anything outside the database (enqueueing).
 
 from __future__ import annotations
 
+import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from neffcache import dispatch as dispatching
 from neffcache import lifecycle
 from neffcache.db.models import Artifact, Blob, CacheEvent, Job, utcnow
 from neffcache.dispatch import dispatch
 from neffcache.errors import BlobMissing, NotFound
 from neffcache.key import key_for_spec, manifest_diff
-from neffcache.lifecycle import REMEMBERED_FAILURES, JobState
+from neffcache.lifecycle import REMEMBERED_FAILURES, FailureClass, JobState
 from neffcache.queue import queue_for_manifest
 from neffcache.service.context import ServiceContext
 from neffcache.service.toolchains import resolve_spec
@@ -27,6 +30,7 @@ from neffcache.spec import CompileSpec
 
 NEAREST_LIMIT = 5
 NEAREST_SCAN = 200
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -93,9 +97,42 @@ def _create_or_join(session: Session, ctx: ServiceContext, manifest: dict[str, A
     return lifecycle.create(session, job)
 
 
+def _reconcile_stale(ctx: ServiceContext, session: Session, job: Job
+                     ) -> tuple[Job | None, str | None, Callable[[], Any] | None]:
+    """A forced request's look at its key's active job: (the job to join, or None when it ended
+    and a new one is to be made; why it was stale, or None; what to send to Redis after the
+    commit). A job queued but in no queue is sent again; one running on a lost worker is handed
+    back (`worker_lost`, guarded by that worker's id) and sent at once, backoff or not; if that
+    was its last attempt it fails, and the request makes a new job."""
+    reason = dispatching.stale_reason(session, ctx.redis, job, ctx.settings.worker_lost_after_s)
+    if reason is None:
+        return job, None, None
+    log.warning("forced compile of key %s: its job %s is stale (%s); reconciling it", job.key, job.id, reason)
+    job_id, queue = job.id, job.queue
+    if reason == dispatching.NOT_IN_REDIS:
+        assert job.enqueued_at is not None
+        seen = dispatching.QueuedJob(job_id, queue, job.attempts, job.enqueued_at)
+        return job, reason, lambda: dispatching.redeliver(ctx.db, ctx.redis, seen)
+    if reason == dispatching.WORKER_LOST:
+        s = ctx.settings
+        lifecycle.end_attempt(session, job_id, FailureClass.WORKER_LOST,
+                              f"worker {job.worker_id} stopped sending heartbeats (found by a forced request)",
+                              retry_backoff_s=s.retry_backoff_s, storage_backoff_s=s.storage_retry_backoff_s,
+                              storage_backoff_max_s=s.storage_retry_backoff_max_s, worker=job.worker_id)
+        session.refresh(job)
+        if job.state != JobState.QUEUED:
+            return None, reason, None
+    attempt = job.attempts + 1
+    return job, reason, lambda: dispatch(ctx.db, ctx.redis, queue, job_id, attempt)
+
+
 def submit_compile(ctx: ServiceContext, spec: CompileSpec, force: bool, caller: str | None,
                    annotations: dict[str, str] | None = None) -> Outcome:
+    """A hit, a remembered failure, the key's active job to join, or a new job. With `force` a
+    remembered failure is compiled again, and an active job that will never finish by itself
+    (`dispatch.stale_reason`) is reconciled first: the answer then says `reconciled`."""
     created: Job | None = None
+    send: Callable[[], Any] | None = None
     with ctx.db.session() as session:
         resolved, manifest, key = resolve_key(ctx, session, spec)
         if session.get(Blob, resolved.model.digest) is None:
@@ -110,18 +147,27 @@ def submit_compile(ctx: ServiceContext, spec: CompileSpec, force: bool, caller: 
             return Outcome(200, {"status": "hit", "key": key, "spec": spec_out,
                                  "artifact": artifact_view(artifact, artifact_hits(session, key))})
         running = lifecycle.active_job(session, key)
+        reconciled: dict[str, str] = {}
+        if running is not None and force:
+            stale_id = running.id
+            running, reason, send = _reconcile_stale(ctx, session, running)
+            if reason is not None:
+                reconciled = {"reconciled": reason, "stale_job": stale_id}
         if running is not None:
-            return Outcome(202, {"status": "queued", "key": key, "spec": spec_out,
-                                 "job": job_view(running), "deduplicated": True})
-        last = latest_job(session, key)
-        if (not force and last is not None and last.state == JobState.FAILED
-                and last.failure_class in REMEMBERED_FAILURES):
-            return Outcome(200, {"status": "failed", "key": key, "spec": spec_out, "job": job_view(last)})
-        job, created_now = _create_or_join(session, ctx, manifest, key, caller, annotations or {})
-        if created_now:
-            created = job
-        body = {"status": "queued", "key": key, "spec": spec_out, "job": job_view(job),
-                "deduplicated": not created_now}
+            body = {"status": "queued", "key": key, "spec": spec_out, "job": job_view(running),
+                    "deduplicated": True, **reconciled}
+        else:
+            last = latest_job(session, key)
+            if (not force and last is not None and last.state == JobState.FAILED
+                    and last.failure_class in REMEMBERED_FAILURES):
+                return Outcome(200, {"status": "failed", "key": key, "spec": spec_out, "job": job_view(last)})
+            job, created_now = _create_or_join(session, ctx, manifest, key, caller, annotations or {})
+            if created_now:
+                created = job
+            body = {"status": "queued", "key": key, "spec": spec_out, "job": job_view(job),
+                    "deduplicated": not created_now, **reconciled}
+    if send is not None:
+        send()
     if created is not None:
         dispatch(ctx.db, ctx.redis, created.queue, created.id, attempt=1)
     return Outcome(202, body)

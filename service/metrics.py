@@ -83,10 +83,20 @@ class ServiceMetrics:
             "neffcache_cache_requests", "Lookups, compile requests and downloads by outcome",
             ["kind", "outcome", "target"], registry=self.registry,
         )
+        # Stored objects this process found not to hash to their digest, by what was reading them
+        # (`blob`, `artifact_file`, `job_log`: a download or log the service streamed; `upload`: a
+        # re-upload that replaced the corrupt copy). Workers report theirs in the job's message.
+        self.corrupt_objects = Counter(
+            "neffcache_corrupt_objects", "Stored objects found corrupt when read, by what read them",
+            ["found_by"], registry=self.registry,
+        )
         self.registry.register(_DatabaseCollector(db, settings))
 
     def cache_request(self, kind: str, outcome: str, target: str) -> None:
         self.cache_requests.labels(kind, outcome, target).inc()
+
+    def corrupt_object(self, found_by: str) -> None:
+        self.corrupt_objects.labels(found_by).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Select, and_, or_
@@ -14,6 +15,8 @@ from sqlalchemy.orm import Session
 from neffcache.errors import InvalidParameter
 
 MAX_LIMIT = 500
+# The ids paged here: job UUIDs and artifact keys.
+_CURSOR_ID = re.compile(r"[0-9a-f-]{1,64}")
 
 
 def encode_cursor(created_at: datetime, ident: str) -> str:
@@ -21,11 +24,19 @@ def encode_cursor(created_at: datetime, ident: str) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """The position `cursor` names, or 400 invalid_parameter. Checked by its round trip: only a
+    string encode_cursor could have written is taken (a UTC time, an id of the form paged here,
+    and the same string again when encoded), so nothing else reaches the database."""
+    refused = InvalidParameter(f"cursor: {cursor[:40]!r} is not a cursor this service issued")
     try:
-        created, ident = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
-        return datetime.fromisoformat(created), ident
-    except (binascii.Error, ValueError, UnicodeDecodeError):
-        raise InvalidParameter(f"cursor: {cursor[:40]!r} is not a cursor this service issued") from None
+        created_text, ident = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
+        created = datetime.fromisoformat(created_text)
+    except (binascii.Error, ValueError, UnicodeError):
+        raise refused from None
+    if (created.utcoffset() != timedelta(0) or _CURSOR_ID.fullmatch(ident) is None
+            or encode_cursor(created, ident) != cursor):
+        raise refused
+    return created, ident
 
 
 def fetch_page(session: Session, query: Select[Any], created_col: Any, id_col: Any, limit: int,

@@ -4,8 +4,9 @@ Every route that takes a key or a job id in its path resolves it here, so `neffc
 901c66ed` (the short key the `jobs` table prints) and `neffcache logs 394a1b2c` work:
 
 - a key is 8 to 64 hex characters; a job id is a prefix of its UUID as printed (8 hex
-  characters at least, then the rest with its dashes). Anything else is 400 `invalid_parameter`
-  naming the field, before the database is asked.
+  characters at least, then the rest with its dashes). Anything else (a NUL, a trailing newline,
+  any character outside that form) is 400 `invalid_parameter` naming the field, before the
+  database is asked.
 - no match is 404 `not_found`; more than one is `ambiguous_prefix` (409) listing a few of them.
 
 The query is a range on the primary key, `prefix <= key < prefix || 'g'`, which the primary
@@ -19,22 +20,39 @@ read (and counted, only when ambiguous); a full-length key or id is one equality
 from __future__ import annotations
 
 import re
+from typing import Annotated
 
+from fastapi import Path
 from sqlalchemy import func, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from neffcache.db.models import Artifact, Job
 from neffcache.errors import AmbiguousPrefix, InvalidParameter, NotFound
 
+# What naming an artifact or a job by its key, id or a prefix can be answered with (resolve_*).
+PREFIX_ERRORS = (InvalidParameter, NotFound, AmbiguousPrefix)
 MIN_PREFIX = 8
 KEY_LENGTH = 64
 JOB_ID_LENGTH = 36
 CANDIDATES_SHOWN = 5
 
-_KEY_PREFIX = re.compile(rf"^[0-9a-f]{{{MIN_PREFIX},{KEY_LENGTH}}}$")
+# The forms, as the OpenAPI document states them too (either case: a value is lowercased first).
+_HEX = "[0-9a-fA-F]"
+KEY_PREFIX_PATTERN = rf"^{_HEX}{{{MIN_PREFIX},{KEY_LENGTH}}}$"
+KEY_FILTER_PATTERN = rf"^(?:{_HEX}{{{MIN_PREFIX},{KEY_LENGTH}}})?$"  # a query filter: empty is no filter
 # A prefix of "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx" that holds the first group whole.
-_JOB_PREFIX = re.compile(r"^[0-9a-f]{8}(?:-(?:[0-9a-f]{1,4}(?:-(?:[0-9a-f]{1,4}(?:-(?:[0-9a-f]{1,4}"
-                         r"(?:-[0-9a-f]{0,12})?)?)?)?)?)?)?$")
+JOB_PREFIX_PATTERN = (rf"^{_HEX}{{8}}(?:-(?:{_HEX}{{1,4}}(?:-(?:{_HEX}{{1,4}}(?:-(?:{_HEX}{{1,4}}"
+                      rf"(?:-{_HEX}{{0,12}})?)?)?)?)?)?)?$")
+_KEY_PREFIX = re.compile(KEY_PREFIX_PATTERN)
+_JOB_PREFIX = re.compile(JOB_PREFIX_PATTERN)
+# The path parameters that name an artifact or a job, as routes declare them: the pattern is for
+# the OpenAPI document; the value is checked here (key_prefix, job_prefix), with the field named.
+KeyInPath = Annotated[str, Path(description=f"an artifact key, or a unique prefix of it ({MIN_PREFIX} to "
+                                            f"{KEY_LENGTH} hex characters)",
+                                json_schema_extra={"pattern": KEY_PREFIX_PATTERN})]
+JobIdInPath = Annotated[str, Path(description=f"a job id, or a unique prefix of it (its first {MIN_PREFIX} hex "
+                                              f"characters at least, with its dashes)",
+                                  json_schema_extra={"pattern": JOB_PREFIX_PATTERN})]
 # Above every hex digit and '-': the range's exclusive upper end.
 _PAST_HEX = "g"
 
@@ -46,7 +64,7 @@ def _shown(value: str) -> str:
 def key_prefix(value: str, field: str = "key") -> str:
     """The artifact key prefix in `value` (lowercased), or 400 invalid_parameter naming `field`."""
     prefix = value.lower()
-    if not _KEY_PREFIX.match(prefix):
+    if not _KEY_PREFIX.fullmatch(prefix):
         raise InvalidParameter(
             f"{field}: {_shown(value)} is not an artifact key or a prefix of one "
             f"({MIN_PREFIX} to {KEY_LENGTH} hex characters)",
@@ -58,7 +76,7 @@ def key_prefix(value: str, field: str = "key") -> str:
 def job_prefix(value: str, field: str = "job_id") -> str:
     """The job id prefix in `value` (lowercased), or 400 invalid_parameter naming `field`."""
     prefix = value.lower()
-    if len(prefix) > JOB_ID_LENGTH or not _JOB_PREFIX.match(prefix):
+    if len(prefix) > JOB_ID_LENGTH or not _JOB_PREFIX.fullmatch(prefix):
         raise InvalidParameter(
             f"{field}: {_shown(value)} is not a job id or a prefix of one (its first {MIN_PREFIX} "
             f"hex characters at least, e.g. 394a1b2c or 394a1b2c-5d6e)",

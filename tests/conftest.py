@@ -32,6 +32,8 @@ DOUBLE_COMPILE_TIMEOUT_S = 4.0
 FAST_CLOCKS = {
     "max_attempts": 2,
     "retry_backoff_s": 0.3,
+    "storage_retry_backoff_s": 0.3,
+    "storage_retry_backoff_max_s": 1.0,
     "heartbeat_interval_s": 0.5,
     "worker_lost_after_s": 6.0,  # a busy 2-core CI machine can starve a heartbeat for a few seconds
     "log_refresh_s": 0.5,
@@ -112,7 +114,8 @@ class RunningStack:
     def __init__(self, stack: Stack, record_path: Path) -> None:
         self.stack = stack
         self.url = stack.url
-        self.admin_token = ADMIN_TOKEN
+        # The session's admin token (SESSION_ADMIN): the bootstrap one is refused once it exists.
+        self.admin_token = stack.admin_token or ADMIN_TOKEN
         self.double_record = record_path  # argv of every neuronx-cc double run, one JSON line each
 
 
@@ -124,6 +127,7 @@ def running(stack_settings: dict[str, Any], tmp_path_factory: pytest.TempPathFac
     record = logs / "neuronx-cc-argv.jsonl"
     try:
         stack.start_server()
+        stack.create_admin_token()
         stack.start_worker("worker-inductor", {"worker_backend": "inductor", "compile_timeout_s": 600})
         stack.start_worker(
             "worker-neuronx-cc",
@@ -153,7 +157,7 @@ def forget_the_runs_redis_keys(settings: dict[str, Any]) -> None:
 
 @pytest.fixture(scope="session")
 def api(running: RunningStack) -> Iterator[httpx.Client]:
-    """An HTTP client carrying the bootstrap admin token."""
+    """An HTTP client carrying the session's admin token."""
     with httpx.Client(base_url=running.url, timeout=60, headers=running.stack.auth_headers) as client:
         yield client
 

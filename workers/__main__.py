@@ -58,22 +58,27 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_toolchain:
         print(ctx.toolchain.as_dict())
         return 0
-    from rq import SimpleWorker
-
     context.install(ctx)
+    for gone in context.take_scratch(ctx):
+        log.warning("removed %s, left by a dead worker (and SIGKILLed its compilers' process groups: %s)",
+                    gone.folder, ", ".join(map(str, gone.killed_groups)) or "none recorded")
     registry.register(ctx)
     heartbeat = registry.Heartbeat(ctx)
     heartbeat.start()
+    health = registry.HealthProbe(ctx)  # a worker that cannot reach storage claims nothing
+    health.start()
     log.info("worker %s: %s==%s for %s; queues %s", ctx.worker_id, ctx.toolchain.compiler_name,
              ctx.toolchain.compiler_version, ", ".join(ctx.toolchain.targets), ", ".join(ctx.queues))
     # SimpleWorker runs each job in this process: the compiler itself already runs in a child
     # process group that we time out and kill, and the heartbeat thread keeps beating meanwhile.
-    worker = SimpleWorker(ctx.queues, connection=ctx.redis, name=ctx.worker_id)
+    worker = registry.rq_worker(ctx)  # SimpleWorker, gated on the worker's health
     try:
         worker.work(burst=args.burst, logging_level="WARNING")
     finally:
+        health.stop()
         heartbeat.stop()
         registry.mark_stopped(ctx)
+        context.release_scratch(ctx)
     return 0
 
 

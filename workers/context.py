@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from neffcache.db.session import Database
 from neffcache.settings import Settings
 from neffcache.storage import ObjectStore
+from neffcache.workers.backends import process
 from neffcache.workers.backends.base import Backend, Toolchain
 
 
@@ -21,6 +23,8 @@ class WorkerContext:
     toolchain: Toolchain
     worker_id: str
     queues: list[str]
+    # This worker's own folder for its jobs' scratch dirs (take_scratch); None until it has one.
+    scratch: Path | None = None
 
 
 _current: WorkerContext | None = None
@@ -29,6 +33,23 @@ _current: WorkerContext | None = None
 def install(ctx: WorkerContext) -> None:
     global _current
     _current = ctx
+
+
+def take_scratch(ctx: WorkerContext) -> list[process.Reaped]:
+    """At start: kill what this host's dead workers left running and remove their scratch dirs,
+    then give this worker a folder of its own under the work dir, where its jobs' scratch dirs
+    go (ctx.settings.work_dir points there from now on). Returns what was removed."""
+    reaped = process.reap_dead_scratch(ctx.settings.work_dir)
+    ctx.scratch = process.claim_scratch(ctx.settings.work_dir)
+    ctx.settings = ctx.settings.model_copy(update={"work_dir": str(ctx.scratch)})
+    return reaped
+
+
+def release_scratch(ctx: WorkerContext) -> None:
+    """At a clean stop: remove this worker's scratch folder (its jobs have ended)."""
+    if ctx.scratch is not None:
+        process.release_scratch(ctx.scratch)
+        ctx.scratch = None
 
 
 def current() -> WorkerContext:

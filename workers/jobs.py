@@ -99,5 +99,7 @@ def record_failure(ctx: WorkerContext, job_id: str, failure_class: FailureClass,
     with ctx.db.session() as session:
         return lifecycle.end_attempt(
             session, job_id, failure_class, message, retry_backoff_s=ctx.settings.retry_backoff_s,
+            storage_backoff_s=ctx.settings.storage_retry_backoff_s,
+            storage_backoff_max_s=ctx.settings.storage_retry_backoff_max_s,
             worker=expected_worker, log=log.columns() if log is not None else None,
         )

@@ -2,6 +2,10 @@
 
 Safe to run twice: the claim is a conditional update, so a second delivery of an attempt
 that already ran (or of a cancelled job) does nothing.
+
+An attempt that cannot reach the object store or the database fails as `storage_unavailable`
+(retried with its own backoff, not as the host's fault), and the worker claims nothing more until
+its health check passes (`registry.unavailable`).
 """
 
 from __future__ import annotations
@@ -13,8 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from neffcache import neff
+from neffcache.db.session import DATABASE_UNAVAILABLE
 from neffcache.digests import bare_hex, digest_of
-from neffcache.errors import CorruptObject, InvalidNeff
+from neffcache.errors import CorruptObject, InvalidNeff, StorageError
 from neffcache.lifecycle import FailureClass, WorkerState
 from neffcache.queue import version_matches
 from neffcache.workers import context, jobs, registry
@@ -25,21 +30,43 @@ log = logging.getLogger(__name__)
 CANCEL_POLL_S = 1.0
 
 
+
 def run_compile_job(job_id: str) -> str:
     ctx = context.current()
-    claimed = jobs.claim(ctx, job_id)
-    if claimed is None:
-        return "skipped: not queued"
-    registry.beat(ctx, state=WorkerState.BUSY, current_job=job_id)
-    try:
-        return _run(ctx, claimed)
-    except Exception as exc:
-        log.exception("job %s: worker error", job_id)
-        jobs.record_failure(ctx, job_id, FailureClass.WORKER_LOST, f"worker error: {type(exc).__name__}: {exc}",
-                                  expected_worker=ctx.worker_id)
-        return "worker error"
-    finally:
-        registry.beat(ctx, state=WorkerState.IDLE, clear_job=True)
+    problem = registry.unavailable(ctx)
+    if problem is not None:
+        # Taken off the queue just as storage went away: leave the job unclaimed (still queued,
+        # attempts unspent); the queue check sends it again, to a worker that can run it.
+        return f"not claimed: {problem}"
+    with registry.running(ctx, job_id):
+        claimed = jobs.claim(ctx, job_id)
+        if claimed is None:
+            return "skipped: not queued"
+        registry.beat(ctx, state=WorkerState.BUSY, current_job=job_id)
+        try:
+            return _run(ctx, claimed)
+        except Exception as exc:
+            failure_class, message = attempt_error(exc)
+            if failure_class == FailureClass.STORAGE_UNAVAILABLE:
+                log.warning("job %s: %s", job_id, message)
+                registry.note_unavailable(ctx, message)
+            else:
+                log.exception("job %s: worker error", job_id)
+            jobs.record_failure(ctx, job_id, failure_class, message, expected_worker=ctx.worker_id)
+            return f"failed: {failure_class}"
+        finally:
+            registry.beat(ctx, state=WorkerState.IDLE, clear_job=True)
+
+
+def attempt_error(exc: Exception) -> tuple[FailureClass, str]:
+    """The failure class and message of an exception that ended an attempt: the object store or
+    the database not answering is `storage_unavailable`; anything else is the worker's fault."""
+    if isinstance(exc, StorageError):
+        return FailureClass.STORAGE_UNAVAILABLE, f"object store unavailable: {exc.detail}"
+    if isinstance(exc, DATABASE_UNAVAILABLE):
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        return FailureClass.STORAGE_UNAVAILABLE, f"database unavailable: {type(exc).__name__}: {reason}"
+    return FailureClass.WORKER_LOST, f"worker error: {type(exc).__name__}: {exc}"
 
 
 def _refusal(ctx: WorkerContext, manifest: dict) -> str | None:
@@ -70,8 +97,17 @@ def _run(ctx: WorkerContext, job: jobs.ClaimedJob) -> str:
         try:
             found = ctx.store.fetch_to_path(model_hex, model_path)
         except CorruptObject as exc:
-            jobs.record_failure(ctx, job.id, FailureClass.INVALID_INPUT, f"model blob is corrupt: {exc.detail}",
-                                expected_worker=ctx.worker_id)
+            # The store's copy is damaged, not the model: never a remembered failure of the model
+            # (`invalid_input` would answer every later request for it from memory). The store
+            # cannot give the model's bytes: transient, so it is retried (with the storage
+            # backoff), and succeeds once the model is uploaded again in between.
+            model = job.manifest["model"]["digest"]
+            jobs.record_failure(
+                ctx, job.id, FailureClass.STORAGE_UNAVAILABLE,
+                f"the stored copy of model blob {model} is corrupt (it hashes to sha256:{exc.extra.get('actual')}); "
+                f"the model is not at fault. Upload the model again (PUT /v1/blobs/{model} replaces a corrupt "
+                "copy) to repair it, then compile again",
+                expected_worker=ctx.worker_id)
             return "corrupt input"
         if not found:
             jobs.record_failure(ctx, job.id, FailureClass.INVALID_INPUT,

@@ -206,3 +206,7 @@ class ApiToken(Base):
     scope: Mapped[str] = mapped_column(String(16))  # read | write | admin
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Refused (401) from then on; None: never expires.
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # When a request last carried it, to within a minute (not written on every request).
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -11,7 +11,7 @@ from urllib.parse import unquote, urlparse
 
 from neffcache.errors import StorageError
 from neffcache.settings import Settings
-from neffcache.storage.base import ObjectStore, PutResult, StoredObject, validate_digest
+from neffcache.storage.base import ObjectStore, PutResult, StoredObject, Verification, validate_digest
 from neffcache.storage.filesystem import FilesystemObjectStore
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "ObjectStore",
     "PutResult",
     "StoredObject",
+    "Verification",
     "open_store",
     "validate_digest",
 ]

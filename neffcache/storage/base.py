@@ -1,16 +1,19 @@
 """The object store interface, and the rules every store shares.
 
 Objects are addressed by the sha256 of their bytes (a bare 64-char lowercase hex string), so an
-object never changes once written: a put of bytes that are already stored is a no-op, and a read
-can always be checked against its name. Everything that does not depend on where the bytes end up
-lives here, once: validating digests, streaming an upload to a staging file while hashing it,
-enforcing the size limit and the expected digest, and fetching to a local path with verification.
-A concrete store supplies only the primitives (`_stat`, `_open`, `_publish`, ...).
+object never changes once written, and a read can always be checked against its name. A put of
+bytes that are already stored writes nothing, unless the stored copy no longer hashes to its name
+(a corrupt object): then the verified upload replaces it. Everything that does not depend on where
+the bytes end up lives here, once: validating digests, streaming an upload to a staging file while
+hashing it, enforcing the size limit and the expected digest, fetching to a local path with
+verification, verifying a stored object, and moving a corrupt one aside (quarantine). A concrete
+store supplies only the primitives (`_stat`, `_open`, `_publish`, `_iter_objects`, ...).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tempfile
 from abc import ABC, abstractmethod
@@ -22,6 +25,8 @@ from typing import IO, BinaryIO
 
 from neffcache.digests import is_bare_hex
 from neffcache.errors import CorruptObject, DigestMismatch, InvalidDigest, StorageError, TooLarge
+
+log = logging.getLogger(__name__)
 
 # Big enough that per-chunk overhead vanishes next to disk and network time, small enough that a
 # multi-GiB upload never holds more than this in memory.
@@ -45,6 +50,12 @@ def object_key(digest: str) -> str:
     return f"sha256/{digest[:2]}/{digest}"
 
 
+def quarantine_key(digest: str) -> str:
+    """Where a corrupt object is moved aside to: quarantine/sha256/<2 hex>/<digest>. Outside the
+    object layout, so the object reads as missing (HEAD 404) and the next upload recreates it."""
+    return f"quarantine/{object_key(digest)}"
+
+
 @dataclass(frozen=True)
 class StoredObject:
     digest: str
@@ -55,7 +66,23 @@ class StoredObject:
 class PutResult:
     digest: str
     size: int
-    created: bool  # False when the object was already stored: nothing was written
+    created: bool  # False when the object was already stored (and verified): nothing was written
+    # True when a stored copy was there but corrupt, and these verified bytes replaced it.
+    repaired: bool = False
+
+
+@dataclass(frozen=True)
+class Verification:
+    """A stored object hashed end to end: `actual` is what its bytes hash to ("" when they were
+    not hashed because their size alone proved them corrupt)."""
+
+    digest: str
+    size: int
+    actual: str
+
+    @property
+    def ok(self) -> bool:
+        return self.actual == self.digest
 
 
 @dataclass(frozen=True)
@@ -81,7 +108,9 @@ class ObjectStore(ABC):
 
         `source` is read in chunks into a staging file that is never visible under an object
         name; only a complete, verified file is published. On DigestMismatch or TooLarge nothing
-        is kept. Bytes that are already stored are hashed but not written again (created=False).
+        is kept. Bytes that are already stored are not written again (created=False), once the
+        stored copy has been verified; a stored copy that does not hash to its name is replaced
+        (created=True, repaired=True).
         """
         if expected_digest is not None:
             validate_digest(expected_digest)
@@ -92,9 +121,25 @@ class ObjectStore(ABC):
                     expected=expected_digest,
                     actual=staged.digest,
                 )
+            # An existing object is not trusted blindly: if it were corrupt (a flipped bit on a
+            # disk, a write behind the store's back), keeping it would make the upload of the right
+            # bytes a no-op and the object unrepairable. Two sound choices: always overwrite with
+            # the verified staged bytes (safe, content-addressed), or verify the stored copy and
+            # replace it only when it does not match. We verify: it costs one read of the stored
+            # copy, and only on a re-upload (rare: clients HEAD first); it does not rewrite what
+            # is fine (on S3 a PUT costs more than a GET, and makes a new version and replication
+            # traffic in a versioned bucket), and it finds the corruption, so it is reported.
             existing = self._stat(staged.digest)
             if existing is not None:
-                return PutResult(staged.digest, existing.size, created=False)
+                check = self._verify(staged.digest, existing.size, staged.size)
+                if check is not None and check.ok:
+                    return PutResult(staged.digest, existing.size, created=False)
+                if check is not None:
+                    log.warning("stored object sha256:%s was corrupt (%s); replaced by a verified upload",
+                                staged.digest, _describe_mismatch(check))
+                self._publish(staged.path, staged.digest)
+                # `check` None: it vanished between the stat and the read (a delete): plain create.
+                return PutResult(staged.digest, staged.size, created=True, repaired=check is not None)
             self._publish(staged.path, staged.digest)
             return PutResult(staged.digest, staged.size, created=True)
 
@@ -168,6 +213,7 @@ class ObjectStore(ABC):
                         out.write(chunk)
                 actual = hasher.hexdigest()
                 if actual != digest:
+                    log.error("stored object sha256:%s is corrupt: it hashes to sha256:%s", digest, actual)
                     raise CorruptObject(
                         f"stored object {digest} hashes to {actual}", digest=digest, actual=actual
                     )
@@ -175,6 +221,47 @@ class ObjectStore(ABC):
             finally:
                 partial.unlink(missing_ok=True)
         return True
+
+    # --- integrity -------------------------------------------------------------------------
+
+    def verify(self, digest: str) -> Verification | None:
+        """Hash a stored object end to end (streamed, never held whole); None on a miss.
+        `.ok` says whether it still hashes to its name; nothing is changed either way."""
+        return self._verify(validate_digest(digest))
+
+    def iter_objects(self) -> Iterator[StoredObject]:
+        """Every stored object (digest and size), as the store lists them; quarantined objects
+        and uploads in progress are not objects. Lazy: a store of millions is never held whole."""
+        return self._iter_objects()
+
+    def quarantine(self, digest: str) -> str | None:
+        """Move a corrupt object aside (to `quarantine_key(digest)`), so that it reads as missing
+        and the next upload of the right bytes recreates it; it is kept for inspection.
+
+        The object is verified again first, so an object repaired since it was found corrupt
+        stays where it is. Returns where the object went, or None when nothing was moved (it is
+        not stored, or it is not corrupt)."""
+        check = self._verify(validate_digest(digest))
+        if check is None or check.ok:
+            return None
+        return self._quarantine(digest)
+
+    def _verify(self, digest: str, stored_size: int | None = None, expected_size: int | None = None
+                ) -> Verification | None:
+        """`verify`, skipping the read when the stored size already differs from the size the
+        object must have (`expected_size`, known to a put)."""
+        if stored_size is not None and expected_size is not None and stored_size != expected_size:
+            return Verification(digest, stored_size, actual="")
+        stream = self._open(digest)
+        if stream is None:
+            return None
+        hasher = hashlib.sha256()
+        size = 0
+        with stream:
+            while chunk := stream.read(CHUNK_BYTES):
+                hasher.update(chunk)
+                size += len(chunk)
+        return Verification(digest, size, hasher.hexdigest())
 
     # --- the rest --------------------------------------------------------------------------
 
@@ -215,4 +302,19 @@ class ObjectStore(ABC):
     def _delete(self, digest: str) -> None: ...
 
     @abstractmethod
+    def _iter_objects(self) -> Iterator[StoredObject]:
+        """Every object under the layout's `sha256/` names whose name is a valid digest."""
+
+    @abstractmethod
+    def _quarantine(self, digest: str) -> str | None:
+        """Move the object to `quarantine_key(digest)` (replacing an earlier one there) and say
+        where it went; None when it is no longer there."""
+
+    @abstractmethod
     def _presigned_url(self, digest: str, expires_s: int, filename: str | None) -> str | None: ...
+
+
+def _describe_mismatch(check: Verification) -> str:
+    if not check.actual:
+        return f"{check.size} bytes stored, another size than its bytes have"
+    return f"its {check.size} bytes hash to sha256:{check.actual}"

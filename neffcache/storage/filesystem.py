@@ -1,6 +1,7 @@
 """The folder store: objects as files under a root folder (the embedded default, and tests).
 
-Layout: <root>/sha256/<2 hex>/<digest> for objects, <root>/tmp/ for uploads in progress. The
+Layout: <root>/sha256/<2 hex>/<digest> for objects, <root>/tmp/ for uploads in progress,
+<root>/quarantine/sha256/<2 hex>/<digest> for corrupt objects moved aside. The
 staging folder sits under the root so that publishing is an os.replace within one filesystem,
 which is atomic: a reader sees either no file or the complete one.
 """
@@ -14,8 +15,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+from neffcache.digests import is_bare_hex
 from neffcache.errors import StorageError
-from neffcache.storage.base import ObjectStore, StoredObject, object_key
+from neffcache.storage.base import ObjectStore, StoredObject, object_key, quarantine_key
 
 # Objects are immutable once published; group/world read lets a co-located file server or a
 # backup job read them without running as the service's user.
@@ -92,6 +94,40 @@ class FilesystemObjectStore(ObjectStore):
     def _delete(self, digest: str) -> None:
         with _os_errors(f"delete {digest}"):
             self.path_for(digest).unlink(missing_ok=True)
+
+    def _iter_objects(self) -> Iterator[StoredObject]:
+        objects = self.root / "sha256"
+        with _os_errors(f"list {objects}"):
+            fanout = sorted(d for d in os.listdir(objects) if len(d) == 2) if objects.is_dir() else []
+        for part in fanout:
+            try:
+                with os.scandir(objects / part) as entries:
+                    names = sorted((e.name, e) for e in entries if e.is_file(follow_symlinks=False))
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise StorageError(f"object folder: cannot list {objects / part}: {exc}") from exc
+            for name, entry in names:
+                if not (is_bare_hex(name) and name.startswith(part)):
+                    continue  # not an object of this layout (a stray file): not ours to judge
+                try:
+                    size = entry.stat(follow_symlinks=False).st_size
+                except FileNotFoundError:
+                    continue  # deleted while we listed
+                except OSError as exc:
+                    raise StorageError(f"object folder: cannot stat {name}: {exc}") from exc
+                yield StoredObject(name, size)
+
+    def _quarantine(self, digest: str) -> str | None:
+        aside = self.root / quarantine_key(digest)
+        with _os_errors(f"quarantine {digest}"):
+            aside.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                # One rename within the root's filesystem: the name is gone and the bytes are kept.
+                os.replace(self.path_for(digest), aside)
+            except FileNotFoundError:
+                return None  # deleted meanwhile: nothing to move
+        return str(aside)
 
     def _presigned_url(self, digest: str, expires_s: int, filename: str | None) -> str | None:
         # A folder has no URL of its own: the service streams these objects itself.

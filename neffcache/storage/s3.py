@@ -1,4 +1,5 @@
-"""The S3 store: objects as keys <prefix>/sha256/<2 hex>/<digest> in one bucket.
+"""The S3 store: objects as keys <prefix>/sha256/<2 hex>/<digest> in one bucket (corrupt ones moved
+aside to <prefix>/quarantine/sha256/<2 hex>/<digest>).
 
 Uploads are staged and verified in a local temp file first and then sent with one upload call;
 S3 makes an object visible only once its upload completes (multipart included), so a reader never
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import io
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import quote
@@ -22,8 +23,9 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from neffcache.digests import is_bare_hex
 from neffcache.errors import StorageError
-from neffcache.storage.base import CHUNK_BYTES, ObjectStore, StoredObject, object_key
+from neffcache.storage.base import CHUNK_BYTES, ObjectStore, StoredObject, object_key, quarantine_key
 
 if TYPE_CHECKING:
     from neffcache.settings import Settings
@@ -145,7 +147,9 @@ class S3ObjectStore(ObjectStore):
 
     def key_for(self, digest: str) -> str:
         """The key an object is (or would be) stored under."""
-        key = object_key(digest)
+        return self._prefixed(object_key(digest))
+
+    def _prefixed(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def check(self) -> None:
@@ -196,6 +200,41 @@ class S3ObjectStore(ObjectStore):
             Bucket=self.bucket,
             Key=self.key_for(digest),
         )
+
+    def _iter_objects(self) -> Iterator[StoredObject]:
+        listed = self._prefixed("sha256/")
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=listed)
+        try:
+            for page in pages:
+                for item in page.get("Contents", []):
+                    digest = item["Key"].rsplit("/", 1)[-1]
+                    # Only keys of this layout are objects; anything else there is not ours to judge.
+                    if is_bare_hex(digest) and item["Key"] == self.key_for(digest):
+                        yield StoredObject(digest, int(item["Size"]))
+        except ClientError as exc:
+            raise StorageError(f"S3: cannot list {listed!r}: {_describe(exc)}") from exc
+        except (BotoCoreError, Boto3Error) as exc:
+            raise StorageError(f"S3: cannot list {listed!r}: {_describe(exc)}") from exc
+
+    def _quarantine(self, digest: str) -> str | None:
+        # S3 cannot rename: copy aside (a managed copy: objects over 5 GiB need a multipart one),
+        # then delete. An upload that repairs the object between the caller's check and the
+        # delete is deleted with it; it then reads as missing, and the next upload recreates it.
+        aside = self._prefixed(quarantine_key(digest))
+
+        def copy_aside() -> bool:
+            self.client.copy(
+                CopySource={"Bucket": self.bucket, "Key": self.key_for(digest)},
+                Bucket=self.bucket,
+                Key=aside,
+                Config=TransferConfig(io_chunksize=CHUNK_BYTES),
+            )
+            return True
+
+        if _call(f"copy {digest} to {aside}", copy_aside, miss_is_none=True) is None:
+            return None  # deleted meanwhile: nothing to move
+        self._delete(digest)
+        return f"s3://{self.bucket}/{aside}"
 
     def _presigned_url(self, digest: str, expires_s: int, filename: str | None) -> str | None:
         params = {"Bucket": self.bucket, "Key": self.key_for(digest)}

@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import or_, select
 
 from neffcache.db.models import Artifact
-from neffcache.digests import bare_hex
-from neffcache.errors import NotFound
+from neffcache.digests import DIGEST_PATTERN, bare_hex
+from neffcache.errors import ArtifactExists, BlobMissing, InvalidNeff, NotFound
 from neffcache.service import cache, publish
 from neffcache.service.auth import READ, WRITE
+from neffcache.service.errors import KEY_ERRORS, STORE_ERRORS, error_responses
 from neffcache.service.pagination import MAX_LIMIT, fetch_page
-from neffcache.service.resolve import resolve_artifact
-from neffcache.service.routes.deps import caller, context, object_response
+from neffcache.service.resolve import PREFIX_ERRORS, KeyInPath, resolve_artifact
+from neffcache.service.routes.deps import caller, context
+from neffcache.service.streaming import object_response
 from neffcache.service.views import artifact_view
-from neffcache.spec import PublishRequest
+from neffcache.spec import PublishRequest, Text
 
 router = APIRouter(prefix="/v1/artifacts", tags=["artifacts"])
 
@@ -25,9 +27,9 @@ router = APIRouter(prefix="/v1/artifacts", tags=["artifacts"])
 @router.get("", dependencies=[READ])
 def list_artifacts(
     request: Request,
-    model: str | None = Query(None, description="model digest, sha256:<hex>"),
-    target: str | None = None,
-    compiler: str | None = Query(None, description="compiler name, version, or name==version"),
+    model: str | None = Query(None, pattern=DIGEST_PATTERN, description="model digest, sha256:<hex>"),
+    target: Text | None = None,
+    compiler: Annotated[Text | None, Query(description="compiler name, version, or name==version")] = None,
     limit: int = Query(50, ge=1, le=MAX_LIMIT),
     cursor: str | None = None,
 ) -> dict[str, Any]:
@@ -47,8 +49,8 @@ def list_artifacts(
         return {"artifacts": [artifact_view(a) for a in rows], "next_cursor": cursor_out}
 
 
-@router.get("/{key}", dependencies=[READ])
-def get_artifact(key: str, request: Request) -> dict[str, Any]:
+@router.get("/{key}", dependencies=[READ], responses=error_responses(*PREFIX_ERRORS))
+def get_artifact(key: KeyInPath, request: Request) -> dict[str, Any]:
     """One artifact, by its key or a unique prefix of it (8 hex characters at least)."""
     with context(request).db.session() as session:
         artifact = resolve_artifact(session, key)
@@ -58,12 +60,13 @@ def get_artifact(key: str, request: Request) -> dict[str, Any]:
 @router.get(
     "/{key}/files/{name}",
     dependencies=[READ],
-    responses={
+    responses=error_responses(*PREFIX_ERRORS, *STORE_ERRORS, into={
         307: {"description": "redirect to a presigned URL (S3)"},
-        200: {"description": "the bytes (folder store)"},
-    },
+        200: {"description": "the bytes (folder store)",
+              "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+    }),
 )
-def download_file(key: str, name: str, request: Request) -> Response:
+def download_file(key: KeyInPath, name: str, request: Request) -> Response:
     """Download one file of an artifact (named by its key or a unique prefix of it); counted as a
     download. The sha256 is in X-Neffcache-Sha256."""
     ctx = context(request)
@@ -74,17 +77,16 @@ def download_file(key: str, name: str, request: Request) -> Response:
         if entry is None:
             raise NotFound(f"artifact {key} has no file {name!r} (it has {', '.join(f.name for f in artifact.files)})")
     response = object_response(
-        ctx, bare_hex(entry.digest), name, entry.size,
-        missing=f"file {name!r} of artifact {key} ({entry.digest}) is missing from the object store",
+        ctx, bare_hex(entry.digest), name, entry.size, found_by="artifact_file",
+        what=f"file {name!r} of artifact {key} ({entry.digest})",
     )
     cache.record_download(ctx, artifact, caller(request))
     return response
 
 
 @router.post("", status_code=201, dependencies=[WRITE],
-             responses={200: {"description": "already published with the same files"},
-                        409: {"description": "blob_missing, or artifact_exists with other files"},
-                        422: {"description": "invalid spec, or invalid_neff"}})
+             responses=error_responses(BlobMissing, ArtifactExists, InvalidNeff, *KEY_ERRORS, *STORE_ERRORS,
+                                       into={200: {"description": "already published with the same files"}}))
 def publish_artifact(body: PublishRequest, request: Request) -> JSONResponse:
     """Publish files compiled elsewhere (e.g. a host's libneuronxla cache) under the spec's key.
     The files are uploaded blobs; every NEFF among them is validated first."""

@@ -1,7 +1,9 @@
-"""Model blobs: content-addressed uploads, verified by the server while streaming."""
+"""Model blobs: content-addressed uploads, verified by the server while streaming; downloads
+verified the same way (service.streaming)."""
 
 from __future__ import annotations
 
+import logging
 import tempfile
 
 from fastapi import APIRouter, Request, Response
@@ -13,8 +15,10 @@ from neffcache.digests import digest_of
 from neffcache.errors import InvalidParameter, NotFound, TooLarge
 from neffcache.service.auth import READ, WRITE
 from neffcache.service.context import ServiceContext
-from neffcache.service.routes.deps import context, object_response, parse_digest
+from neffcache.service.routes.deps import context, parse_digest
+from neffcache.service.streaming import object_response
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/blobs", tags=["blobs"])
 SPOOL_IN_MEMORY = 8 * 1024 * 1024
 
@@ -41,7 +45,8 @@ def _too_large(limit: int) -> TooLarge:
 
 @router.put("/{digest}", status_code=201, dependencies=[WRITE], responses={200: {"description": "already present"}})
 async def put_blob(digest: str, request: Request) -> JSONResponse:
-    """Upload a model blob; the server recomputes sha256 while streaming and keeps nothing on mismatch."""
+    """Upload a model blob; the server recomputes sha256 while streaming and keeps nothing on mismatch.
+    A stored copy is verified, and replaced when corrupt (201, `"repaired": true`)."""
     ctx = context(request)
     hex_digest = parse_digest(digest)
     limit = ctx.settings.max_upload_bytes
@@ -51,9 +56,8 @@ async def put_blob(digest: str, request: Request) -> JSONResponse:
             raise InvalidParameter(f"Content-Length: {declared!r} is not a byte count")
         if int(declared) > limit:
             raise _too_large(limit)
-    size = await run_in_threadpool(_known_size, ctx, digest)
-    if size is not None:
-        return JSONResponse({"digest": digest, "size": size, "created": False}, status_code=200)
+    # No shortcut when the blob is already stored: the store verifies its copy against these
+    # bytes and replaces it when corrupt, which is how a damaged blob is repaired.
     with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY) as spool:
         received = 0
         async for chunk in request.stream():
@@ -64,7 +68,11 @@ async def put_blob(digest: str, request: Request) -> JSONResponse:
         spool.seek(0)
         result = await run_in_threadpool(ctx.store.put, spool, hex_digest, limit)
     await run_in_threadpool(_record, ctx, digest, result.size)
-    return JSONResponse({"digest": digest, "size": result.size, "created": True}, status_code=201)
+    if result.repaired:
+        ctx.metrics.corrupt_object("upload")
+        log.warning("blob %s: the stored copy was corrupt; replaced by this upload", digest)
+    body = {"digest": digest, "size": result.size, "created": result.created, "repaired": result.repaired}
+    return JSONResponse(body, status_code=201 if result.created else 200)
 
 
 @router.get("/{digest}", dependencies=[READ], responses={307: {"description": "presigned URL (S3)"}})
@@ -74,8 +82,8 @@ def get_blob(digest: str, request: Request) -> Response:
     size = _known_size(ctx, digest_of(parse_digest(digest)))
     if size is None:
         raise NotFound(f"blob {digest} is not stored")
-    return object_response(ctx, parse_digest(digest), parse_digest(digest)[:16] + ".blob", size,
-                           missing=f"blob {digest} is missing from the object store")
+    return object_response(ctx, parse_digest(digest), parse_digest(digest)[:16] + ".blob", size, found_by="blob",
+                           what=f"blob {digest}")
 
 
 @router.head("/{digest}", dependencies=[READ])

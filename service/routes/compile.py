@@ -7,8 +7,10 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from neffcache.errors import BlobMissing, NotFound
 from neffcache.service import cache
 from neffcache.service.auth import READ, WRITE
+from neffcache.service.errors import KEY_ERRORS, error_responses
 from neffcache.service.routes.deps import caller, context
 from neffcache.spec import CompileRequest, LookupRequest
 
@@ -18,20 +20,19 @@ router = APIRouter(prefix="/v1", tags=["cache"])
 @router.post(
     "/compile",
     dependencies=[WRITE],
-    responses={
-        200: {"description": "hit (artifact) or a remembered compile_error (job)"},
-        202: {"description": "queued: a new job, or the key's running job (deduplicated)"},
-        409: {"description": "blob_missing: upload the model first"},
-        422: {"description": "the spec is invalid or its toolchain cannot be resolved"},
-    },
+    responses=error_responses(
+        BlobMissing, *KEY_ERRORS,
+        into={
+            200: {"description": "hit (artifact) or a remembered compile_error (job)"},
+            202: {"description": "queued: a new job, or the key's running job (deduplicated)"},
+        },
+    ),
 )
 def compile_spec(body: CompileRequest, request: Request) -> JSONResponse:
     outcome = cache.submit_compile(context(request), body.spec, body.force, caller(request), body.annotations)
     return JSONResponse(outcome.body, status_code=outcome.status_code)
 
 
-@router.post(
-    "/lookup", dependencies=[READ], responses={404: {"description": "miss, with the key and the nearest manifests"}}
-)
+@router.post("/lookup", dependencies=[READ], responses=error_responses(NotFound, *KEY_ERRORS))
 def lookup_spec(body: LookupRequest, request: Request) -> dict[str, Any]:
     return cache.lookup(context(request), body.spec, caller(request)).body

@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 
+from neffcache.errors import NotReady
+from neffcache.service.errors import error_responses
 from neffcache.service.routes.deps import context
 
 router = APIRouter(tags=["health"])
@@ -20,7 +22,7 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses=error_responses(NotReady))
 def readyz(request: Request) -> JSONResponse:
     """Database, Redis and object store all answer; 503 naming the ones that do not."""
     ctx = context(request)
@@ -47,6 +49,7 @@ def readyz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ready", "checks": checks})
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse,
+            responses={200: {"description": "Prometheus text exposition format"}})
 def metrics(request: Request) -> Response:
     return Response(context(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -6,17 +6,19 @@ import logging
 from typing import TYPE_CHECKING, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from sqlalchemy import select
 
 from neffcache import lifecycle
 from neffcache.db.models import Job
 from neffcache.digests import bare_hex
-from neffcache.errors import CorruptObject, JobFinished, NotFound
+from neffcache.errors import JobFinished, NotFound
 from neffcache.service.auth import READ, WRITE
+from neffcache.service.errors import STORE_ERRORS, error_responses
 from neffcache.service.pagination import MAX_LIMIT, fetch_page
-from neffcache.service.resolve import resolve_job
-from neffcache.service.routes.deps import context, stream_chunks
+from neffcache.service.resolve import PREFIX_ERRORS, JobIdInPath, resolve_job
+from neffcache.service.routes.deps import context
+from neffcache.service.streaming import stored_chunks
 from neffcache.service.views import job_view
 
 log = logging.getLogger(__name__)
@@ -50,15 +52,16 @@ def list_jobs(
         return {"jobs": [job_view(j) for j in rows], "next_cursor": cursor_out}
 
 
-@router.get("/{job_id}", dependencies=[READ])
-def get_job(job_id: str, request: Request) -> dict[str, Any]:
+@router.get("/{job_id}", dependencies=[READ], responses=error_responses(*PREFIX_ERRORS))
+def get_job(job_id: JobIdInPath, request: Request) -> dict[str, Any]:
     with context(request).db.session() as session:
         return job_view(_get(session, job_id))
 
 
-@router.get("/{job_id}/log", dependencies=[READ], response_class=StreamingResponse)
+@router.get("/{job_id}/log", dependencies=[READ], response_class=PlainTextResponse,
+            responses=error_responses(*PREFIX_ERRORS, *STORE_ERRORS))
 def get_job_log(
-    job_id: str,
+    job_id: JobIdInPath,
     request: Request,
     offset: int = Query(0, ge=0, description="first byte wanted: where the previous read ended"),
 ) -> Response:
@@ -74,12 +77,12 @@ def get_job_log(
         job_id = job.id
         digest, tail, size, state = job.log_digest, job.log_tail, job.log_bytes, job.state
     if digest is not None:
-        stream = ctx.store.open(bare_hex(digest))
-        if stream is None:
-            raise CorruptObject(f"the log of job {job_id} ({digest}) is missing from the object store")
+        # Verified while streamed: a corrupt log is a 502 or a cut transfer, never wrong bytes.
+        chunks = stored_chunks(ctx, bare_hex(digest), found_by="job_log", skip=offset,
+                               what=f"the log of job {job_id} ({digest})")
         headers = {"X-Neffcache-Log-Size": str(size or 0), "X-Neffcache-Log-Complete": "true",
                    "X-Neffcache-Log-Skipped": "0"}
-        return StreamingResponse(stream_chunks(stream, skip=offset), media_type=LOG_TYPE, headers=headers)
+        return StreamingResponse(chunks, media_type=LOG_TYPE, headers=headers)
     if tail is None:
         raise NotFound(f"job {job_id} has no log yet (state {state})", job=job_id)
     data = tail.encode()
@@ -90,9 +93,11 @@ def get_job_log(
 
 
 @router.post(
-    "/{job_id}/cancel", dependencies=[WRITE], responses={202: {"description": "running: the worker was asked to stop"}}
+    "/{job_id}/cancel", dependencies=[WRITE],
+    responses=error_responses(*PREFIX_ERRORS, JobFinished,
+                              into={202: {"description": "running: the worker was asked to stop"}})
 )
-def cancel_job(job_id: str, request: Request) -> JSONResponse:
+def cancel_job(job_id: JobIdInPath, request: Request) -> JSONResponse:
     """Cancel a queued job at once; ask the worker running a job to stop it."""
     ctx = context(request)
     with ctx.db.session() as session:

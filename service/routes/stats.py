@@ -6,7 +6,7 @@ deprecated alias of `lookup_hits`, kept for clients that read it."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from sqlalchemy import case, func, select
@@ -15,10 +15,12 @@ from sqlalchemy.orm import Session
 from neffcache.db.models import CacheEvent, Job
 from neffcache.lifecycle import JobState
 from neffcache.service.auth import READ
+from neffcache.service.errors import error_responses
 from neffcache.service.pagination import MAX_LIMIT
-from neffcache.service.resolve import KEY_LENGTH, key_prefix, resolve_key
+from neffcache.service.resolve import KEY_FILTER_PATTERN, KEY_LENGTH, PREFIX_ERRORS, key_prefix, resolve_key
 from neffcache.service.routes.deps import context
 from neffcache.service.views import iso
+from neffcache.spec import Text
 
 router = APIRouter(prefix="/v1", tags=["stats"], dependencies=[READ])
 LOOKUP_KINDS = ("lookup", "compile")
@@ -78,11 +80,12 @@ def stats(request: Request) -> dict[str, Any]:
     }
 
 
-@router.get("/hits")
+@router.get("/hits", responses=error_responses(*PREFIX_ERRORS))
 def hits(
     request: Request,
-    key: str | None = Query(None, description="artifact key, or a unique prefix of it (8 hex characters at least)"),
-    caller: str | None = Query(None, description="token name"),
+    key: str | None = Query(None, description="artifact key, or a unique prefix of it (8 hex characters at least)",
+                            json_schema_extra={"pattern": KEY_FILTER_PATTERN}),
+    caller: Annotated[Text | None, Query(description="token name")] = None,
     limit: int = Query(100, ge=1, le=MAX_LIMIT),
 ) -> dict[str, Any]:
     """Which caller hit which artifact, and when (newest first)."""

@@ -18,4 +18,5 @@ router = APIRouter(prefix="/v1", tags=["tokens"], dependencies=[ADMIN])
 def list_tokens(request: Request) -> dict[str, Any]:
     with context(request).db.session() as session:
         return {"tokens": [{"name": t.name, "scope": t.scope, "created_at": iso(t.created_at),
-                            "revoked_at": iso(t.revoked_at)} for t in tokens.list_tokens(session)]}
+                            "revoked_at": iso(t.revoked_at), "expires_at": iso(t.expires_at),
+                            "last_used_at": iso(t.last_used_at)} for t in tokens.list_tokens(session)]}

@@ -172,7 +172,9 @@ def test_failed_compile_exits_1_and_is_remembered_until_forced(cli, tmp_path: Pa
 
 def test_wait_timeout_exits_3_and_cancel_stops_the_job(cli, tmp_path: Path) -> None:
     model = tmp_path / "slow.hlo.pb"
-    model.write_bytes(hlo_model("double:sleep=3"))
+    # Longer than the double's compile timeout (DOUBLE_COMPILE_TIMEOUT_S): the job stays active
+    # through its timed-out attempts (several seconds), however slowly the commands start.
+    model.write_bytes(hlo_model("double:sleep=30"))
     spec = write_yaml(tmp_path / "slow.yaml", {
         "model": {"path": model.name}, "inputs": [{"name": "input_ids", "shape": [1, 128], "dtype": "int64"}],
         "target": "trn1", "compiler": {"name": "neuronx-cc"}, "runtime": {"name": "neuron-runtime",

@@ -14,11 +14,8 @@ from sqlalchemy import delete
 from neffcache.db.models import Worker
 from neffcache.db.session import Database
 from neffcache.queue import connect_redis, enqueue_compile
-from neffcache.settings import Settings
-from neffcache.storage import open_store
 from tests.support.api import hlo_model, inductor_spec, neuron_spec, upload, wait_job
 from tests.support.rq_keys import delete_run_keys, run_leftovers
-from tests.support.tamper import overwrite_stored_bytes
 
 
 def compiles_of(running, digest: str) -> int:
@@ -127,16 +124,6 @@ def test_cancel_queued_and_running_jobs(api: httpx.Client) -> None:
     assert r.status_code == 200 and r.json()["state"] == "cancelled"
     listed = api.get("/v1/jobs?state=cancelled&limit=500").json()["jobs"]
     assert {job_id, queued} <= {j["id"] for j in listed}
-
-
-def test_corrupt_model_blob_fails_the_job_without_retry(api: httpx.Client, stack_settings: dict[str, Any]) -> None:
-    model = hlo_model()
-    digest = upload(api, model)
-    overwrite_stored_bytes(open_store(Settings(**stack_settings)), digest.split(":")[1], model + b"tampered")
-    job_id = api.post("/v1/compile", json={"spec": neuron_spec(digest)}).json()["job"]["id"]
-    job = wait_job(api, job_id)
-    assert job["state"] == "failed" and job["failure_class"] == "invalid_input"
-    assert "corrupt" in job["message"] and job["attempts"] == 1
 
 
 def test_a_succeeded_job_shows_its_log_tail(api: httpx.Client) -> None:

@@ -6,6 +6,7 @@ import httpx
 
 from tests.doubles.neuronx_cc_double import build_neff
 from tests.support.api import digest_of, hlo_model, neuron_spec, upload, wait_job
+from tests.support.stack import SESSION_ADMIN
 
 
 def _publish(api: httpx.Client, spec: dict, neff_bytes: bytes, **extra) -> httpx.Response:
@@ -23,7 +24,7 @@ def test_publish_validates_records_and_is_immutable(api: httpx.Client) -> None:
     artifact = api.get(f"/v1/artifacts/{key}").json()
     assert artifact["files"][0]["neff"]["feature_bits"] == 4 and artifact["compile_seconds"] == 812.5
     assert artifact["annotations"]["neuron_cache.module"] == "MODULE_1+ab"
-    assert artifact["annotations"]["published_by"] == "bootstrap-admin"
+    assert artifact["annotations"]["published_by"] == SESSION_ADMIN
     assert api.post("/v1/lookup", json={"spec": spec}).status_code == 200
 
     again = _publish(api, spec, neff)

@@ -3,6 +3,7 @@ subprocesses, against the session's database, Redis and object store."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -16,6 +17,9 @@ import httpx
 
 REPO = Path(__file__).resolve().parents[2]
 DOUBLE_BIN = REPO / "tests" / "doubles" / "bin"
+# The admin token the stack makes right after the service starts; from then on the service
+# refuses the bootstrap admin token (an admin token exists), so requests carry this one.
+SESSION_ADMIN = "test-session-admin"
 
 
 def free_port() -> int:
@@ -69,11 +73,21 @@ class Stack:
         self.log_dir = log_dir
         self.processes: list[Process] = []
         self.url = ""
+        self.admin_token: str | None = None  # create_admin_token's; until then the bootstrap one
 
     @property
     def auth_headers(self) -> dict[str, str]:
-        token = self.settings.get("bootstrap_admin_token")
+        token = self.admin_token or self.settings.get("bootstrap_admin_token")
         return {"Authorization": f"Bearer {token}"} if token else {}
+
+    def create_admin_token(self, name: str = SESSION_ADMIN) -> str:
+        """An admin token made with the real `neffcache-admin`, used by auth_headers from now on."""
+        made = subprocess.run(
+            [sys.executable, "-m", "neffcache.service.admin", "token", "create", "--name", name, "--scope", "admin",
+             "--json"], env=self.env(), capture_output=True, text=True, check=True,
+        )
+        self.admin_token = json.loads(made.stdout)["token"]
+        return self.admin_token
 
     def env(self, overrides: dict[str, Any] | None = None, extra: dict[str, str] | None = None) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("NEFFCACHE_")}

@@ -1,24 +1,44 @@
-"""Running a compiler: the one process runner every backend uses, and how its end is classified.
+"""Running a compiler: the one process runner every backend uses, how its end is classified, and
+what a dead worker left behind.
 
-The compiler runs in its own session (so its own process group): a timeout or a cancel kills the
-whole group with SIGKILL, including anything the compiler started, and so does a normal exit
-(a compiler's stray helpers must not outlive the job).
+The compiler runs under a tiny supervisor (`supervisor.py`) in its own session, so in a process
+group of its own: a timeout or a cancel kills the whole group with SIGKILL, including anything the
+compiler started, and so does a normal exit (a compiler's stray helpers must not outlive the job).
+The group also dies with the worker: the supervisor gets a parent-death signal and kills it.
+
+Should all of that fail (the supervisor SIGKILLed along with the worker, so a grandchild has no
+one to kill it), each run records its worker and its process group in a marker file in its work dir, and
+each worker keeps its scratch dirs in a folder of its own named after it (`claim_scratch`). A worker
+starting on the host (`reap_dead_scratch`) kills the groups recorded under the folders of this
+host's dead workers and removes those folders.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
+import sys
+import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from neffcache.lifecycle import FailureClass
 from neffcache.workers.backends.base import CompileOutcome
 
 POLL_INTERVAL_S = 0.2
+SUPERVISOR = Path(__file__).with_name("supervisor.py")
+# In the run's work dir while the compiler may be running: its worker and its process group.
+RUN_MARKER = ".neffcache-run.json"
+# A worker's own scratch folder under the work dir: neffcache-worker-<pid>-<start>-<host>.
+WORKER_DIR_PREFIX = "neffcache-worker-"
+MARKER_DEPTH = 4  # worker folder / job scratch dir / build / marker
 
 
 @dataclass(frozen=True)
@@ -49,17 +69,11 @@ def run_process(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     timed_out = cancelled = False
+    marker = Path(cwd) / RUN_MARKER
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen(
-            list(argv),
-            cwd=str(cwd),
-            env=dict(env),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        proc = _start_supervised(argv, cwd, env, log)
         try:
+            _record_run(marker, proc.pid)
             while True:
                 try:
                     proc.wait(timeout=poll_interval_s)
@@ -79,6 +93,7 @@ def run_process(
             _kill_group(proc.pid)
             if proc.returncode is None:
                 proc.wait()
+            marker.unlink(missing_ok=True)  # the group is gone: nothing left to reap
     return ProcessResult(
         returncode=proc.returncode,
         timed_out=timed_out,
@@ -88,11 +103,176 @@ def run_process(
     )
 
 
+def _start_supervised(argv: Sequence[str], cwd: Path, env: Mapping[str, str], log: IO[bytes]) -> subprocess.Popen:
+    """Start argv under the supervisor, which leads a new session; returns once the program runs.
+
+    The supervisor reports a program it cannot start on a pipe: that is raised here as the
+    OSError that starting the program directly would have raised."""
+    read_end, write_end = os.pipe()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-I", "-S", str(SUPERVISOR), str(os.getpid()), str(write_end), *argv],
+            cwd=str(cwd),
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            pass_fds=(write_end,),
+        )
+    except BaseException:
+        os.close(read_end)
+        raise
+    finally:
+        os.close(write_end)
+    try:
+        with os.fdopen(read_end, "rb") as status:
+            report = status.read()  # EOF once the program runs (or the supervisor ended)
+    except BaseException:
+        _kill_group(proc.pid)
+        proc.wait()
+        raise
+    if report:
+        proc.wait()
+        _kill_group(proc.pid)
+        number, _, message = report.decode(errors="replace").partition("\0")
+        raise OSError(int(number) if number.isdigit() else 0, message, argv[0])
+    return proc
+
+
 def _kill_group(pgid: int) -> None:
     try:
         os.killpg(pgid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _record_run(marker: Path, pgid: int) -> None:
+    """Best effort: without the marker only the supervisor ties the group to the worker."""
+    try:
+        _write_json(marker, {"host": socket.gethostname(), "worker_pid": os.getpid(),
+                             "worker_start": _start_time(os.getpid()), "pgid": pgid,
+                             "leader_start": _start_time(pgid)})
+    except OSError:
+        pass
+
+
+# --- what dead workers left behind ------------------------------------------------------------
+def _start_time(pid: int) -> int | None:
+    """When a live (not zombie) process started, in clock ticks since boot; None when there is no
+    such process. 0 where /proc cannot tell (not Linux) but the process exists."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        if Path("/proc/self/stat").exists():
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        return 0
+    if fields[0] in ("Z", "X"):
+        return None
+    return int(fields[19])
+
+
+def _alive(pid: int, start: int | None) -> bool:
+    """Whether the process `pid` that started at `start` still runs (not a later one with its pid)."""
+    now = _start_time(pid)
+    return now is not None and (not start or not now or now == start)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def _work_root(work_dir: str | Path | None) -> Path:
+    return Path(work_dir) if work_dir else Path(tempfile.gettempdir())
+
+
+def claim_scratch(work_dir: str | Path | None) -> Path:
+    """This worker's own folder under `work_dir` (the system temp dir when None), created; its
+    name says which process on which host owns it, so `reap_dead_scratch` knows when it is dead.
+    The worker puts its jobs' scratch dirs in it and removes it when it stops (`release_scratch`)."""
+    root = _work_root(work_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    pid = os.getpid()
+    path = root / f"{WORKER_DIR_PREFIX}{pid}-{_start_time(pid) or 0}-{socket.gethostname()}"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+def release_scratch(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class Reaped:
+    folder: Path  # a dead worker's scratch folder, removed
+    killed_groups: tuple[int, ...]  # the process groups recorded in it that were signalled
+
+
+def reap_dead_scratch(work_dir: str | Path | None) -> list[Reaped]:
+    """Remove the scratch folders under `work_dir` of this host's dead workers, after killing the
+    process groups their runs recorded (compilers that outlived their worker). Folders of live
+    workers and of other hosts (a shared work dir) are left alone."""
+    root = _work_root(work_dir)
+    host = socket.gethostname()
+    reaped = []
+    try:
+        entries = sorted(root.iterdir())
+    except OSError:
+        return []
+    for folder in entries:
+        owner = _owner(folder)
+        if owner is None or owner[2] != host or _alive(owner[0], owner[1]) or not folder.is_dir():
+            continue
+        killed = tuple(pgid for pgid in (_kill_recorded(m) for m in _markers(folder)) if pgid is not None)
+        release_scratch(folder)
+        reaped.append(Reaped(folder, killed))
+    return reaped
+
+
+def _owner(folder: Path) -> tuple[int, int, str] | None:
+    """(pid, start time, host) from a worker folder's name, or None for anything else."""
+    if not folder.name.startswith(WORKER_DIR_PREFIX):
+        return None
+    parts = folder.name[len(WORKER_DIR_PREFIX):].split("-", 2)
+    if len(parts) != 3 or not parts[0].isdigit() or not parts[1].isdigit():
+        return None
+    return int(parts[0]), int(parts[1]), parts[2]
+
+
+def _markers(folder: Path) -> Iterator[Path]:
+    base = len(folder.parts)
+    for here, dirs, files in os.walk(folder):
+        if len(Path(here).parts) - base >= MARKER_DEPTH - 1:
+            dirs.clear()
+        if RUN_MARKER in files:
+            yield Path(here) / RUN_MARKER
+
+
+def _kill_recorded(marker: Path) -> int | None:
+    """SIGKILL the process group a run marker records, unless its leader's pid now belongs to
+    another process. Returns the group signalled, or None."""
+    try:
+        data = json.loads(marker.read_text())
+        pgid, leader_start = int(data["pgid"]), data.get("leader_start")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if pgid <= 1 or data.get("host") != socket.gethostname():
+        return None
+    now = _start_time(pgid)
+    if now is not None and leader_start and now and now != leader_start:
+        return None  # the leader's pid was reused: that group is not ours
+    # The leader alive and ours, or gone: then its pid (the group id) cannot be reused while any
+    # member of the group lives, so whatever is in the group is the compiler's.
+    _kill_group(pgid)
+    return pgid
 
 
 def classify(

@@ -46,6 +46,7 @@ from tests.support.database import migrated_sqlite
 
 Q, R, S, F, C = JobState.QUEUED, JobState.RUNNING, JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED
 BACKOFF_S = 0.5
+STORAGE_BACKOFF_S = 7.0
 
 
 @pytest.fixture(scope="module")
@@ -116,8 +117,9 @@ def test_the_transitions_table() -> None:
 def test_values_are_the_api_and_the_database_values() -> None:
     assert [s.value for s in JobState] == ["queued", "running", "succeeded", "failed", "cancelled"]
     assert {f.value for f in FailureClass} == {"compile_error", "invalid_input", "invalid_output", "timeout",
-                                               "oom", "worker_lost", "cancelled"}
-    assert [w.value for w in WorkerState] == ["idle", "busy", "stopped", "lost"]
+                                               "oom", "worker_lost", "storage_unavailable", "cancelled"}
+    assert FailureClass.STORAGE_UNAVAILABLE in TRANSIENT_FAILURES
+    assert [w.value for w in WorkerState] == ["idle", "busy", "stopped", "degraded", "lost"]
     assert JobState.QUEUED == "queued" and f"{FailureClass.OOM}" == "oom" and str(WorkerState.BUSY) == "busy"
 
 
@@ -244,6 +246,10 @@ END_ATTEMPT = [
     (FailureClass.WORKER_LOST, 1, False, Step.RETRY, Q, "worker_lost", "attempt 1 of 2 failed (worker_lost"),
     (FailureClass.TIMEOUT, 2, False, Step.FAIL, F, "timeout", "timeout: boom (after 2 attempts)"),
     (FailureClass.WORKER_LOST, 2, False, Step.FAIL, F, "worker_lost", "worker_lost: boom (after 2 attempts)"),
+    (FailureClass.STORAGE_UNAVAILABLE, 1, False, Step.RETRY, Q, "storage_unavailable",
+     "attempt 1 of 2 failed (storage_unavailable: boom); retrying in 7 s"),
+    (FailureClass.STORAGE_UNAVAILABLE, 2, False, Step.FAIL, F, "storage_unavailable",
+     "storage_unavailable: boom (after 2 attempts)"),
     (FailureClass.CANCELLED, 1, False, Step.STOP, C, None, "cancelled while running: boom"),
     (FailureClass.COMPILE_ERROR, 1, True, Step.STOP, C, None, "cancelled while running: boom"),
     (FailureClass.TIMEOUT, 1, True, Step.STOP, C, None, "cancelled while running: boom"),
@@ -258,6 +264,7 @@ def test_end_attempt(db: Database, failure: FailureClass, attempts: int, cancel_
     log = {"log_tail": "the end", "log_bytes": 7, "log_digest": "sha256:" + "1" * 64}
     with db.session() as session:
         taken = lifecycle.end_attempt(session, job_id, failure, "boom", retry_backoff_s=BACKOFF_S,
+                                      storage_backoff_s=STORAGE_BACKOFF_S, storage_backoff_max_s=60.0,
                                       worker="w1", log=log)
     job = get(db, job_id)
     assert taken == step
@@ -266,7 +273,8 @@ def test_end_attempt(db: Database, failure: FailureClass, attempts: int, cancel_
     assert (job.log_tail, job.log_bytes) == ("the end", 7)
     if step == Step.RETRY:
         assert job.worker_id is None and job.enqueued_at is None and job.finished_at is None
-        delay = lifecycle.retry_delay(BACKOFF_S, attempts)
+        base = STORAGE_BACKOFF_S if failure == FailureClass.STORAGE_UNAVAILABLE else BACKOFF_S
+        delay = lifecycle.retry_delay(base, attempts)
         assert utcnow() < job.not_before <= utcnow() + timedelta(seconds=delay)
     else:
         assert job.finished_at is not None
@@ -283,6 +291,23 @@ def test_end_attempt_of_a_job_not_running_does_nothing(db: Database, state: JobS
 
 def test_retry_backoff_doubles() -> None:
     assert [lifecycle.retry_delay(30.0, a) for a in (0, 1, 2, 3)] == [30.0, 30.0, 60.0, 120.0]
+    assert [lifecycle.retry_delay(60.0, a, cap_s=100.0) for a in (1, 2, 3)] == [60.0, 100.0, 100.0]
+
+
+def test_a_guarded_step_happens_only_while_its_guard_holds(db: Database) -> None:
+    """The enqueue step of a redelivery is guarded by the enqueued_at it was seen with: of two
+    sweeps that saw a job missing from Redis, one marks (and sends) it."""
+    job_id = new_job(db)
+    seen = utcnow() - timedelta(hours=1)
+    with db.session() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(enqueued_at=seen))
+    marks = []
+    for _ in range(2):
+        with db.session() as session:
+            marks.append(transition(session, job_id, Step.ENQUEUE, only_if=Job.enqueued_at <= seen,
+                                    enqueued_at=utcnow()))
+    assert marks == [True, False]
+    assert get(db, job_id).enqueued_at > seen
 
 
 @pytest.mark.parametrize(("state", "step", "after"), [

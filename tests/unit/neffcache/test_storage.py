@@ -22,7 +22,8 @@ from neffcache.errors import (
     TooLarge,
 )
 from neffcache.settings import Settings
-from neffcache.storage import ObjectStore, PutResult, StoredObject, open_store
+from neffcache.storage import ObjectStore, PutResult, StoredObject, Verification, open_store
+from neffcache.storage.base import quarantine_key
 from neffcache.storage.filesystem import FilesystemObjectStore
 from neffcache.storage.s3 import S3ObjectStore
 from tests.support.seaweedfs import SeaweedFS
@@ -55,13 +56,43 @@ def read_behind_the_store(store: ObjectStore, digest: str) -> bytes:
 
 
 def stored_names(store: ObjectStore) -> list[str]:
-    """Every object name in the store, as the raw layout shows it."""
+    """Every name in the store (objects and quarantined ones), as the raw layout shows it."""
     if isinstance(store, FilesystemObjectStore):
-        objects = store.root / "sha256"
-        return sorted(str(p.relative_to(store.root)) for p in objects.rglob("*") if p.is_file())
+        return sorted(str(p.relative_to(store.root)) for folder in ("sha256", "quarantine")
+                      for p in (store.root / folder).rglob("*") if p.is_file())
     assert isinstance(store, S3ObjectStore)
     listing = store.client.list_objects_v2(Bucket=store.bucket, Prefix=store.prefix + "/")
     return sorted(item["Key"] for item in listing.get("Contents", []))
+
+
+def raw_name(store: ObjectStore, key: str) -> str:
+    """`key` (relative to the store's root or prefix) as `stored_names` shows it."""
+    return f"{store.prefix}/{key}" if isinstance(store, S3ObjectStore) else key
+
+
+def read_quarantined(store: ObjectStore, digest: str) -> bytes:
+    if isinstance(store, FilesystemObjectStore):
+        return (store.root / quarantine_key(digest)).read_bytes()
+    assert isinstance(store, S3ObjectStore)
+    key = raw_name(store, quarantine_key(digest))
+    return store.client.get_object(Bucket=store.bucket, Key=key)["Body"].read()
+
+
+def flip_last_byte(data: bytes) -> bytes:
+    return data[:-1] + bytes([data[-1] ^ 0x01])
+
+
+def count_publishes(store: ObjectStore, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The digests `store` publishes (writes under an object name) from now on."""
+    published: list[str] = []
+    real = store._publish
+
+    def spy(staged: Path, digest: str) -> None:
+        published.append(digest)
+        real(staged, digest)
+
+    monkeypatch.setattr(store, "_publish", spy)
+    return published
 
 
 def assert_nothing_staged(store: ObjectStore) -> None:
@@ -161,20 +192,56 @@ def test_empty_object_round_trips(object_store: ObjectStore, tmp_path: Path) -> 
 
 
 def test_put_of_stored_bytes_returns_created_false_and_writes_nothing(
-    object_store: ObjectStore,
+    object_store: ObjectStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data = b"already here"
     digest = sha256(data)
     object_store.put(io.BytesIO(data))
-    # A marker swapped in behind the store's back survives only if the second put writes nothing.
-    overwrite_behind_the_store(object_store, digest, b"marker")
+    published = count_publishes(object_store, monkeypatch)
 
     again = object_store.put(io.BytesIO(data), expected_digest=digest)
 
-    assert again.created is False
-    assert again.digest == digest
-    assert read_behind_the_store(object_store, digest) == b"marker"
+    assert again == PutResult(digest, len(data), created=False, repaired=False)
+    assert published == []
+    assert read_behind_the_store(object_store, digest) == data
     assert len(stored_names(object_store)) == 1
+    assert_nothing_staged(object_store)
+
+
+@pytest.mark.parametrize("damage", ["flipped byte", "other size"])
+def test_put_of_the_right_bytes_replaces_a_corrupt_stored_object(
+    object_store: ObjectStore, tmp_path: Path, damage: str
+) -> None:
+    # Issue 8: a re-upload answered created=false and kept the corrupt copy, for ever.
+    data = b"the model graph" * 500
+    digest = sha256(data)
+    object_store.put(io.BytesIO(data))
+    bad = flip_last_byte(data) if damage == "flipped byte" else data + b"appended"
+    overwrite_behind_the_store(object_store, digest, bad)
+
+    again = object_store.put(io.BytesIO(data), expected_digest=digest)
+
+    assert again == PutResult(digest, len(data), created=True, repaired=True)
+    assert read_behind_the_store(object_store, digest) == data
+    assert object_store.stat(digest) == StoredObject(digest, len(data))
+    assert object_store.fetch_to_path(digest, tmp_path / "model") is True
+    assert (tmp_path / "model").read_bytes() == data
+    assert stored_names(object_store) == [raw_name(object_store, f"sha256/{digest[:2]}/{digest}")]
+    assert_nothing_staged(object_store)
+    # Repaired for good: the next put finds it sound and writes nothing.
+    assert object_store.put(io.BytesIO(data)).created is False
+
+
+def test_put_of_wrong_bytes_never_replaces_a_stored_object(object_store: ObjectStore) -> None:
+    data = b"the real bytes"
+    digest = sha256(data)
+    object_store.put(io.BytesIO(data))
+    overwrite_behind_the_store(object_store, digest, b"bit rot!!!!!!!")
+
+    with pytest.raises(DigestMismatch):
+        object_store.put(io.BytesIO(b"other bytes"), expected_digest=digest)
+
+    assert read_behind_the_store(object_store, digest) == b"bit rot!!!!!!!"
     assert_nothing_staged(object_store)
 
 
@@ -294,6 +361,8 @@ def test_invalid_digests_are_refused_by_every_method(
         "delete": lambda: object_store.delete(bad),
         "presigned_url": lambda: object_store.presigned_url(bad, 60),
         "put": lambda: object_store.put(io.BytesIO(b"data"), expected_digest=bad),
+        "verify": lambda: object_store.verify(bad),
+        "quarantine": lambda: object_store.quarantine(bad),
     }
     for name, call in calls.items():
         with pytest.raises(InvalidDigest) as caught:
@@ -321,6 +390,81 @@ def test_corrupted_object_fails_fetch_and_leaves_no_dest(
 
     assert digest in caught.value.detail
     assert list(dest.parent.iterdir()) == []
+
+
+def test_verify_hashes_the_stored_bytes_and_changes_nothing(object_store: ObjectStore) -> None:
+    good, bad = b"sound bytes" * 100, b"damaged bytes" * 100
+    object_store.put(io.BytesIO(good))
+    object_store.put(io.BytesIO(bad))
+    overwrite_behind_the_store(object_store, sha256(bad), b"bit rot")
+    names = stored_names(object_store)
+
+    sound = object_store.verify(sha256(good))
+    damaged = object_store.verify(sha256(bad))
+
+    assert sound == Verification(sha256(good), len(good), sha256(good)) and sound.ok
+    assert damaged == Verification(sha256(bad), len(b"bit rot"), sha256(b"bit rot"))
+    assert not damaged.ok
+    assert object_store.verify(sha256(b"never stored")) is None
+    assert stored_names(object_store) == names
+    assert read_behind_the_store(object_store, sha256(bad)) == b"bit rot"
+
+
+def test_iter_objects_lists_every_object_with_its_size_and_nothing_else(
+    object_store: ObjectStore, tmp_path: Path
+) -> None:
+    assert list(object_store.iter_objects()) == []
+    blobs = [b"one", b"two" * 1000, b""]
+    for data in blobs:
+        object_store.put(io.BytesIO(data))
+    # Not objects: an upload in progress, a quarantined object, a stray name in the layout.
+    (object_store.staging_dir / "upload-x.part").write_bytes(b"partial")
+    quarantined = b"quarantined"
+    object_store.put(io.BytesIO(quarantined))
+    overwrite_behind_the_store(object_store, sha256(quarantined), b"rot")
+    assert object_store.quarantine(sha256(quarantined)) is not None
+    if isinstance(object_store, FilesystemObjectStore):
+        (object_store.root / "sha256" / "ab" / "notes.txt").parent.mkdir(parents=True, exist_ok=True)
+        (object_store.root / "sha256" / "ab" / "notes.txt").write_bytes(b"stray")
+    else:
+        assert isinstance(object_store, S3ObjectStore)
+        object_store.client.put_object(Bucket=object_store.bucket, Body=b"stray",
+                                       Key=raw_name(object_store, "sha256/ab/notes.txt"))
+
+    listed = sorted(object_store.iter_objects(), key=lambda o: o.digest)
+
+    assert listed == sorted((StoredObject(sha256(d), len(d)) for d in blobs), key=lambda o: o.digest)
+
+
+def test_quarantine_moves_a_corrupt_object_aside_and_the_next_put_recreates_it(
+    object_store: ObjectStore,
+) -> None:
+    data = b"a NEFF" * 300
+    digest = sha256(data)
+    object_store.put(io.BytesIO(data))
+    overwrite_behind_the_store(object_store, digest, flip_last_byte(data))
+
+    where = object_store.quarantine(digest)
+
+    assert where is not None and quarantine_key(digest) in where
+    # It reads as missing (so clients upload it again), and its bytes are kept for inspection.
+    assert object_store.stat(digest) is None
+    assert object_store.open(digest) is None
+    assert read_quarantined(object_store, digest) == flip_last_byte(data)
+    assert stored_names(object_store) == [raw_name(object_store, quarantine_key(digest))]
+    assert object_store.put(io.BytesIO(data)) == PutResult(digest, len(data), created=True)
+    assert object_store.verify(digest) == Verification(digest, len(data), digest)
+
+
+def test_quarantine_leaves_a_sound_object_and_a_miss_alone(object_store: ObjectStore) -> None:
+    data = b"sound"
+    object_store.put(io.BytesIO(data))
+
+    assert object_store.quarantine(sha256(data)) is None
+    assert object_store.quarantine(sha256(b"never stored")) is None
+
+    assert read_behind_the_store(object_store, sha256(data)) == data
+    assert stored_names(object_store) == [raw_name(object_store, f"sha256/{sha256(data)[:2]}/{sha256(data)}")]
 
 
 def test_large_object_streams_through_in_chunks(object_store: ObjectStore, tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ anything unexpected is a 500 without a traceback."""
 from __future__ import annotations
 
 import copy
+import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from neffcache.errors import InvalidSpec
 from neffcache.service.app import create_app
+from neffcache.service.errors import error_response
 from neffcache.settings import Settings
 from tests.support.database import migrated_sqlite
 
@@ -134,6 +137,19 @@ REQUESTS = [
     ("HEAD", f"/v1/blobs/{'ab' * 32}", {}, 400, None, None),  # HEAD has no body: the status alone
     ("GET", "/v1/no-such-route", {}, 404, "not_found", "Not Found"),
     ("DELETE", "/v1/compile", {}, 405, "method_not_allowed", "Method Not Allowed"),
+    # A body that is not even text: the framework's refusal, with the code of the table.
+    ("POST", "/v1/compile", {"content": b'{"spec": "\xff\xfe"}', "headers": {"content-type": "application/json"}},
+     400, "malformed_json", "not valid JSON: 'utf-8' codec can't decode"),
+    # Text parameters follow one rule: no NUL (Postgres refuses it: it was a 500 there).
+    ("GET", "/v1/artifacts?target=%00", {}, 400, "invalid_parameter", "target: "),
+    ("GET", "/v1/artifacts?compiler=inductor%00", {}, 400, "invalid_parameter", "compiler: "),
+    ("GET", "/v1/artifacts?model=%00", {}, 400, "invalid_parameter", "model: "),
+    ("GET", "/v1/artifacts?model=sha256:" + "ab" * 32 + "%0A", {}, 400, "invalid_parameter", "model: "),
+    ("GET", "/v1/hits?caller=%00", {}, 400, "invalid_parameter", "caller: "),
+    ("GET", "/v1/hits?key=%00", {}, 400, "invalid_parameter", "key: "),
+    # A cursor that decodes to a naive time, or to one out of range once in UTC (500s before).
+    ("GET", "/v1/jobs?cursor=MjAyNC0wMS0wMVQwMDowMDowMHx4", {}, 400, "invalid_parameter", "cursor: "),
+    ("GET", "/v1/artifacts?cursor=MDAwMS0wMS0wMVQwMDowMDowMCsxNDowMHx4", {}, 400, "invalid_parameter", "cursor: "),
 ]
 
 
@@ -174,3 +190,51 @@ def test_an_unexpected_exception_is_a_500_without_a_traceback(client: TestClient
     assert logged and logged[-1].exc_info is not None
     assert "GET /v1/test-crash" in logged[-1].getMessage()
     assert SECRET in str(logged[-1].exc_info[1])
+
+
+SURROGATE_FLAG = VALID["spec"] | {"compiler": {"name": "neuronx-cc", "version": "2.27.5334.0",
+                                                "flags": ["--unknown-flag=\ud800"]}}
+
+
+@pytest.mark.parametrize("path", ["/v1/compile", "/v1/lookup"])
+def test_a_lone_surrogate_in_a_flag_is_422_not_a_500(client: TestClient, path: str) -> None:
+    # json.dumps writes the surrogate as the escape "\ud800", as a client would send it.
+    r = client.post(path, content=json.dumps({"spec": SURROGATE_FLAG}).encode(),
+                    headers={**AUTH, "content-type": "application/json"})
+    assert (r.status_code, r.json()["error"]) == (422, "invalid_flags"), r.text
+    assert "surrogate" in r.json()["detail"] and "\\ud800" in r.json()["detail"]
+
+
+def test_a_surrogate_in_a_field_name_is_refused_too(client: TestClient) -> None:
+    body = json.dumps({"spec": VALID["spec"] | {"\udc80field": 1}}).encode()
+    r = client.post("/v1/compile", content=body, headers={**AUTH, "content-type": "application/json"})
+    assert (r.status_code, r.json()["error"]) == (422, "invalid_spec"), r.text
+
+
+def test_an_error_quoting_text_that_is_not_utf8_is_still_sent() -> None:
+    # Should a detail ever quote a lone surrogate, it goes out as a JSON escape, not as a 500.
+    response = error_response(InvalidSpec("spec.flags: '\ud800' is odd", field="\udfff"))
+    assert json.loads(response.body) == {"error": "invalid_spec", "detail": "spec.flags: '\ud800' is odd",
+                                         "field": "\udfff"}
+
+
+@pytest.mark.parametrize(("method", "path", "allow"), [
+    ("DELETE", f"/v1/blobs/sha256:{'ab' * 32}", "GET, HEAD, PUT"),  # three routes share the path
+    ("PATCH", "/v1/artifacts", "GET, POST"),
+    ("POST", "/v1/jobs/394a1b2c", "GET"),
+    ("PUT", "/metrics", "GET"),
+])
+def test_a_405_lists_every_method_of_the_path_in_allow(client: TestClient, method: str, path: str,
+                                                       allow: str) -> None:
+    r = client.request(method, path, headers=AUTH)
+    assert (r.status_code, r.json()["error"]) == (405, "method_not_allowed")
+    assert r.headers["allow"] == allow
+
+
+def test_an_unexpected_exception_is_answered_inside_the_app(client: TestClient) -> None:
+    # The app answers it itself and does not re-raise it to the server: an exception that reaches
+    # uvicorn makes it close the connection, resetting the next request sent on it (keep-alive).
+    with TestClient(client.app, raise_server_exceptions=True) as strict:
+        r = strict.get("/v1/test-crash", headers=AUTH)
+    assert r.status_code == 500 and r.json()["error"] == "internal_error"
+    assert r.headers["x-neffcache-version"]

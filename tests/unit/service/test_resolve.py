@@ -96,7 +96,7 @@ def test_many_candidates_show_a_few_and_count_the_rest(app: TestClient) -> None:
 
 
 @pytest.mark.parametrize("bad", ["901c66e", "901c66eg", "zzzzzzzzzz", "901c66ed-1", "a" * 65,
-                                 "%25%25%25%25%25%25%25%25"])
+                                 "%25%25%25%25%25%25%25%25", "%00", "901c66ed%00", "901c66ed%0A", "%0A901c66ed"])
 def test_short_or_non_hex_keys_are_400_naming_the_field(app: TestClient, bad: str) -> None:
     for path in (f"/v1/artifacts/{bad}", f"/v1/artifacts/{bad}/files/model.neff"):
         body = error_body(app.get(path), 400, "invalid_parameter")
@@ -140,7 +140,8 @@ def test_job_id_prefixes_for_get_log_and_cancel(app: TestClient) -> None:
 
 
 @pytest.mark.parametrize("bad", ["nope", "394a1b2", "394a1b2c0", "394a1b2c-00000", "394a1b2g",
-                                 "394a1b2c-0000-4000-8000-0000000000011"])
+                                 "394a1b2c-0000-4000-8000-0000000000011", "%00", "394a1b2c%00", "394a1b2c%0A",
+                                 "394a1b2c-0000-4000-8000-000000000001%0A"])
 def test_short_or_malformed_job_ids_are_400_naming_the_field(app: TestClient, bad: str) -> None:
     for method, path in (("GET", f"/v1/jobs/{bad}"), ("GET", f"/v1/jobs/{bad}/log"),
                          ("POST", f"/v1/jobs/{bad}/cancel")):

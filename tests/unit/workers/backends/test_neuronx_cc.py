@@ -22,7 +22,7 @@ from neffcache.settings import Settings
 from neffcache.workers.backends.base import BackendUnavailable, Toolchain
 from neffcache.workers.backends.inductor import InductorBackend
 from neffcache.workers.backends.neuronx_cc import NeuronxCcBackend, parse_compiler_version
-from neffcache.workers.backends.process import ProcessResult, classify
+from neffcache.workers.backends.process import RUN_MARKER, ProcessResult, classify
 from neffcache.workers.backends.registry import load_backend
 from tests.support.stack import REPO
 
@@ -298,7 +298,15 @@ def test_a_bad_option_value_is_a_compile_error(backend: NeuronxCcBackend, tmp_pa
 
 def test_hang_times_out_and_the_whole_process_group_is_killed(backend: NeuronxCcBackend, tmp_path: Path) -> None:
     started = time.monotonic()
-    outcome = backend.compile(manifest(), hlo(tmp_path, "double:hang"), tmp_path / "work", 2, never)
+    groups: list[int] = []
+
+    def note_the_group() -> bool:  # polled while it runs: the run's marker names its process group
+        marker = tmp_path / "work" / RUN_MARKER
+        if not groups and marker.exists():
+            groups.append(json.loads(marker.read_text())["pgid"])
+        return False
+
+    outcome = backend.compile(manifest(), hlo(tmp_path, "double:hang"), tmp_path / "work", 2, note_the_group)
     assert outcome.failure_class == "timeout"
     assert not outcome.ok and outcome.files == {}
     assert outcome.message == "neuronx-cc timed out after 2.0 s"
@@ -306,8 +314,9 @@ def test_hang_times_out_and_the_whole_process_group_is_killed(backend: NeuronxCc
     log = outcome.log_path.read_text()
     compiler_pid = int(log.split(" pid ", 1)[1].split()[0])
     helper_pid = int(log.split("helper pid ", 1)[1].split(";")[0])
-    # The compiler led its own group (start_new_session); it and its helper child are gone.
-    assert live_pids_in_group(compiler_pid) == []
+    # The compiler ran in its own group (led by its supervisor); it and its helper child are gone.
+    assert groups and os.getpgid(0) not in groups
+    assert live_pids_in_group(groups[0]) == []
     assert not pid_alive(compiler_pid) and not pid_alive(helper_pid)
 
 

@@ -1,0 +1,140 @@
+"""service/auth.py in process (the real app, SQLite made by the migrations, nothing started): the
+bootstrap admin token ends once an admin token exists, expired tokens are refused saying so, and
+a token's last use is recorded at most once a minute."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from neffcache import tokens
+from neffcache.db.models import ApiToken, utcnow
+from neffcache.db.session import Database
+from neffcache.service.app import create_app
+from neffcache.settings import Settings
+from tests.support.database import migrated_sqlite
+
+BOOTSTRAP = "nfc_test-auth-bootstrap"
+
+
+@dataclass
+class Service:
+    client: TestClient
+    db: Database
+
+    def get(self, path: str, token: str) -> tuple[int, dict]:
+        r = self.client.get(path, headers={"Authorization": f"Bearer {token}"})
+        return r.status_code, r.json()
+
+    def create(self, name: str, scope: str, expires_in: timedelta | None = None) -> str:
+        with self.db.session() as session:
+            return tokens.create_token(session, name, scope, expires_in)
+
+    def row(self, name: str) -> ApiToken:
+        with self.db.session() as session:
+            row = session.get(ApiToken, name)
+            assert row is not None
+            return row
+
+    def set(self, name: str, **values: object) -> None:
+        with self.db.session() as session:
+            row = session.get(ApiToken, name)
+            for field, value in values.items():
+                setattr(row, field, value)
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[Service]:
+    settings = Settings(database_url=migrated_sqlite(tmp_path), storage_url=f"file://{tmp_path / 'objects'}",
+                        auth_required=True, bootstrap_admin_token=BOOTSTRAP, redis_url="redis://127.0.0.1:1/0")
+    db = Database(settings.database_url)
+    try:
+        with TestClient(create_app(settings)) as client:
+            yield Service(client, db)
+    finally:
+        db.dispose()
+
+
+def test_the_bootstrap_token_is_refused_once_an_admin_token_exists(
+        service: Service, caplog: pytest.LogCaptureFixture) -> None:
+    assert service.get("/v1/tokens", BOOTSTRAP)[0] == 200
+    service.create("pods", "read")
+    assert service.get("/v1/tokens", BOOTSTRAP)[0] == 200, "only an admin token ends the bootstrap token"
+
+    admin = service.create("ops", "admin")
+    with caplog.at_level(logging.WARNING, logger="neffcache.service.auth"):
+        for _ in range(3):
+            status, body = service.get("/v1/tokens", BOOTSTRAP)
+            assert status == 401 and body["error"] == "unauthorized"
+            assert "bootstrap admin token" in body["detail"] and "an admin token exists" in body["detail"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "neffcache.service.auth"]
+    assert len(warnings) == 1 and "NEFFCACHE_BOOTSTRAP_ADMIN_TOKEN was ignored" in warnings[0]
+    assert "admin tokens exist in the database" in warnings[0]
+
+    status, body = service.get("/v1/tokens", admin)
+    assert status == 200 and [t["name"] for t in body["tokens"]] == ["ops", "pods"]
+    # Revoking the admin token does not bring the bootstrap token back.
+    with service.db.session() as session:
+        tokens.revoke_token(session, "ops")
+    assert service.get("/v1/tokens", admin)[0] == 401
+    assert service.get("/v1/tokens", BOOTSTRAP)[0] == 401
+
+
+def test_a_fresh_service_refuses_the_bootstrap_token_when_an_admin_token_exists(tmp_path: Path) -> None:
+    url = migrated_sqlite(tmp_path)
+    db = Database(url)
+    with db.session() as session:
+        tokens.create_token(session, "ops", "admin")
+    db.dispose()
+    settings = Settings(database_url=url, storage_url=f"file://{tmp_path / 'objects'}", auth_required=True,
+                        bootstrap_admin_token=BOOTSTRAP, redis_url="redis://127.0.0.1:1/0")
+    with TestClient(create_app(settings)) as client:
+        r = client.get("/v1/workers", headers={"Authorization": f"Bearer {BOOTSTRAP}"})
+    assert r.status_code == 401 and "bootstrap" in r.json()["detail"]
+
+
+def test_an_expired_token_is_401_saying_it_expired(service: Service) -> None:
+    ci = service.create("ci", "write", timedelta(days=30))
+    expires_at = service.row("ci").expires_at
+    assert expires_at is not None and timedelta(days=30) - timedelta(minutes=1) < expires_at - utcnow() <= \
+        timedelta(days=30)
+    assert service.get("/v1/workers", ci)[0] == 200
+
+    past = utcnow() - timedelta(seconds=1)
+    service.set("ci", expires_at=past)
+    status, body = service.get("/v1/workers", ci)
+    assert status == 401 and body["error"] == "unauthorized"
+    assert body["detail"] == f"Authorization: the token 'ci' expired at {past.isoformat(timespec='seconds')}"
+    assert service.get("/v1/workers", "nfc_made_up")[1]["detail"] == "Authorization: the token is unknown or revoked"
+
+
+def test_last_use_is_recorded_at_most_once_a_minute(service: Service) -> None:
+    pods = service.create("pods", "read")
+    admin = service.create("ops", "admin")
+    assert service.row("pods").last_used_at is None
+
+    before = utcnow()
+    assert service.get("/v1/workers", pods)[0] == 200
+    first = service.row("pods").last_used_at
+    assert first is not None and before <= first <= utcnow()
+    for _ in range(3):  # within the minute: not written again
+        assert service.get("/v1/workers", pods)[0] == 200
+    assert service.row("pods").last_used_at == first
+
+    service.set("pods", last_used_at=first - timedelta(seconds=61))
+    assert service.get("/v1/workers", pods)[0] == 200
+    again = service.row("pods").last_used_at
+    assert again is not None and again > first
+
+    listed = {t["name"]: t for t in service.get("/v1/tokens", admin)[1]["tokens"]}
+    assert listed["pods"]["last_used_at"] == again.isoformat() and listed["pods"]["expires_at"] is None
+    # A refused token is not "used".
+    service.set("pods", expires_at=utcnow() - timedelta(seconds=1), last_used_at=None)
+    assert service.get("/v1/workers", pods)[0] == 401
+    assert service.row("pods").last_used_at is None
