@@ -82,6 +82,16 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server.shutdown()
 
 
+@pytest.fixture
+def redis(redis_url: str) -> Iterator[Any]:
+    """A client of the session's Redis."""
+    from neffcache.queue import connect_redis
+
+    client = connect_redis(redis_url)
+    yield client
+    client.close()
+
+
 @pytest.fixture(scope="session")
 def storage_kind() -> str:
     kind = os.environ.get("NEFFCACHE_TEST_STORAGE", "s3")

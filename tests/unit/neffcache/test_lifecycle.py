@@ -42,7 +42,7 @@ from neffcache.workers import context as worker_context
 from neffcache.workers import jobs, registry, tasks
 from neffcache.workers.backends.base import Backend, CompileOutcome, Toolchain, prepare_work_dir
 from neffcache.workers.context import WorkerContext
-from tests.support.database import migrated_sqlite
+from tests.support.in_process import migrated_sqlite
 
 Q, R, S, F, C = JobState.QUEUED, JobState.RUNNING, JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED
 BACKOFF_S = 0.5

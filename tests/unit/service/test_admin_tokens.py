@@ -12,7 +12,7 @@ import pytest
 from neffcache.db.models import ApiToken, utcnow
 from neffcache.db.session import Database
 from neffcache.service import admin
-from tests.support.database import migrated_sqlite
+from tests.support.in_process import migrated_sqlite
 
 
 @pytest.fixture

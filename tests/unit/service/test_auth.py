@@ -17,8 +17,7 @@ from neffcache import tokens
 from neffcache.db.models import ApiToken, utcnow
 from neffcache.db.session import Database
 from neffcache.service.app import create_app
-from neffcache.settings import Settings
-from tests.support.database import migrated_sqlite
+from tests.support.in_process import migrated_sqlite, service_settings
 
 BOOTSTRAP = "nfc_test-auth-bootstrap"
 
@@ -51,8 +50,7 @@ class Service:
 
 @pytest.fixture
 def service(tmp_path: Path) -> Iterator[Service]:
-    settings = Settings(database_url=migrated_sqlite(tmp_path), storage_url=f"file://{tmp_path / 'objects'}",
-                        auth_required=True, bootstrap_admin_token=BOOTSTRAP, redis_url="redis://127.0.0.1:1/0")
+    settings = service_settings(tmp_path, auth_required=True, bootstrap_admin_token=BOOTSTRAP)
     db = Database(settings.database_url)
     try:
         with TestClient(create_app(settings)) as client:
@@ -92,8 +90,7 @@ def test_a_fresh_service_refuses_the_bootstrap_token_when_an_admin_token_exists(
     with db.session() as session:
         tokens.create_token(session, "ops", "admin")
     db.dispose()
-    settings = Settings(database_url=url, storage_url=f"file://{tmp_path / 'objects'}", auth_required=True,
-                        bootstrap_admin_token=BOOTSTRAP, redis_url="redis://127.0.0.1:1/0")
+    settings = service_settings(tmp_path, database_url=url, auth_required=True, bootstrap_admin_token=BOOTSTRAP)
     with TestClient(create_app(settings)) as client:
         r = client.get("/v1/workers", headers={"Authorization": f"Bearer {BOOTSTRAP}"})
     assert r.status_code == 401 and "bootstrap" in r.json()["detail"]

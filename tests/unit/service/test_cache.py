@@ -18,8 +18,7 @@ from sqlalchemy import update
 from neffcache.db.models import Blob, Job, Worker, utcnow
 from neffcache.queue import RQ_QUEUE_KEY, connect_redis, presence
 from neffcache.service.app import create_app
-from neffcache.settings import Settings
-from tests.support.database import migrated_sqlite
+from tests.support.in_process import service_settings
 from tests.support.rq_keys import delete_run_keys, run_leftovers
 
 LOST_AFTER_S = 60.0
@@ -33,8 +32,7 @@ def prefix() -> str:
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory, redis_url: str, prefix: str) -> Iterator[TestClient]:
     tmp = tmp_path_factory.mktemp("cache")
-    settings = Settings(database_url=migrated_sqlite(tmp), storage_url=f"file://{tmp / 'objects'}",
-                        auth_required=False, redis_url=redis_url, queue_prefix=prefix, max_attempts=2,
+    settings = service_settings(tmp, auth_required=False, redis_url=redis_url, queue_prefix=prefix, max_attempts=2,
                         worker_lost_after_s=LOST_AFTER_S)
     with TestClient(create_app(settings)) as client:
         yield client
@@ -42,13 +40,6 @@ def app(tmp_path_factory: pytest.TempPathFactory, redis_url: str, prefix: str) -
     delete_run_keys(redis, prefix)
     assert run_leftovers(redis, prefix) == ([], [])
     redis.close()
-
-
-@pytest.fixture
-def redis(redis_url: str) -> Iterator[Any]:
-    client = connect_redis(redis_url)
-    yield client
-    client.close()
 
 
 @pytest.fixture

@@ -18,8 +18,7 @@ from fastapi.testclient import TestClient
 from neffcache.errors import InvalidSpec
 from neffcache.service.app import create_app
 from neffcache.service.errors import error_response
-from neffcache.settings import Settings
-from tests.support.database import migrated_sqlite
+from tests.support.in_process import service_settings
 
 TOKEN = "nfc_test-errors-admin"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -42,9 +41,7 @@ def _crash() -> None:
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     root: Path = tmp_path_factory.mktemp("errors")
-    url = migrated_sqlite(root)
-    settings = Settings(database_url=url, storage_url=f"file://{root / 'objects'}", auth_required=True,
-                        bootstrap_admin_token=TOKEN, redis_url="redis://127.0.0.1:1/0")
+    settings = service_settings(root, auth_required=True, bootstrap_admin_token=TOKEN)
     app = create_app(settings)
     app.add_api_route("/v1/test-crash", _crash, methods=["GET"])
     with TestClient(app, raise_server_exceptions=False) as test_client:

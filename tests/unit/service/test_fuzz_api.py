@@ -43,6 +43,7 @@ from neffcache.service.app import create_app
 from neffcache.service.pagination import encode_cursor
 from neffcache.settings import Settings
 from tests.support.api import SAMPLE_MANIFEST, digest_of, key_with_prefix
+from tests.support.in_process import service_settings
 from tests.support.rq_keys import delete_run_keys, run_leftovers
 
 # Per route; the file takes about half a minute. NEFFCACHE_FUZZ_EXAMPLES asks for more (e.g. 2000
@@ -84,8 +85,8 @@ def api(database_url: str, redis_url: str,
         tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, Seeded]]:
     run = uuid.uuid4().hex
     root = tmp_path_factory.mktemp("fuzz")
-    settings_ = Settings(database_url=database_url, storage_url=f"file://{root / 'objects'}", auth_required=True,
-                         redis_url=redis_url, queue_prefix=f"neffcache-fuzz-{run[:10]}")
+    settings_ = service_settings(root, database_url=database_url, auth_required=True, redis_url=redis_url,
+                                 queue_prefix=f"neffcache-fuzz-{run[:10]}")
     app = create_app(settings_)
     db = app.state.ctx.db
     names = {scope: f"fuzz-{scope}-{run[:8]}" for scope in tokens.SCOPES}

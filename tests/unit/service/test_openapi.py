@@ -13,8 +13,7 @@ from fastapi.testclient import TestClient
 
 from neffcache import errors
 from neffcache.service.app import create_app
-from neffcache.settings import Settings
-from tests.support.database import migrated_sqlite
+from tests.support.in_process import service_settings
 from tests.support.stack import REPO
 
 ERROR_REF = "#/components/schemas/ErrorBody"
@@ -44,8 +43,7 @@ DOMAIN = {
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     root = tmp_path_factory.mktemp("openapi")
-    settings = Settings(database_url=migrated_sqlite(root), storage_url=f"file://{root / 'objects'}",
-                        auth_required=True, redis_url="redis://127.0.0.1:1/0")
+    settings = service_settings(root, auth_required=True)
     with TestClient(create_app(settings)) as test_client:
         yield test_client
 

@@ -12,16 +12,14 @@ from fastapi.testclient import TestClient
 
 from neffcache.db.models import ArtifactFile
 from neffcache.service.app import create_app
-from neffcache.settings import Settings
 from tests.support.api import digest_of, error_body
-from tests.support.database import migrated_sqlite
+from tests.support.in_process import service_settings
 
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     root = tmp_path_factory.mktemp("publish")
-    settings = Settings(database_url=migrated_sqlite(root), storage_url=f"file://{root / 'objects'}",
-                        auth_required=False, redis_url="redis://127.0.0.1:1/0")
+    settings = service_settings(root, auth_required=False)
     with TestClient(create_app(settings)) as client:
         yield client
 

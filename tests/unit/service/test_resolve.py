@@ -20,7 +20,6 @@ from neffcache.db.models import Artifact, Job, utcnow
 from neffcache.errors import EXIT_USAGE, AmbiguousPrefix, from_body
 from neffcache.service.app import create_app
 from neffcache.service.resolve import CANDIDATES_SHOWN, resolve_job_id, resolve_key
-from neffcache.settings import Settings
 from tests.support.api import (
     SAMPLE_MANIFEST,
     digest_of,
@@ -28,17 +27,15 @@ from tests.support.api import (
     hlo_model,
     key_with_prefix,
 )
-from tests.support.database import migrated_sqlite
-from tests.support.stack import REPO, free_port
+from tests.support.in_process import service_settings
+from tests.support.stack import REPO
 
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     """The service in process, on its own SQLite database and folder store; no Redis is needed."""
     tmp = tmp_path_factory.mktemp("prefixes")
-    url = migrated_sqlite(tmp)
-    settings = Settings(database_url=url, storage_url=f"file://{tmp / 'objects'}", auth_required=False,
-                        redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    settings = service_settings(tmp, auth_required=False)
     with TestClient(create_app(settings)) as client:
         yield client
 

@@ -25,10 +25,9 @@ from neffcache.errors import CorruptObject
 from neffcache.service.app import create_app
 from neffcache.service.context import ServiceContext
 from neffcache.service.streaming import verified_chunks
-from neffcache.settings import Settings
 from neffcache.storage import FilesystemObjectStore
 from tests.support.api import SAMPLE_MANIFEST, digest_of, error_body
-from tests.support.database import migrated_sqlite
+from tests.support.in_process import service_settings
 from tests.support.stack import free_port
 from tests.support.tamper import overwrite_stored_bytes
 
@@ -92,8 +91,7 @@ class Served:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     tmp = tmp_path_factory.mktemp("streaming")
-    settings = Settings(database_url=migrated_sqlite(tmp), storage_url=f"file://{tmp / 'objects'}",
-                        auth_required=False, redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    settings = service_settings(tmp, auth_required=False)
     app = create_app(settings)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical"))

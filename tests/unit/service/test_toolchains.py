@@ -21,7 +21,7 @@ from neffcache.sdk import SdkTable
 from neffcache.service.toolchains import RegisteredToolchain, registered_toolchains, resolve_spec
 from neffcache.spec import CompileSpec
 from neffcache.toolchain import COMPILER_PACKAGE, RUNTIME_PACKAGE
-from tests.support.database import migrated_sqlite
+from tests.support.in_process import migrated_sqlite
 
 TTL_S = 60.0
 NEURON_2_32 = "2.27.5334.0+2d6a2ba2b"  # neuronx-cc of SDK 2.32.0, as the binary reports it

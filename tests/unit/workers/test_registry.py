@@ -44,7 +44,7 @@ from neffcache.workers import context as worker_context
 from neffcache.workers import jobs, registry, tasks
 from neffcache.workers.backends.base import Toolchain
 from neffcache.workers.context import WorkerContext
-from tests.support.database import migrated_sqlite
+from tests.support.in_process import migrated_sqlite
 from tests.support.rq_keys import delete_run_keys, run_leftovers
 from tests.unit.neffcache.test_lifecycle import CountingBackend, manifest
 
@@ -84,13 +84,6 @@ def db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Database]:
     database = Database(migrated_sqlite(tmp_path_factory.mktemp("registry")))
     yield database
     database.dispose()
-
-
-@pytest.fixture
-def redis(redis_url: str) -> Iterator[Any]:
-    client = connect_redis(redis_url)
-    yield client
-    client.close()
 
 
 @pytest.fixture

@@ -1,0 +1,32 @@
+"""The service in process, for tests that need no running stack: a database made by the
+migrations exactly as a deployment's is (tables are never made any other way), and settings for
+an app on it with the folder object store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from neffcache.db import migrate
+from neffcache.settings import Settings
+
+# Nothing answers here: an app that never enqueues needs no Redis, and says so if it tries.
+NO_REDIS = "redis://127.0.0.1:1/0"
+
+
+def migrated_sqlite(folder: Path) -> str:
+    """The URL of a new SQLite database in `folder`, migrated to head."""
+    url = f"sqlite:///{folder}/neffcache.db"
+    migrate.upgrade(url)
+    return url
+
+
+def service_settings(root: Path, *, database_url: str | None = None, **overrides: Any) -> Settings:
+    """Settings for an app in process: `database_url` (else a new migrated SQLite in `root`), the
+    folder store in root/objects, NO_REDIS unless a test gives a Redis; `overrides` win."""
+    return Settings(**{
+        "database_url": database_url or migrated_sqlite(root),
+        "storage_url": f"file://{root / 'objects'}",
+        "redis_url": NO_REDIS,
+        **overrides,
+    })
