@@ -7,6 +7,7 @@ toolchain, and sends heartbeats (each followed by a sweep for lost workers' jobs
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import os
 import socket
@@ -21,6 +22,8 @@ from neffcache.workers import context, registry
 from neffcache.workers.backends.registry import load_backend
 
 log = logging.getLogger("neffcache.worker")
+# Seconds a stopping worker has to record that it stopped and clean up before it is ended.
+SHUTDOWN_GRACE_S = 15.0
 
 
 def build_context(settings: Settings) -> context.WorkerContext:
@@ -75,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         worker.work(burst=args.burst, logging_level="WARNING")
     finally:
+        # However the worker stops (a cold shutdown interrupts whatever the main thread was doing,
+        # a database call included), it is gone within the grace: past it, every thread's stack
+        # goes to the log and the process exits, rather than hang on with its heartbeat stopped.
+        faulthandler.dump_traceback_later(SHUTDOWN_GRACE_S, exit=True)
         health.stop()
         heartbeat.stop()
         registry.mark_stopped(ctx)
