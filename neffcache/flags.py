@@ -15,33 +15,24 @@ we cannot tell whether their order or spelling matters. Option defaults are NOT 
 removed: defaults change between compiler releases (``--auto-cast`` moved from ``matmult`` to
 ``none``), so an explicit ``--optlevel=2`` and no ``--optlevel`` are kept apart.
 
-inductor: flags are inductor config assignments ``name=value`` (``max_autotune=True``). The
-CPU ISA level (``cpp.march``) and the CUDA architecture (``cuda.arch``) are not kept in the
-flag list: they are returned as the ``isa`` and recorded in the manifest on their own.
+inductor (its rules are in neffcache/flags_inductor.py): flags are inductor config assignments
+``name=value`` (``max_autotune=True``). The CPU ISA level (``cpp.march``) and the CUDA
+architecture (``cuda.arch``) are not kept in the flag list: they are returned as the ``isa`` and
+recorded in the manifest on their own.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
 
 from neffcache.errors import InvalidFlags, InvalidSpec
-from neffcache.toolchain import CPU_ISA_LEVELS, DEFAULT_CPU_ISA, INDUCTOR_TARGETS, NEURON_TARGETS
+from neffcache.flags_common import FIELD, CanonicalFlags, check_tokens, one_of
+from neffcache.flags_inductor import canonical_inductor
+from neffcache.toolchain import NEURON_TARGETS
 
 NEURONX_CC = "neuronx-cc"
 INDUCTOR = "inductor"
-
-_FIELD = "compiler.flags"
-
-
-class CanonicalFlags(NamedTuple):
-    """What the key manifest records from a flag list: the ISA (or None) and the flags."""
-
-    isa: str | None
-    flags: list[str]
-
 
 # --- entry points -----------------------------------------------------------------------------
 def canonical_flags_and_isa(
@@ -56,7 +47,7 @@ def canonical_flags_and_isa(
     if compiler_name == NEURONX_CC:
         return CanonicalFlags(None, canonical_neuronx_cc_flags(flags, target))
     if compiler_name == INDUCTOR:
-        return _canonical_inductor(flags, target)
+        return canonical_inductor(flags, target)
     raise InvalidFlags(
         f"compiler.name: {compiler_name!r}: no flag rules for this compiler "
         f"(known: {NEURONX_CC}, {INDUCTOR})"
@@ -70,28 +61,7 @@ def canonical_flags(compiler_name: str, flags: Sequence[str], target: str) -> li
 
 def canonical_inductor_flags(flags: Sequence[str], target: str) -> list[str]:
     """Canonical inductor config assignments, without `cpp.march` / `cuda.arch` (see isa)."""
-    return _canonical_inductor(flags, target).flags
-
-
-# --- shared checks ----------------------------------------------------------------------------
-def _check_tokens(flags: Sequence[str]) -> None:
-    # A bare string would be iterated character by character; refuse it outright.
-    if isinstance(flags, (str, bytes)) or not isinstance(flags, Sequence):
-        raise InvalidFlags(f"{_FIELD}: must be a list of strings, not {type(flags).__name__}")
-    for index, token in enumerate(flags):
-        where = f"{_FIELD}[{index}]"
-        if not isinstance(token, str):
-            raise InvalidFlags(f"{where}: must be a string, not {type(token).__name__}")
-        if token == "":
-            raise InvalidFlags(f"{where}: empty string")
-        # Flags become argv entries and lines in logs; NUL cannot be passed in argv at all and a
-        # newline would let one flag forge log lines.
-        if any(ch in token for ch in ("\x00", "\n", "\r")):
-            raise InvalidFlags(f"{where}: {token!r}: contains a NUL or newline character")
-
-
-def _one_of(values: Sequence[str]) -> str:
-    return ", ".join(values)
+    return canonical_inductor(flags, target).flags
 
 
 # --- neuronx-cc -------------------------------------------------------------------------------
@@ -165,7 +135,7 @@ _NEURON_OPTIONS: tuple[_NeuronOption, ...] = (
         (),
         True,
         normalise=_implicit_integer_downcast,
-        allowed="default, all, none, or a comma-separated list of " + _one_of(_DOWNCAST_OPS),
+        allowed="default, all, none, or a comma-separated list of " + one_of(_DOWNCAST_OPS),
     ),
     _NeuronOption("--enable-mixed-precision-accumulation", (), False),
     _NeuronOption("--disable-mixed-precision-accumulation", (), False),
@@ -230,10 +200,10 @@ def _split_option(token: str) -> tuple[str, str | None]:
 
 def canonical_neuronx_cc_flags(flags: Sequence[str], target: str) -> list[str]:
     """Canonical neuronx-cc flags for `target` (see the module docstring for the rules)."""
-    _check_tokens(flags)
+    check_tokens(flags)
     if target not in NEURON_TARGETS:
         raise InvalidSpec(
-            f"target: neuronx-cc compiles for {_one_of(NEURON_TARGETS)}, not {target!r}"
+            f"target: neuronx-cc compiles for {one_of(NEURON_TARGETS)}, not {target!r}"
         )
 
     chosen: dict[str, tuple[str | None, str]] = {}  # canonical name -> (value, as written)
@@ -244,10 +214,10 @@ def canonical_neuronx_cc_flags(flags: Sequence[str], target: str) -> list[str]:
         index += 1
         if token in ("-", "--"):
             # "--" ends option parsing: what follows would become extra model files.
-            raise InvalidFlags(f"{_FIELD}: {token!r}: not an option")
+            raise InvalidFlags(f"{FIELD}: {token!r}: not an option")
         if not _is_option(token):
             raise InvalidFlags(
-                f"{_FIELD}: {token!r}: not an option and follows no option that takes a value "
+                f"{FIELD}: {token!r}: not an option and follows no option that takes a value "
                 "(the model file is passed by the worker)"
             )
         spelled, attached = _split_option(token)
@@ -255,7 +225,7 @@ def canonical_neuronx_cc_flags(flags: Sequence[str], target: str) -> list[str]:
             head = spelled.split()[0]
             if head in _KNOWN_SPELLINGS:
                 raise InvalidFlags(
-                    f"{_FIELD}: {token!r}: one argument per list element "
+                    f"{FIELD}: {token!r}: one argument per list element "
                     f"(write {head!r}, 'value' or '{head}=value')"
                 )
 
@@ -275,7 +245,7 @@ def canonical_neuronx_cc_flags(flags: Sequence[str], target: str) -> list[str]:
         )
         if takes == _NONE:
             if attached is not None:
-                raise InvalidFlags(f"{_FIELD}: {token}: {spelled} takes no value")
+                raise InvalidFlags(f"{FIELD}: {token}: {spelled} takes no value")
             value, written = None, token
         else:
             value = attached
@@ -286,7 +256,7 @@ def canonical_neuronx_cc_flags(flags: Sequence[str], target: str) -> list[str]:
                 if takes == _OPTIONAL:
                     value = None
                 else:
-                    raise InvalidFlags(f"{_FIELD}: {spelled}: needs a value{_hint(option)}")
+                    raise InvalidFlags(f"{FIELD}: {spelled}: needs a value{_hint(option)}")
             written = token if attached is not None or value is None else f"{spelled} {value}"
 
         if option is None:
@@ -295,7 +265,7 @@ def canonical_neuronx_cc_flags(flags: Sequence[str], target: str) -> list[str]:
 
         if option.targets is not None and target not in option.targets:
             raise InvalidFlags(
-                f"{_FIELD}: {written}: only for targets {_one_of(option.targets)}, "
+                f"{FIELD}: {written}: only for targets {one_of(option.targets)}, "
                 f"not target {target}"
             )
         if value is not None:
@@ -303,14 +273,14 @@ def canonical_neuronx_cc_flags(flags: Sequence[str], target: str) -> list[str]:
         previous = chosen.get(option.name)
         if previous is not None and previous[0] != value:
             raise InvalidFlags(
-                f"{_FIELD}: {option.name} given twice with different values "
+                f"{FIELD}: {option.name} given twice with different values "
                 f"({previous[1]} and {written})"
             )
         chosen[option.name] = (value, written)
 
     for first, second in _NEURON_CONFLICTS:
         if first in chosen and second in chosen:
-            raise InvalidFlags(f"{_FIELD}: {first} and {second} contradict each other")
+            raise InvalidFlags(f"{FIELD}: {first} and {second} contradict each other")
 
     # Sorted by option name, so "--auto-cast" comes before "--auto-cast-type".
     known = [
@@ -323,20 +293,20 @@ def canonical_neuronx_cc_flags(flags: Sequence[str], target: str) -> list[str]:
 def _hint(option: _NeuronOption | None) -> str:
     if option is None:
         return ""
-    allowed = _one_of(list(option.values)) if option.values is not None else option.allowed
+    allowed = one_of(list(option.values)) if option.values is not None else option.allowed
     return f" (one of {allowed})"
 
 
 def _neuron_value(option: _NeuronOption, value: str, written: str) -> str:
     if option.values is not None:
         canonical = option.values.get(value)
-        allowed = _one_of(list(option.values))
+        allowed = one_of(list(option.values))
     else:
         assert option.normalise is not None
         canonical = option.normalise(value)
         allowed = option.allowed
     if canonical is None:
-        raise InvalidFlags(f"{_FIELD}: {written}: must be one of {allowed}")
+        raise InvalidFlags(f"{FIELD}: {written}: must be one of {allowed}")
     return canonical
 
 
@@ -344,128 +314,8 @@ def _check_dropped(spelled: str, value: str | None, written: str, target: str) -
     """Dropped options carry no meaning for the key, but two of them can contradict the spec."""
     if spelled == "--target":
         if value != target:
-            raise InvalidFlags(f"{_FIELD}: --target={value} disagrees with target {target}")
+            raise InvalidFlags(f"{FIELD}: --target={value} disagrees with target {target}")
     elif spelled == "--framework":
         # The worker always passes --framework XLA because the model format is HLO.
         if value is None or value.upper() != "XLA":
-            raise InvalidFlags(f"{_FIELD}: {written}: must be XLA (the model is an HLO module)")
-
-
-# --- inductor ---------------------------------------------------------------------------------
-_CONFIG_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
-_CUDA_ARCH = re.compile(r"(?:sm_)?([1-9][0-9]*)")
-
-# Options that only change debug output or how many processes compile, never the package.
-# Inductor's own cache key ignores the same ones (torch._inductor.config
-# `_cache_config_ignore_prefix`).
-_INDUCTOR_DROPPED_PREFIXES = ("trace.",)
-_INDUCTOR_DROPPED = frozenset(
-    {"compile_threads", "worker_start_method", "verbose_progress", "disable_progress"}
-)
-# Options the worker sets for every job: where the package goes, that it is a package, and the
-# caches (pointed at the job's temp dir so every job really compiles). A spec may not touch them.
-_INDUCTOR_WORKER_CONTROLLED = frozenset(
-    {
-        "aot_inductor.output_path",
-        "aot_inductor.package",
-        "aot_inductor.package_cpp_only",
-        "aot_inductor.precompile_headers",
-        "cpp_cache_precompile_headers",
-        "fx_graph_cache",
-        "fx_graph_remote_cache",
-        "autotune_local_cache",
-        "autotune_remote_cache",
-        "bundled_autotune_remote_cache",
-        "force_disable_caches",
-        "global_cache_dir",
-        "cuda.cutlass_dir",
-        "cutlass.cutlass_dir",
-    }
-)
-
-INDUCTOR_DROPPED_OPTIONS: tuple[str, ...] = (
-    *(prefix + "*" for prefix in _INDUCTOR_DROPPED_PREFIXES),
-    *sorted(_INDUCTOR_DROPPED),
-)
-INDUCTOR_WORKER_CONTROLLED_OPTIONS: tuple[str, ...] = tuple(sorted(_INDUCTOR_WORKER_CONTROLLED))
-
-
-def _inductor_value(value: str) -> str:
-    # Only the two boolean words are normalised. "1"/"0" are left alone: for an integer option
-    # "1" is a number, and we cannot tell from here which options are booleans.
-    lowered = value.lower()
-    if lowered in ("true", "false"):
-        return lowered.capitalize()
-    return value
-
-
-def _canonical_inductor(flags: Sequence[str], target: str) -> CanonicalFlags:
-    _check_tokens(flags)
-    if target not in INDUCTOR_TARGETS:
-        raise InvalidSpec(
-            f"target: inductor compiles for {_one_of(INDUCTOR_TARGETS)}, not {target!r}"
-        )
-
-    chosen: dict[str, str] = {}
-    for token in flags:
-        name, sep, value = token.partition("=")
-        name, value = name.strip(), value.strip()
-        if not sep:
-            raise InvalidFlags(
-                f"{_FIELD}: {token!r}: must be name=value (an inductor config assignment)"
-            )
-        if not _CONFIG_NAME.fullmatch(name):
-            raise InvalidFlags(f"{_FIELD}: {token!r}: {name!r} is not an inductor config name")
-        if value == "":
-            raise InvalidFlags(f"{_FIELD}: {name}: needs a value")
-        if name in _INDUCTOR_WORKER_CONTROLLED:
-            raise InvalidFlags(f"{_FIELD}: {name}: set by the worker for every job, not by a spec")
-        if name in _INDUCTOR_DROPPED or name.startswith(_INDUCTOR_DROPPED_PREFIXES):
-            continue
-        value = _inductor_value(value)
-        if name in chosen and chosen[name] != value:
-            raise InvalidFlags(
-                f"{_FIELD}: {name} given twice with different values "
-                f"({name}={chosen[name]} and {name}={value})"
-            )
-        chosen[name] = value
-
-    march = chosen.pop("cpp.march", None)
-    cuda_arch = chosen.pop("cuda.arch", None)
-    if target == "cpu":
-        if cuda_arch is not None:
-            raise InvalidFlags(f"{_FIELD}: cuda.arch={cuda_arch}: only for target cuda")
-        isa = DEFAULT_CPU_ISA if march is None else _cpu_isa(march)
-    else:
-        if march is not None:
-            # One isa per key: for cuda it is the GPU architecture. The host-side wrapper is
-            # built by the worker at a fixed, portable level, so it needs no field of its own.
-            raise InvalidFlags(
-                f"{_FIELD}: cpp.march={march}: only for target cpu (for cuda, set cuda.arch)"
-            )
-        if cuda_arch is None:
-            raise InvalidFlags(
-                f"{_FIELD}: cuda.arch is required for target cuda (e.g. cuda.arch=sm_90): "
-                "the GPU architecture decides the output"
-            )
-        isa = _cuda_isa(cuda_arch)
-    return CanonicalFlags(isa, [f"{name}={chosen[name]}" for name in sorted(chosen)])
-
-
-def _cpu_isa(march: str) -> str:
-    if march == "native":
-        raise InvalidFlags(
-            f"{_FIELD}: cpp.march=native: not portable (the package would only run on CPUs "
-            f"like the compile host); use one of {_one_of(CPU_ISA_LEVELS)}"
-        )
-    if march not in CPU_ISA_LEVELS:
-        raise InvalidFlags(f"{_FIELD}: cpp.march={march}: must be one of {_one_of(CPU_ISA_LEVELS)}")
-    return march
-
-
-def _cuda_isa(arch: str) -> str:
-    # Inductor's own config spells it "90"; the key spells it "sm_90". Both mean the same GPU.
-    match = _CUDA_ARCH.fullmatch(arch)
-    if match is None:
-        raise InvalidFlags(f"{_FIELD}: cuda.arch={arch}: must be sm_<digits>, e.g. sm_90")
-    return f"sm_{match.group(1)}"
+            raise InvalidFlags(f"{FIELD}: {written}: must be XLA (the model is an HLO module)")

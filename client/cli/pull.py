@@ -11,6 +11,7 @@ import typer
 from neffcache.client import output
 from neffcache.client.cli import session
 from neffcache.client.cli.options import JsonOpt, SpecOpt, TokenOpt, UrlOpt
+from neffcache.client.download import download_all
 from neffcache.client.lockfile import (
     LOCK_FILE_NAME,
     dump,
@@ -18,18 +19,8 @@ from neffcache.client.lockfile import (
     read_lock,
     write_lock,
 )
-from neffcache.client.pull import (
-    LNC_ENV,
-    CacheRestore,
-    check_lnc,
-    check_runtimes,
-    download_all,
-    plan,
-    plan_neuron_cache,
-    resolve,
-    resolve_locked,
-    restore_into_neuron_cache,
-)
+from neffcache.client.neuron_cache_restore import CacheRestore, plan_neuron_cache, restore_into_neuron_cache
+from neffcache.client.pull import LNC_ENV, check_lnc, check_runtimes, plan, resolve, resolve_locked
 from neffcache.client.runtime import RuntimeResolver
 from neffcache.client.specs import hash_models, load_spec_files
 from neffcache.errors import UsageError

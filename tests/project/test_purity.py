@@ -13,7 +13,10 @@ from tests.support.stack import REPO
 
 PURE = {
     "neffcache/key.py": {"neffcache.errors", "neffcache.flags", "neffcache.toolchain"},
-    "neffcache/flags.py": {"neffcache.errors", "neffcache.toolchain"},
+    "neffcache/flags.py": {"neffcache.errors", "neffcache.toolchain", "neffcache.flags_common",
+                           "neffcache.flags_inductor"},
+    "neffcache/flags_common.py": {"neffcache.errors"},
+    "neffcache/flags_inductor.py": {"neffcache.errors", "neffcache.toolchain", "neffcache.flags_common"},
     "neffcache/neff.py": {"neffcache.errors"},
     "neffcache/toolchain.py": set(),
     "neffcache/digests.py": set(),

@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 
-from neffcache.client import pull
+from neffcache.client import download
+from neffcache.client.download import download_all, pull_to_dest
 from neffcache.client.lockfile import LOCK_FILE_NAME, lock_document
-from neffcache.client.pull import BY_NAME, PullPlan, Wanted, download_all, plan, pull_to_dest, resolve
+from neffcache.client.pull import BY_NAME, PullPlan, Wanted, plan, resolve
 from neffcache.errors import IntegrityFailure, NotFound, UsageError
 from tests.support.snapshot import snapshot
 
@@ -223,7 +224,7 @@ def test_interrupted_downloads_leave_dest_as_found(service: FakeService, tmp_pat
     def interrupted(*args: Any) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pull, "_download_parallel", interrupted)
+    monkeypatch.setattr(download, "_download_parallel", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run(service, [named(item, "encoder")], dest)
     assert snapshot(dest) == before

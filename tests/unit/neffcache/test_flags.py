@@ -6,12 +6,12 @@ import pytest
 
 from neffcache.errors import InvalidFlags, InvalidSpec
 from neffcache.flags import (
-    DEFAULT_CPU_ISA,
     canonical_flags,
     canonical_flags_and_isa,
     canonical_inductor_flags,
     canonical_neuronx_cc_flags,
 )
+from neffcache.toolchain import DEFAULT_CPU_ISA
 
 # --- neuronx-cc: input -> canonical output ----------------------------------------------------
 NEURON_CASES = [

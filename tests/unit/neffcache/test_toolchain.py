@@ -57,16 +57,16 @@ def test_version_pattern(version: str, ok: bool) -> None:
 
 def test_every_part_uses_the_one_definition() -> None:
     """The modules that once kept their own copy of a fact now hold the very same object."""
-    from neffcache import flags, key, sdk, spec
+    from neffcache import flags, flags_inductor, key, sdk, spec
     from neffcache.client import neuron_cache, runtime, specs
     from neffcache.workers.backends import inductor, neuronx_cc
 
     assert spec.TARGETS is toolchain.TARGETS
     assert spec.NEURON_TARGETS is flags.NEURON_TARGETS is neuronx_cc.NEURON_TARGETS is specs.NEURON_TARGETS \
         is toolchain.NEURON_TARGETS
-    assert spec.COMPILERS["inductor"]["targets"] is flags.INDUCTOR_TARGETS is toolchain.INDUCTOR_TARGETS
-    assert flags.CPU_ISA_LEVELS is key.CPU_ISA_LEVELS is inductor.CPU_ISA_LEVELS is toolchain.CPU_ISA_LEVELS
-    assert flags.DEFAULT_CPU_ISA is key.DEFAULT_CPU_ISA is toolchain.DEFAULT_CPU_ISA
+    assert spec.COMPILERS["inductor"]["targets"] is flags_inductor.INDUCTOR_TARGETS is toolchain.INDUCTOR_TARGETS
+    assert flags_inductor.CPU_ISA_LEVELS is key.CPU_ISA_LEVELS is inductor.CPU_ISA_LEVELS is toolchain.CPU_ISA_LEVELS
+    assert flags_inductor.DEFAULT_CPU_ISA is key.DEFAULT_CPU_ISA is toolchain.DEFAULT_CPU_ISA
     assert sdk.RUNTIME_PACKAGE is runtime.RUNTIME_PACKAGE is neuronx_cc.RUNTIME_PACKAGE is toolchain.RUNTIME_PACKAGE
     assert runtime.RUNTIME_NAMES is toolchain.RUNTIME_NAMES
     assert runtime.debian_upstream_version is neuronx_cc.debian_upstream_version is debian_upstream_version
