@@ -8,12 +8,10 @@ import time
 from typing import Any
 
 import httpx
-from sqlalchemy import delete
 
-from neffcache.db.models import Worker
-from neffcache.db.session import Database
 from neffcache.queue import RQ_QUEUE_KEY, connect_redis, enqueue_compile
 from tests.support.api import hlo_model, neuron_spec, upload, wait_job
+from tests.support.in_process import forget_workers
 from tests.support.rq_keys import delete_run_keys, run_leftovers
 
 # A toolchain only this module's workers have (SDK 2.28.x): its jobs wait until one starts.
@@ -33,14 +31,6 @@ def start_worker(running: Any, name: str, **overrides: Any) -> Any:
                **overrides},
         {"NEURONX_CC_DOUBLE_VERSION": VERSION, "NEURONX_CC_DOUBLE_RECORD": str(running.double_record)},
     )
-
-
-def forget_worker(settings: dict[str, Any], pid: int) -> None:
-    """Take a worker's registration out, so later tests see only the session's toolchains."""
-    db = Database(settings["database_url"])
-    with db.session() as session:
-        session.execute(delete(Worker).where(Worker.pid == pid))
-    db.dispose()
 
 
 def test_jobs_queued_when_redis_lost_its_data_each_run_exactly_once(
@@ -92,5 +82,5 @@ def test_jobs_queued_when_redis_lost_its_data_each_run_exactly_once(
         assert redis.llen(RQ_QUEUE_KEY.format(queue)) == 0
     finally:
         worker.stop()
-        forget_worker(stack_settings, worker.pid)
+        forget_workers(stack_settings["database_url"], worker.pid)
         redis.close()

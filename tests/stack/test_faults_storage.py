@@ -24,8 +24,8 @@ from urllib.parse import urlparse
 import httpx
 import pytest
 
-from tests.stack.test_faults_queue import forget_worker
 from tests.support.api import hlo_model, neuron_spec, upload, wait_job
+from tests.support.in_process import forget_workers
 
 # A toolchain only this module's worker has (SDK 2.29.1).
 VERSION = "2.24.8799.0+5ca1ab1e"
@@ -181,4 +181,4 @@ def test_a_storage_outage_spends_one_attempt_and_the_worker_waits_it_out(
     finally:
         down(False)
         worker.stop()
-        forget_worker(stack_settings, worker.pid)
+        forget_workers(stack_settings["database_url"], worker.pid)

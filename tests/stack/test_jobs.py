@@ -9,12 +9,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
-from sqlalchemy import delete
 
-from neffcache.db.models import Worker
-from neffcache.db.session import Database
 from neffcache.queue import connect_redis, enqueue_compile
 from tests.support.api import hlo_model, inductor_spec, neuron_spec, upload, wait_job
+from tests.support.in_process import forget_workers
 from tests.support.rq_keys import delete_run_keys, run_leftovers
 
 
@@ -100,10 +98,7 @@ def test_lost_worker_job_is_retried_on_another_host(api: httpx.Client, running, 
         if replacement is not None:
             replacement.stop()
         # Take the dead host's registration out, so later tests see one neuronx-cc toolchain again.
-        db = Database(stack_settings["database_url"])
-        with db.session() as session:
-            session.execute(delete(Worker).where(Worker.pid == doomed.pid))
-        db.dispose()
+        forget_workers(stack_settings["database_url"], doomed.pid)
 
 
 def test_cancel_queued_and_running_jobs(api: httpx.Client) -> None:

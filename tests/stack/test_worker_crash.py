@@ -8,11 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import delete
 
-from neffcache.db.models import Worker
-from neffcache.db.session import Database
 from tests.support.api import hlo_model, neuron_spec, upload, wait_job
+from tests.support.in_process import forget_workers
 
 # A toolchain only this test's workers have: neuronx-cc and runtime of Neuron SDK 2.3.0.
 VERSION = "2.1.0.76+0f1e2d3c4"
@@ -76,9 +74,6 @@ def test_a_killed_workers_compiler_dies_and_the_next_worker_removes_its_scratch(
         doomed.kill()
         if replacement is not None:
             replacement.stop()
-        db = Database(stack_settings["database_url"])
-        with db.session() as session:
-            pids = [doomed.pid] + ([replacement.pid] if replacement is not None else [])
-            session.execute(delete(Worker).where(Worker.pid.in_(pids)))
-        db.dispose()
+        started = [doomed] + ([replacement] if replacement is not None else [])
+        forget_workers(stack_settings["database_url"], *(w.pid for w in started))
     assert not any(work.iterdir()), "a worker that stopped left its scratch folder"

@@ -7,7 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import delete
+
 from neffcache.db import migrate
+from neffcache.db.models import Job, Worker
+from neffcache.db.session import Database
 from neffcache.settings import Settings
 
 # Nothing answers here: an app that never enqueues needs no Redis, and says so if it tries.
@@ -30,3 +34,23 @@ def service_settings(root: Path, *, database_url: str | None = None, **overrides
         "redis_url": NO_REDIS,
         **overrides,
     })
+
+
+def read_job(db: Database, job_id: str) -> Job:
+    """The job's row as the database holds it now, detached from its session."""
+    with db.session() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        session.expunge(job)
+        return job
+
+
+def forget_workers(database_url: str, *pids: int) -> None:
+    """Take workers' registrations out (workers a test started and stopped or killed), so later
+    tests see only the session's toolchains."""
+    db = Database(database_url)
+    try:
+        with db.session() as session:
+            session.execute(delete(Worker).where(Worker.pid.in_(pids)))
+    finally:
+        db.dispose()

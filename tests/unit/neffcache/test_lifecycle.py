@@ -42,7 +42,7 @@ from neffcache.workers import context as worker_context
 from neffcache.workers import jobs, registry, tasks
 from neffcache.workers.backends.base import Backend, CompileOutcome, Toolchain, prepare_work_dir
 from neffcache.workers.context import WorkerContext
-from tests.support.in_process import migrated_sqlite
+from tests.support.in_process import migrated_sqlite, read_job
 
 Q, R, S, F, C = JobState.QUEUED, JobState.RUNNING, JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED
 BACKOFF_S = 0.5
@@ -86,14 +86,6 @@ def new_job(db: Database, state: JobState = Q, *, worker: str | None = None, att
             state=state.value, worker_id=worker, attempts=attempts, cancel_requested=cancel_requested,
         ))
     return job_id
-
-
-def get(db: Database, job_id: str) -> Job:
-    with db.session() as session:
-        job = session.get(Job, job_id)
-        assert job is not None
-        session.expunge(job)
-        return job
 
 
 # The picture in lifecycle's docstring, pair by pair: what may follow what (None: no row yet).
@@ -152,10 +144,10 @@ def test_every_step_from_every_state(db: Database, step: Step, state: JobState) 
     """Allowed: the row changes and the state is the step's target. Refused: nothing changes."""
     sources, target = TRANSITIONS[step]
     job_id = new_job(db, state, worker="w1" if state == R else None)
-    before = get(db, job_id)
+    before = read_job(db, job_id)
     with db.session() as session:
         happened = transition(session, job_id, step, **STEP_VALUES[step]())
-    after = get(db, job_id)
+    after = read_job(db, job_id)
     assert happened == (state in sources)
     if happened:
         assert after.state == target and (state, target) in ALLOWED
@@ -171,10 +163,10 @@ def test_a_running_jobs_steps_are_its_workers_only(db: Database, step: Step) -> 
     job_id = new_job(db, R, worker="w1")
     with db.session() as session:
         assert not transition(session, job_id, step, worker="w2", **STEP_VALUES[step]())
-    assert get(db, job_id).state == R
+    assert read_job(db, job_id).state == R
     with db.session() as session:
         assert transition(session, job_id, step, worker="w1", **STEP_VALUES[step]())
-    assert get(db, job_id).state == TRANSITIONS[step][1]
+    assert read_job(db, job_id).state == TRANSITIONS[step][1]
 
 
 def test_transition_refuses_what_is_not_a_step(db: Database) -> None:
@@ -212,7 +204,7 @@ def test_claim(db: Database, state: JobState) -> None:
         session.execute(update(Job).where(Job.id == job_id).values(log_tail="old", log_digest="sha256:old"))
     with db.session() as session:
         claimed = lifecycle.claim(session, job_id, "w1")
-    job = get(db, job_id)
+    job = read_job(db, job_id)
     if state == Q:
         assert claimed is not None and claimed.id == job_id
         assert (job.state, job.worker_id, job.attempts) == (R, "w1", 1)
@@ -225,12 +217,12 @@ def test_claim(db: Database, state: JobState) -> None:
 
 def test_claim_of_a_key_published_meanwhile_skips(db: Database) -> None:
     job_id = new_job(db)
-    key = get(db, job_id).key
+    key = read_job(db, job_id).key
     with db.session() as session:
         session.add(Artifact.from_manifest(key, manifest(), [], compile_seconds=1.0, job_id=None, annotations=None))
     with db.session() as session:
         assert lifecycle.claim(session, job_id, "w1") is None
-    job = get(db, job_id)
+    job = read_job(db, job_id)
     assert (job.state, job.message, job.attempts, job.worker_id) == (S, "already published", 0, None)
     assert job.finished_at is not None
 
@@ -266,7 +258,7 @@ def test_end_attempt(db: Database, failure: FailureClass, attempts: int, cancel_
         taken = lifecycle.end_attempt(session, job_id, failure, "boom", retry_backoff_s=BACKOFF_S,
                                       storage_backoff_s=STORAGE_BACKOFF_S, storage_backoff_max_s=60.0,
                                       worker="w1", log=log)
-    job = get(db, job_id)
+    job = read_job(db, job_id)
     assert taken == step
     assert (job.state, job.failure_class) == (state, failure_class)
     assert job.message.startswith(message), job.message
@@ -286,7 +278,7 @@ def test_end_attempt_of_a_job_not_running_does_nothing(db: Database, state: JobS
     with db.session() as session:
         assert lifecycle.end_attempt(session, job_id, FailureClass.TIMEOUT, "late",
                                      retry_backoff_s=BACKOFF_S) is None
-    assert (get(db, job_id).state, get(db, job_id).failure_class) == (state, None)
+    assert (read_job(db, job_id).state, read_job(db, job_id).failure_class) == (state, None)
 
 
 def test_retry_backoff_doubles() -> None:
@@ -307,7 +299,7 @@ def test_a_guarded_step_happens_only_while_its_guard_holds(db: Database) -> None
             marks.append(transition(session, job_id, Step.ENQUEUE, only_if=Job.enqueued_at <= seen,
                                     enqueued_at=utcnow()))
     assert marks == [True, False]
-    assert get(db, job_id).enqueued_at > seen
+    assert read_job(db, job_id).enqueued_at > seen
 
 
 @pytest.mark.parametrize(("state", "step", "after"), [
@@ -317,7 +309,7 @@ def test_cancel(db: Database, state: JobState, step: Step | None, after: JobStat
     job_id = new_job(db, state, worker="w1" if state == R else None)
     with db.session() as session:
         assert lifecycle.cancel(session, job_id) == step
-    job = get(db, job_id)
+    job = read_job(db, job_id)
     assert job.state == after
     assert job.cancel_requested == (step == Step.REQUEST_CANCEL)
     if step == Step.CANCEL:
@@ -340,8 +332,8 @@ def test_enqueue_marks_only_a_queued_job_that_reached_redis(db: Database, monkey
     job_id = new_job(db, state)
     assert dispatch(db, None, "test:queue", job_id, attempt=1) == redis_works
     assert sent == ([("test:queue", job_id, 1)] if redis_works else [])
-    assert (get(db, job_id).enqueued_at is not None) == marked
-    assert get(db, job_id).state == state
+    assert (read_job(db, job_id).enqueued_at is not None) == marked
+    assert read_job(db, job_id).state == state
 
 
 # --- in a worker: heartbeats, publish, races -------------------------------------------------
@@ -408,10 +400,10 @@ def test_heartbeat_stores_progress_for_the_running_worker_only(db: Database, wor
     ctx = worker_ctx("w1")
     job_id = new_job(db, R, worker="w1")
     assert jobs.poll_running(ctx, job_id, jobs.LogState("so far", 6)) is False
-    assert (get(db, job_id).log_tail, get(db, job_id).log_bytes) == ("so far", 6)
+    assert (read_job(db, job_id).log_tail, read_job(db, job_id).log_bytes) == ("so far", 6)
     other = worker_ctx("w2")
     assert jobs.poll_running(other, job_id, jobs.LogState("not mine", 8)) is False
-    assert get(db, job_id).log_tail == "so far"
+    assert read_job(db, job_id).log_tail == "so far"
     with db.session() as session:
         lifecycle.cancel(session, job_id)
     assert jobs.poll_running(ctx, job_id, None) is True  # asked to stop
@@ -423,7 +415,7 @@ def test_a_succeeded_job_keeps_its_log_tail(db: Database, worker_ctx) -> None:
     job_id = job_with_model(db, ctx)
     worker_context.install(ctx)
     assert tasks.run_compile_job(job_id) == "published"
-    job = get(db, job_id)
+    job = read_job(db, job_id)
     assert job.state == S and job.failure_class is None
     assert job.log_digest is not None and job.log_bytes and job.log_bytes > 256
     assert job.log_tail is not None and job.log_tail.endswith("compiled fine\n")
@@ -439,10 +431,10 @@ def test_a_job_run_twice_compiles_and_publishes_once(db: Database, worker_ctx) -
     job_id = job_with_model(db, ctx)
     worker_context.install(ctx)
     assert tasks.run_compile_job(job_id) == "published"
-    finished = get(db, job_id)
+    finished = read_job(db, job_id)
     assert tasks.run_compile_job(job_id) == "skipped: not queued"  # an RQ redelivery
     assert backend.compiles == 1
-    again = get(db, job_id)
+    again = read_job(db, job_id)
     assert (again.state, again.attempts, again.finished_at) == (S, 1, finished.finished_at)
     with db.session() as session:
         artifact = session.get(Artifact, finished.key)
@@ -472,7 +464,7 @@ def test_a_job_delivered_twice_at_once_compiles_once(db: Database, worker_ctx) -
         t.join(30)
     assert sorted(results) == ["published", "skipped"]
     assert backend.compiles == 1
-    assert get(db, job_id).attempts == 1
+    assert read_job(db, job_id).attempts == 1
 
 
 def test_two_claims_of_one_job_one_wins(db: Database) -> None:
@@ -493,7 +485,7 @@ def test_two_claims_of_one_job_one_wins(db: Database) -> None:
     for t in threads:
         t.join(30)
     assert len(won) == 1
-    job = get(db, job_id)
+    job = read_job(db, job_id)
     assert (job.state, job.worker_id, job.attempts) == (R, won[0], 1)
 
 
@@ -520,7 +512,7 @@ def test_cancel_during_publish_waits_for_it_and_finds_the_job_ended(db: Database
     assert _publish_in(db, job_id, "w1", hold_the_transaction)
     canceller.join(30)
     assert answers == [None]  # the route answers 409 job_finished
-    job = get(db, job_id)
+    job = read_job(db, job_id)
     assert (job.state, job.cancel_requested) == (S, False)
 
 
@@ -536,7 +528,7 @@ def test_cancel_just_before_publish_is_a_request_the_publish_still_honours_the_c
     job_id = new_job(db, R, worker="w1")
     assert _cancel(db, job_id) == Step.REQUEST_CANCEL
     assert _publish_in(db, job_id, "w1")
-    job = get(db, job_id)
+    job = read_job(db, job_id)
     assert (job.state, job.cancel_requested) == (S, True)
     assert _cancel(db, job_id) is None
 
@@ -549,7 +541,7 @@ def test_cancel_seen_by_the_worker_before_publish_ends_the_job_cancelled(db: Dat
     assert jobs.record_failure(ctx, job_id, FailureClass.CANCELLED, "inductor cancelled after 1.0 s",
                                expected_worker="w1") == Step.STOP
     assert not _publish_in(db, job_id, "w1")  # too late: nothing to finish
-    job = get(db, job_id)
+    job = read_job(db, job_id)
     assert (job.state, job.failure_class) == (C, None)
 
 
@@ -560,7 +552,7 @@ def test_reap_of_a_job_that_just_finished_does_nothing(db: Database, worker_ctx)
     assert _publish_in(db, job_id, "w-gone")
     assert jobs.record_failure(ctx, job_id, FailureClass.WORKER_LOST, "worker w-gone stopped sending heartbeats",
                                expected_worker="w-gone") is None
-    job = get(db, job_id)
+    job = read_job(db, job_id)
     assert (job.state, job.failure_class, job.message) == (S, None, "published")
 
 
@@ -572,7 +564,7 @@ def test_reap_of_a_job_claimed_again_since_leaves_the_new_attempt(db: Database, 
     with db.session() as session:
         assert lifecycle.claim(session, job_id, "w-new") is not None
     assert jobs.record_failure(ctx, job_id, FailureClass.WORKER_LOST, "lost", expected_worker="w-gone") is None
-    job = get(db, job_id)
+    job = read_job(db, job_id)
     assert (job.state, job.worker_id, job.attempts) == (R, "w-new", 2)
 
 
@@ -587,7 +579,7 @@ def test_the_sweep_reaps_jobs_of_lost_workers_only(db: Database, worker_ctx) -> 
     registry.mark_stopped(stopped)
     jobs_of = {w: new_job(db, R, worker=w, attempts=1) for w in ("w-alive", "w-dead", "w-stopped", "w-unknown")}
     registry.reap_lost_jobs(sweeper)
-    states = {w: (get(db, j).state, get(db, j).failure_class) for w, j in jobs_of.items()}
+    states = {w: (read_job(db, j).state, read_job(db, j).failure_class) for w, j in jobs_of.items()}
     assert states == {
         "w-alive": (R, None),
         "w-dead": (Q, "worker_lost"),
@@ -618,7 +610,7 @@ def test_a_failed_attempt_in_the_task_is_remembered_or_retried(db: Database, wor
         job_id = job_with_model(db, ctx)
         worker_context.install(ctx)
         assert tasks.run_compile_job(job_id) == f"failed: {outcome}"
-        job = get(db, job_id)
+        job = read_job(db, job_id)
         assert (job.state, job.failure_class) == (state, outcome)
         assert job.log_tail and job.log_tail.endswith("compiled fine\n")
 
@@ -628,7 +620,7 @@ def test_a_publish_that_loses_the_artifact_race_keeps_the_first_and_finishes(
     """Another attempt inserted the key's artifact between this publish's read and its insert."""
     ctx = worker_ctx("w1")
     job_id = new_job(db, R, worker="w1", attempts=1)
-    key = get(db, job_id).key
+    key = read_job(db, job_id).key
     with db.session() as session:
         session.add(Artifact.from_manifest(key, manifest(), [], compile_seconds=9.0, job_id="the-first",
                                            annotations=None))
@@ -643,4 +635,4 @@ def test_a_publish_that_loses_the_artifact_race_keeps_the_first_and_finishes(
     monkeypatch.undo()
     with db.session() as session:
         assert session.get(Artifact, key).job_id == "the-first"
-    assert (get(db, job_id).state, get(db, job_id).log_tail) == (S, "tail")
+    assert (read_job(db, job_id).state, read_job(db, job_id).log_tail) == (S, "tail")

@@ -44,7 +44,7 @@ from neffcache.workers import context as worker_context
 from neffcache.workers import jobs, registry, tasks
 from neffcache.workers.backends.base import Toolchain
 from neffcache.workers.context import WorkerContext
-from tests.support.in_process import migrated_sqlite
+from tests.support.in_process import migrated_sqlite, read_job
 from tests.support.rq_keys import delete_run_keys, run_leftovers
 from tests.unit.neffcache.test_lifecycle import CountingBackend, manifest
 
@@ -151,14 +151,6 @@ def age(db: Database, job_id: str, seconds: float) -> None:
         session.execute(update(Job).where(Job.id == job_id).values(enqueued_at=utcnow() - timedelta(seconds=seconds)))
 
 
-def get(db: Database, job_id: str) -> Job:
-    with db.session() as session:
-        job = session.get(Job, job_id)
-        assert job is not None
-        session.expunge(job)
-        return job
-
-
 def redis_loses_everything(redis: Any, prefix: str) -> None:
     """What a Redis restarted without its data means for this test's queues and jobs."""
     assert delete_run_keys(redis, prefix) > 0
@@ -182,10 +174,10 @@ def test_the_queue_check_enqueues_again_the_jobs_redis_lost(make_ctx, redis: Any
     assert sorted(registry.requeue_missing_jobs(ctx)) == sorted(lost)
     assert sorted(listed(redis, queue)) == sorted(f"{job_id}_1" for job_id in lost)
     for job_id in lost:
-        job = get(ctx.db, job_id)
+        job = read_job(ctx.db, job_id)
         assert (job.state, job.attempts) == (Q, 0)
         assert job.enqueued_at is not None and job.enqueued_at > utcnow() - timedelta(seconds=30)
-    assert get(ctx.db, recent).state == Q and f"{recent}_1" not in listed(redis, queue)
+    assert read_job(ctx.db, recent).state == Q and f"{recent}_1" not in listed(redis, queue)
     # Checked again at once: each is in Redis now, and was marked enqueued just now: nothing is sent.
     assert registry.requeue_missing_jobs(ctx) == []
     for job_id in lost:
@@ -221,7 +213,7 @@ def test_a_job_seen_missing_by_two_sweeps_is_sent_once(make_ctx, redis: Any, pre
     first, second = make_ctx(), make_ctx()
     job_id = queued_job(first)
     redis_loses_everything(redis, prefix)
-    seen = [QueuedJob(job_id, first.queues[0], 0, get(first.db, job_id).enqueued_at)]
+    seen = [QueuedJob(job_id, first.queues[0], 0, read_job(first.db, job_id).enqueued_at)]
     # Both looked before either sent it.
     assert not_held(redis, [], seen) == seen and not_held(redis, [], seen) == seen
     assert redeliver(first.db, redis, seen[0]) is True
@@ -232,11 +224,11 @@ def test_a_job_seen_missing_by_two_sweeps_is_sent_once(make_ctx, redis: Any, pre
 def test_the_queue_check_changes_nothing_when_redis_does_not_answer(make_ctx, db: Database) -> None:
     ctx = make_ctx()
     job_id = queued_job(ctx)
-    before = get(db, job_id).enqueued_at
+    before = read_job(db, job_id).enqueued_at
     ctx.redis = connect_redis("redis://127.0.0.1:1/0")  # nothing listens there
     with pytest.raises(Exception, match="(?i)connect"):
         registry.requeue_missing_jobs(ctx)
-    assert get(db, job_id).enqueued_at == before
+    assert read_job(db, job_id).enqueued_at == before
 
 
 def test_jobs_redis_lost_each_compile_exactly_once(make_ctx, redis: Any, prefix: str, db: Database) -> None:
@@ -256,7 +248,7 @@ def test_jobs_redis_lost_each_compile_exactly_once(make_ctx, redis: Any, prefix:
 
     assert backend.compiles == 4
     for job_id in job_ids:
-        job = get(db, job_id)
+        job = read_job(db, job_id)
         assert (job.state, job.attempts, job.worker_id) == (S, 1, ctx.worker_id), job.message
     age_all = [QueuedJob(j, ctx.queues[0], 0, utcnow()) for j in job_ids]
     assert not_held(redis, [], age_all) == age_all  # ended in Redis: none waits any more
@@ -276,7 +268,7 @@ def test_an_attempt_that_cannot_reach_storage_is_storage_unavailable_and_waits_o
         assert tasks.run_compile_job(job_id) == "failed: storage_unavailable"
     finally:
         ctx.store.down = False  # type: ignore[attr-defined]
-    job = get(db, job_id)
+    job = read_job(db, job_id)
     assert (job.state, job.failure_class, job.attempts) == (Q, "storage_unavailable", 1)
     assert "object store unavailable: S3: cannot reach bucket" in job.message
     # Its own backoff (40 s here, 60 s by default), not the compile retry's 0.5 s.
@@ -287,7 +279,7 @@ def test_an_attempt_that_cannot_reach_storage_is_storage_unavailable_and_waits_o
     assert registry.unavailable(ctx) is not None
     other = queued_job(ctx, with_model=True)
     assert tasks.run_compile_job(other).startswith("not claimed: object store unavailable")
-    assert (get(db, other).state, get(db, other).attempts) == (Q, 0)
+    assert (read_job(db, other).state, read_job(db, other).attempts) == (Q, 0)
     assert registry.check_health(ctx) is None and registry.unavailable(ctx) is None
     assert tasks.run_compile_job(other) == "published"
 
@@ -302,7 +294,7 @@ def test_the_storage_backoff_doubles_up_to_its_cap(db: Database, make_ctx) -> No
                 state=R.value, worker_id=ctx.worker_id, attempts=attempts, max_attempts=5))
         assert jobs.record_failure(ctx, job_id, FailureClass.STORAGE_UNAVAILABLE, "S3 down",
                                    expected_worker=ctx.worker_id) == lifecycle.Step.RETRY
-        delays.append((get(db, job_id).not_before - utcnow()).total_seconds())
+        delays.append((read_job(db, job_id).not_before - utcnow()).total_seconds())
     assert STORAGE_BACKOFF_S - 5 < delays[0] <= STORAGE_BACKOFF_S
     assert STORAGE_BACKOFF_MAX_S - 5 < delays[1] <= STORAGE_BACKOFF_MAX_S  # 80 s, capped at 50
     assert STORAGE_BACKOFF_MAX_S - 5 < delays[2] <= STORAGE_BACKOFF_MAX_S
@@ -372,11 +364,11 @@ def test_a_running_job_whose_outcome_this_worker_could_not_record_is_handed_back
         with db.session() as session:
             assert lifecycle.claim(session, job_id, ctx.worker_id) is not None
         registry.reap_lost_jobs(ctx)  # it is running it: left alone
-        assert get(db, job_id).state == R
+        assert read_job(db, job_id).state == R
         # The attempt ended, and recording its outcome failed (the database was down then).
         raise OperationalError("UPDATE jobs ...", {}, Exception("server closed the connection"))
     registry.reap_lost_jobs(ctx)
-    job = get(db, job_id)
+    job = read_job(db, job_id)
     assert (job.state, job.failure_class, job.attempts, job.worker_id) == (Q, "storage_unavailable", 1, None)
 
 
@@ -389,7 +381,7 @@ def test_an_attempt_this_worker_abandoned_is_handed_back_as_worker_lost(make_ctx
             assert lifecycle.claim(session, job_id, ctx.worker_id) is not None
         raise KeyboardInterrupt
     registry.reap_lost_jobs(ctx)
-    job = get(db, job_id)
+    job = read_job(db, job_id)
     assert (job.state, job.failure_class, job.attempts, job.worker_id) == (Q, "worker_lost", 1, None)
 
 
@@ -417,7 +409,7 @@ def test_workers_silent_longer_than_the_retention_are_forgotten(make_ctx, db: Da
     assert not {"w-old", "w-old-stopped"} & left
     # Once the reap handed its job back, the last one goes too.
     registry.reap_lost_jobs(sweeper)
-    assert get(db, running).state == Q
+    assert read_job(db, running).state == Q
     assert registry.forget_dead_workers(sweeper) == 1
     with db.session() as session:
         assert session.get(Worker, "w-old-running") is None
