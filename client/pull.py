@@ -232,9 +232,6 @@ class PullPlan(list[FileResult]):
         self.dest = dest
         self.links = links
 
-    def link_path(self, name: str) -> Path:
-        return self.dest / BY_NAME / name
-
 
 def describe(item: Wanted) -> str:
     asked = [r for r in item.requested_as if r != item.key]

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from neffcache.digests import DIGEST_PATTERN, is_digest  # noqa: F401 - client/cli.py imports is_digest from here
+from neffcache.digests import DIGEST_PATTERN, is_digest  # noqa: F401 - the spec's digest rule, named with the schema
 from neffcache.toolchain import (
     INDUCTOR_TARGETS,
     NEURON_RUNTIME,

@@ -203,13 +203,6 @@ def nearest_manifests(session: Session, manifest: dict[str, Any]) -> list[dict[s
     return [{"key": a.key, "differs": diff, "manifest": a.manifest} for diff, a in scored[:NEAREST_LIMIT]]
 
 
-def get_artifact(session: Session, key: str) -> Artifact:
-    artifact = session.get(Artifact, key)
-    if artifact is None:
-        raise NotFound(f"artifact {key} does not exist", key=key)
-    return artifact
-
-
 def record_download(ctx: ServiceContext, artifact: Artifact, caller: str | None) -> None:
     with ctx.db.session() as session:
         _record(session, ctx, "download", artifact.manifest, artifact.key, artifact, caller)
