@@ -27,23 +27,23 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from neffcache.db.models import Artifact, Job
+from neffcache.digests import MIN_KEY_PREFIX, is_key_prefix
 from neffcache.errors import AmbiguousPrefix, InvalidParameter, NotFound
 
 # What naming an artifact or a job by its key, id or a prefix can be answered with (resolve_*).
 PREFIX_ERRORS = (InvalidParameter, NotFound, AmbiguousPrefix)
-MIN_PREFIX = 8
+MIN_PREFIX = MIN_KEY_PREFIX
 KEY_LENGTH = 64
 JOB_ID_LENGTH = 36
 CANDIDATES_SHOWN = 5
 
-# The forms, as the OpenAPI document states them too (either case: a value is lowercased first).
+# The forms as the OpenAPI document states them (either case: a value is lowercased, then checked).
 _HEX = "[0-9a-fA-F]"
 KEY_PREFIX_PATTERN = rf"^{_HEX}{{{MIN_PREFIX},{KEY_LENGTH}}}$"
 KEY_FILTER_PATTERN = rf"^(?:{_HEX}{{{MIN_PREFIX},{KEY_LENGTH}}})?$"  # a query filter: empty is no filter
 # A prefix of "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx" that holds the first group whole.
 JOB_PREFIX_PATTERN = (rf"^{_HEX}{{8}}(?:-(?:{_HEX}{{1,4}}(?:-(?:{_HEX}{{1,4}}(?:-(?:{_HEX}{{1,4}}"
                       rf"(?:-{_HEX}{{0,12}})?)?)?)?)?)?)?$")
-_KEY_PREFIX = re.compile(KEY_PREFIX_PATTERN)
 _JOB_PREFIX = re.compile(JOB_PREFIX_PATTERN)
 # The path parameters that name an artifact or a job, as routes declare them: the pattern is for
 # the OpenAPI document; the value is checked here (key_prefix, job_prefix), with the field named.
@@ -64,7 +64,7 @@ def _shown(value: str) -> str:
 def key_prefix(value: str, field: str = "key") -> str:
     """The artifact key prefix in `value` (lowercased), or 400 invalid_parameter naming `field`."""
     prefix = value.lower()
-    if not _KEY_PREFIX.fullmatch(prefix):
+    if not is_key_prefix(prefix):
         raise InvalidParameter(
             f"{field}: {_shown(value)} is not an artifact key or a prefix of one "
             f"({MIN_PREFIX} to {KEY_LENGTH} hex characters)",

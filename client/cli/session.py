@@ -7,15 +7,13 @@ so that the run can say at the end which service answered (`service_note`).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 from neffcache.client.api import NeffcacheClient
 from neffcache.client.config import ClientSettings, load_settings
 from neffcache.client.specs import SpecEntry
+from neffcache.digests import is_key_prefix
 from neffcache.errors import NeffcacheError, UsageError
-
-KEY_PREFIX_RE = re.compile(r"^[0-9a-f]{8,64}$")
 
 
 @dataclass
@@ -56,7 +54,7 @@ def service_note() -> str | None:
 def check_keys(keys: list[str] | None) -> None:
     """Artifact keys as given on the command line: a whole key or a unique prefix of one."""
     for key in keys or []:
-        if not KEY_PREFIX_RE.match(key):
+        if not is_key_prefix(key):
             raise UsageError(f"{key!r} is not an artifact key (8 to 64 lowercase hex characters: "
                              "a key, or a unique prefix of one)")
 

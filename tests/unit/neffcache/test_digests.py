@@ -70,3 +70,11 @@ def test_the_client_uses_the_one_definition() -> None:
     assert output.short(f"sha256:{HEX}") == HEX[:12]
     assert output.short("394a1b2c-0000") == "394a1b2c-000"
     assert LockedFile("model.neff", f"sha256:{HEX}", 1).sha256 == HEX
+
+
+@pytest.mark.parametrize(("value", "ok"), [
+    ("901c66ed", True), ("a" * 64, True), ("901c66e", False), ("a" * 65, False), ("901C66ED", False),
+    ("901c66eg", False), ("901c66ed\n", False), ("", False), (None, False),
+])
+def test_a_key_prefix_is_8_to_64_lowercase_hex(value: object, ok: bool) -> None:
+    assert digests.is_key_prefix(value) is ok
