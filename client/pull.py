@@ -34,7 +34,7 @@ from neffcache.client.lockfile import LockedArtifact
 from neffcache.client.runtime import RuntimeResolver
 from neffcache.client.specs import SpecEntry
 from neffcache.digests import is_bare_hex
-from neffcache.errors import IntegrityFailure, NotFound, RuntimeMismatch, UsageError
+from neffcache.errors import IntegrityFailure, NotFound, OriginRefused, RuntimeMismatch, UsageError
 
 LNC_ENV = "NEURON_LOGICAL_NC_CONFIG"
 BY_NAME = "by-name"  # DEST/by-name/<name> -> ../<key>
@@ -199,6 +199,28 @@ def resolve_locked(client: NeffcacheClient, locked: list[LockedArtifact], source
         raise IntegrityFailure(f"{source} does not match what is published, nothing was pulled: "
                                + "; ".join(disagreements))
     return wanted
+
+
+def origin_of(artifact: dict[str, Any]) -> str | None:
+    """Who made an artifact's bytes: "farm" or "pushed" (None from a service too old to say)."""
+    kind = (artifact.get("origin") or {}).get("kind")
+    return kind if isinstance(kind, str) else None
+
+
+def check_origin(wanted: list[Wanted], required: str | None) -> None:
+    """With `required` ("farm" or "pushed"), every artifact must have that origin; one whose
+    origin is not recorded is refused too (fail closed)."""
+    if required is None:
+        return
+    problems = []
+    for item in wanted:
+        origin = origin_of(item.artifact)
+        if origin != required:
+            by = (item.artifact.get("origin") or {}).get("token")
+            made = f"was {origin}" + (f" by token {by!r}" if by else "") if origin else "has no recorded origin"
+            problems.append(f"artifact {item.key} {made}")
+    if problems:
+        raise OriginRefused(f"--require-origin {required}, nothing was pulled: " + "; ".join(problems))
 
 
 def check_lnc(wanted: list[Wanted], env_value: str | None) -> None:

@@ -226,6 +226,14 @@ class RuntimeMismatch(NeffcacheError):
     exit_code = EXIT_INTEGRITY
 
 
+class OriginRefused(NeffcacheError):
+    """An artifact whose bytes came from elsewhere than the pull requires (`--require-origin`)."""
+
+    code = "origin_refused"
+    http_status = 500
+    exit_code = EXIT_INTEGRITY
+
+
 class IntegrityFailure(NeffcacheError):
     code = "integrity_failure"
     http_status = 500

@@ -1,5 +1,12 @@
-"""Bearer tokens: creation, hashing, scopes, expiry and use. Shared by the service (checking) and
-the admin command (creating and revoking), which both talk to the database."""
+"""Bearer tokens: creation, hashing, scopes, namespaces, expiry and use. Shared by the service
+(checking) and the admin command (creating and revoking), which both talk to the database.
+
+A token holds one scope and the namespaces it may act in. Scopes are ordered, each including
+the ones before it: `read` (look up, download, list), `write` (upload models, compile on the
+farm, cancel), `publish` (also publish bytes built elsewhere: `POST /v1/artifacts`, `neffcache
+push`), `admin` (also tokens; always every namespace). Publishing is above compiling because
+a pushed artifact is bytes the farm never built: whoever may publish may poison a key.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +14,7 @@ import hashlib
 import hmac
 import re
 import secrets
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
@@ -14,8 +22,12 @@ from sqlalchemy.orm import Session
 
 from neffcache.db.models import ApiToken, utcnow
 from neffcache.errors import InvalidParameter, NotFound
+from neffcache.spec import NAMESPACE_PATTERN
 
-SCOPES = ("read", "write", "admin")  # each includes the ones before it
+SCOPES = ("read", "write", "publish", "admin")  # each includes the ones before it
+# The namespaces of a token that may act in every namespace (admin tokens, the bootstrap token,
+# and tokens made with --all-namespaces); not a namespace name (NAMESPACE_PATTERN has no '*').
+ALL_NAMESPACES = "*"
 TOKEN_PREFIX = "nfc_"
 # The caller name of NEFFCACHE_BOOTSTRAP_ADMIN_TOKEN (not a database token: no token may take it).
 BOOTSTRAP_ADMIN = "bootstrap-admin"
@@ -39,8 +51,35 @@ def parse_duration(text: str) -> timedelta:
     return total
 
 
+def check_scope(scope: str) -> None:
+    if scope not in SCOPES:
+        raise InvalidParameter(f"scope: {scope!r} is not one of {', '.join(SCOPES)}")
+
+
 def scope_allows(held: str, needed: str) -> bool:
     return SCOPES.index(held) >= SCOPES.index(needed)
+
+
+def namespace_allows(held: Iterable[str], namespace: str) -> bool:
+    held = tuple(held)
+    return ALL_NAMESPACES in held or namespace in held
+
+
+def checked_namespaces(scope: str, namespaces: Sequence[str] | None) -> list[str]:
+    """The namespaces a new token is stored with: None means every namespace; admin tokens have
+    every namespace; each name is checked against the spec's namespace form."""
+    if namespaces is None:
+        return [ALL_NAMESPACES]
+    if scope == "admin":
+        raise InvalidParameter("namespace: an admin token acts in every namespace; give no --namespace")
+    names = sorted(set(namespaces))
+    if not names:
+        raise InvalidParameter("namespace: give at least one namespace (or every namespace)")
+    for name in names:
+        if name == ALL_NAMESPACES or not re.fullmatch(NAMESPACE_PATTERN, name):
+            raise InvalidParameter(f"namespace: {name[:80]!r} is not a namespace (lowercase letters, digits, '.', "
+                                   "'_', '-'; up to 64, starting with a letter or digit)")
+    return names
 
 
 def hash_token(token: str) -> str:
@@ -48,10 +87,12 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def create_token(session: Session, name: str, scope: str, expires_in: timedelta | None = None) -> str:
-    """A new token (returned, stored only as its hash); `expires_in`: refused that long from now."""
-    if scope not in SCOPES:
-        raise InvalidParameter(f"scope: {scope!r} is not one of {', '.join(SCOPES)}")
+def create_token(session: Session, name: str, scope: str, expires_in: timedelta | None = None,
+                 namespaces: Sequence[str] | None = None) -> str:
+    """A new token (returned, stored only as its hash); `expires_in`: refused that long from now;
+    `namespaces`: where it may act (None: every namespace)."""
+    check_scope(scope)
+    allowed = checked_namespaces(scope, namespaces)
     if name == BOOTSTRAP_ADMIN:
         raise InvalidParameter(f"name: {BOOTSTRAP_ADMIN!r} names NEFFCACHE_BOOTSTRAP_ADMIN_TOKEN; pick another")
     if expires_in is not None and expires_in <= timedelta(0):
@@ -64,7 +105,7 @@ def create_token(session: Session, name: str, scope: str, expires_in: timedelta 
         session.delete(existing)
         session.flush()
     now = utcnow()
-    session.add(ApiToken(name=name, token_sha256=hash_token(token), scope=scope, created_at=now,
+    session.add(ApiToken(name=name, token_sha256=hash_token(token), scope=scope, namespaces=allowed, created_at=now,
                          expires_at=now + expires_in if expires_in is not None else None))
     return token
 

@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 import sys
 from datetime import datetime
+from typing import Annotated
 
 import typer
 
 from neffcache import tokens
 from neffcache.db.models import ApiToken, utcnow
 from neffcache.db.session import Database
-from neffcache.errors import NeffcacheError
+from neffcache.errors import InvalidParameter, NeffcacheError
 from neffcache.settings import Settings
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
@@ -27,24 +28,38 @@ def _database() -> Database:
 @token_app.command("create")
 def create(
     name: str = typer.Option(..., help="who uses it, e.g. ci or serving-pods; recorded on jobs and hits"),
-    scope: str = typer.Option("read", help="read | write | admin"),
+    scope: str = typer.Option("read", help="read | write (also compile, cancel) | publish (also push bytes built "
+                                           "elsewhere) | admin"),
+    namespace: Annotated[list[str] | None, typer.Option(
+        "--namespace", metavar="NAMESPACE", help="a namespace it may act in (repeat for several)")] = None,
+    all_namespaces: bool = typer.Option(False, "--all-namespaces", help="may act in every namespace"),
     expires_in: str | None = typer.Option(None, "--expires-in", metavar="DURATION",
                                           help="refused after this long, e.g. 90m, 12h, 30d, 2w (default: never)"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Create a token and print it (once). The first admin token ends NEFFCACHE_BOOTSTRAP_ADMIN_TOKEN."""
+    """Create a token and print it (once). A read, write or publish token names the namespaces it
+    may act in (--namespace, repeated) or takes --all-namespaces; an admin token has every
+    namespace. The first admin token ends NEFFCACHE_BOOTSTRAP_ADMIN_TOKEN."""
     lifetime = tokens.parse_duration(expires_in) if expires_in is not None else None
+    tokens.check_scope(scope)
+    if namespace and all_namespaces:
+        raise InvalidParameter("namespace: give --namespace or --all-namespaces, not both")
+    if not namespace and not all_namespaces and scope != "admin":
+        raise InvalidParameter("namespace: say where the token may act: --namespace NAME (repeat for several) "
+                               "or --all-namespaces")
     with _database().session() as session:
-        token = tokens.create_token(session, name, scope, lifetime)
+        token = tokens.create_token(session, name, scope, lifetime, namespace or None)
         row = session.get(ApiToken, name)
         expires_at = row.expires_at if row is not None else None
+        namespaces = list(row.namespaces) if row is not None else []
     if as_json:
-        print(json.dumps({"name": name, "scope": scope, "token": token,
+        print(json.dumps({"name": name, "scope": scope, "namespaces": namespaces, "token": token,
                           "expires_at": expires_at.isoformat() if expires_at else None}))
         return
     print(token)
     until = f", expiring {_when(expires_at)}" if expires_at else ""
-    print(f"created token {name!r} with scope {scope!r}{until}; store it now, it is not shown again", file=sys.stderr)
+    print(f"created token {name!r} with scope {scope!r} in {_where(namespaces)}{until}; store it now, "
+          "it is not shown again", file=sys.stderr)
     if scope == "admin":
         print("an admin token exists now: the service no longer accepts NEFFCACHE_BOOTSTRAP_ADMIN_TOKEN",
               file=sys.stderr)
@@ -52,6 +67,10 @@ def create(
 
 def _when(ts: datetime | None) -> str:
     return ts.isoformat(timespec="seconds") if ts else "never"
+
+
+def _where(namespaces: list[str]) -> str:
+    return "every namespace" if tokens.ALL_NAMESPACES in namespaces else "namespaces " + ", ".join(namespaces)
 
 
 @token_app.command("revoke")
@@ -64,21 +83,23 @@ def revoke(name: str) -> None:
 
 @token_app.command("list")
 def list_(as_json: bool = typer.Option(False, "--json")) -> None:
-    """Every token (never the token itself): scope, created, expires, last used (to the minute)."""
+    """Every token (never the token itself): scope, namespaces ('*': every one), created, expires,
+    last used (to the minute)."""
     now = utcnow()
     with _database().session() as session:
         found = tokens.list_tokens(session)
     if as_json:
-        print(json.dumps([{"name": t.name, "scope": t.scope, "created_at": t.created_at.isoformat(),
+        print(json.dumps([{"name": t.name, "scope": t.scope, "namespaces": t.namespaces,
+                           "created_at": t.created_at.isoformat(),
                            "expires_at": t.expires_at.isoformat() if t.expires_at else None,
                            "last_used_at": t.last_used_at.isoformat() if t.last_used_at else None,
                            "revoked": t.revoked_at is not None, "expired": tokens.expired(t, now)} for t in found]))
         return
-    print(f"{'NAME':<24} {'SCOPE':<6} {'CREATED':<25} {'EXPIRES':<25} LAST USED")
+    print(f"{'NAME':<24} {'SCOPE':<7} {'NAMESPACES':<20} {'CREATED':<25} {'EXPIRES':<25} LAST USED")
     for t in found:
         state = "  (revoked)" if t.revoked_at is not None else "  (expired)" if tokens.expired(t, now) else ""
-        print(f"{t.name:<24} {t.scope:<6} {_when(t.created_at):<25} {_when(t.expires_at):<25} "
-              f"{_when(t.last_used_at)}{state}")
+        print(f"{t.name:<24} {t.scope:<7} {','.join(t.namespaces):<20} {_when(t.created_at):<25} "
+              f"{_when(t.expires_at):<25} {_when(t.last_used_at)}{state}")
 
 
 @app.command("scrub")

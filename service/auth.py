@@ -1,9 +1,14 @@
-"""Bearer-token authentication: each route declares the scope it needs.
+"""Bearer-token authentication: each route declares the scope it needs, and every route that
+touches a namespace's jobs, artifacts or events checks the token may act in it.
 
-`require("read")` etc. are FastAPI dependencies; on success they put the token's name on
-`request.state.caller`, which jobs and hits record, and note when the token was last used (at
-most once a minute per token). With auth turned off (`make run` only) every request is the
-caller "anonymous" with every scope.
+`require("read")` etc. are FastAPI dependencies; on success they put the token's `Grant` (its
+name, scope and namespaces) on `request.state.grant`, and note when the token was last used (at
+most once a minute per token). Jobs and hits record the grant's name. With auth turned off
+(`make run` only) every request is the caller "anonymous" with every scope and namespace.
+
+A route checks a namespace with `grant(request).check(namespace)` (403 naming it) once it knows
+which namespace a request is about: the spec's for compile, lookup and publish; the stored
+row's for a job or artifact named in the path. Listings keep to `grant.visible()`.
 
 NEFFCACHE_BOOTSTRAP_ADMIN_TOKEN is an admin token for setting up: it is refused (401) once any
 admin token exists in the database, and the service logs, once, that it was ignored and why.
@@ -13,7 +18,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Annotated
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any
 
 from fastapi import Depends, Request, params
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -26,6 +33,38 @@ from neffcache.errors import Forbidden, Unauthorized
 from neffcache.service.routes.deps import context
 
 log = logging.getLogger("neffcache.service.auth")
+ANONYMOUS = "anonymous"
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What the request's token may do: its name (recorded on jobs and hits), scope and namespaces."""
+
+    caller: str
+    scope: str
+    namespaces: tuple[str, ...]
+
+    @property
+    def every_namespace(self) -> bool:
+        return tokens.ALL_NAMESPACES in self.namespaces
+
+    def check(self, namespace: str) -> None:
+        """Returns if the token may act in `namespace`; else 403 naming it."""
+        if not tokens.namespace_allows(self.namespaces, namespace):
+            raise Forbidden(f"namespace {namespace!r}: token {self.caller!r} may act only in "
+                            f"{', '.join(repr(n) for n in self.namespaces)}", namespace=namespace)
+
+    def visible(self) -> Sequence[str] | None:
+        """The namespaces a listing keeps to; None: every one."""
+        return None if self.every_namespace else self.namespaces
+
+    def limit(self, query: Any, column: Any) -> Any:
+        """`query` kept to this token's namespaces (by `column`); unchanged for every namespace."""
+        visible = self.visible()
+        return query if visible is None else query.where(column.in_(visible))
+
+
+UNRESTRICTED = Grant(ANONYMOUS, "admin", (tokens.ALL_NAMESPACES,))
 _bearer = HTTPBearer(auto_error=False, description="a token from `neffcache-admin token create`")
 BOOTSTRAP_ADMIN = tokens.BOOTSTRAP_ADMIN
 BOOTSTRAP_REFUSED = ("Authorization: the bootstrap admin token (NEFFCACHE_BOOTSTRAP_ADMIN_TOKEN) is no longer "
@@ -66,14 +105,14 @@ def _bootstrap(request: Request) -> _Bootstrap:
         return bootstrap
 
 
-def _identify(request: Request, token: str) -> tuple[str, str]:
-    """(caller name, scope) of the token; raises Unauthorized saying why it is refused."""
+def _identify(request: Request, token: str) -> Grant:
+    """The token's grant; raises Unauthorized saying why it is refused."""
     ctx = context(request)
     now = utcnow()
     with ctx.db.session() as session:
         if tokens.matches(token, ctx.settings.bootstrap_admin_token):
             _bootstrap(request).check(session)
-            return BOOTSTRAP_ADMIN, "admin"
+            return Grant(BOOTSTRAP_ADMIN, "admin", (tokens.ALL_NAMESPACES,))
         row = tokens.find_token(session, token)
         if row is None:
             raise Unauthorized("Authorization: the token is unknown or revoked")
@@ -82,26 +121,33 @@ def _identify(request: Request, token: str) -> tuple[str, str]:
             raise Unauthorized(f"Authorization: the token {row.name!r} expired at "
                                f"{row.expires_at.isoformat(timespec='seconds')}")
         tokens.record_use(row, now)  # committed as the session ends
-        return row.name, row.scope
+        return Grant(row.name, row.scope, tuple(row.namespaces))
 
 
 def require(scope: str) -> params.Depends:
     async def dependency(request: Request,
                          credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
         if not context(request).settings.auth_required:
-            request.state.caller = "anonymous"
+            request.state.grant = UNRESTRICTED
             return
         if credentials is None:
             raise Unauthorized("Authorization: a bearer token is required (NEFFCACHE_TOKEN)")
-        name, held = await run_in_threadpool(_identify, request, credentials.credentials)
-        if not tokens.scope_allows(held, scope):
-            raise Forbidden(f"token {name!r} has scope {held!r}; this needs {scope!r}", needed=scope)
-        request.state.caller = name
+        found = await run_in_threadpool(_identify, request, credentials.credentials)
+        if not tokens.scope_allows(found.scope, scope):
+            raise Forbidden(f"token {found.caller!r} has scope {found.scope!r}; this needs {scope!r}", needed=scope)
+        request.state.grant = found
 
     dependency.__name__ = f"require_{scope}"
     return Depends(dependency)
 
 
+def grant(request: Request) -> Grant:
+    """The request's grant (set by the route's `require` dependency)."""
+    found: Grant = request.state.grant
+    return found
+
+
 READ = require("read")
 WRITE = require("write")
+PUBLISH = require("publish")
 ADMIN = require("admin")

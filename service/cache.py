@@ -23,6 +23,7 @@ from neffcache.errors import BlobMissing, NotFound
 from neffcache.key import key_for_spec, manifest_diff
 from neffcache.lifecycle import REMEMBERED_FAILURES, FailureClass, JobState
 from neffcache.queue import queue_for_manifest
+from neffcache.service.auth import Grant
 from neffcache.service.context import ServiceContext
 from neffcache.service.toolchains import resolve_spec
 from neffcache.service.views import artifact_view, job_view
@@ -53,6 +54,7 @@ def _record(session: Session, ctx: ServiceContext, kind: str, manifest: dict[str
             kind=kind,
             outcome=outcome,
             key=key,
+            namespace=manifest["namespace"],
             target=manifest["target"],
             compiler_name=manifest["compiler"]["name"],
             compiler_version=manifest["compiler"]["version"],
@@ -173,15 +175,16 @@ def submit_compile(ctx: ServiceContext, spec: CompileSpec, force: bool, caller: 
     return Outcome(202, body)
 
 
-def lookup(ctx: ServiceContext, spec: CompileSpec, caller: str | None) -> Outcome:
+def lookup(ctx: ServiceContext, spec: CompileSpec, grant: Grant) -> Outcome:
+    """A hit, or NotFound with the nearest published manifests the token may see."""
     with ctx.db.session() as session:
         resolved, manifest, key = resolve_key(ctx, session, spec)
         artifact = session.get(Artifact, key)
-        _record(session, ctx, "lookup", manifest, key, artifact, caller)
+        _record(session, ctx, "lookup", manifest, key, artifact, grant.caller)
         if artifact is not None:
             return Outcome(200, {"status": "hit", "key": key, "spec": resolved.model_dump(mode="json"),
                                  "artifact": artifact_view(artifact, artifact_hits(session, key))})
-        nearest = nearest_manifests(session, manifest)
+        nearest = nearest_manifests(session, manifest, grant)
     raise NotFound(
         f"no artifact for key {key}" + (f"; {len(nearest)} published for the same model differ" if nearest else
                                        "; nothing is published for this model"),
@@ -190,14 +193,12 @@ def lookup(ctx: ServiceContext, spec: CompileSpec, caller: str | None) -> Outcom
     )
 
 
-def nearest_manifests(session: Session, manifest: dict[str, Any]) -> list[dict[str, Any]]:
-    """Published manifests of the same model, closest first, with the fields that differ."""
-    rows = session.scalars(
-        select(Artifact)
-        .where(Artifact.model_digest == manifest["model"]["digest"])
-        .order_by(Artifact.created_at.desc())
-        .limit(NEAREST_SCAN)
-    ).all()
+def nearest_manifests(session: Session, manifest: dict[str, Any], grant: Grant) -> list[dict[str, Any]]:
+    """Published manifests of the same model in the token's namespaces, closest first, with the
+    fields that differ."""
+    query = grant.limit(select(Artifact).where(Artifact.model_digest == manifest["model"]["digest"]),
+                        Artifact.namespace)
+    rows = session.scalars(query.order_by(Artifact.created_at.desc()).limit(NEAREST_SCAN)).all()
     scored = [(manifest_diff(manifest, a.manifest), a) for a in rows]
     scored.sort(key=lambda pair: len(pair[0]))
     return [{"key": a.key, "differs": diff, "manifest": a.manifest} for diff, a in scored[:NEAREST_LIMIT]]

@@ -57,7 +57,7 @@ def publish(ctx: ServiceContext, request: PublishRequest, caller: str | None) ->
             key, manifest,
             [ArtifactFile(name=n, digest=d, size=sizes[n], neff=headers.get(n)) for n, d in wanted.items()],
             compile_seconds=request.compile_seconds, job_id=None,
-            annotations={**request.annotations, "published_by": caller or "anonymous"},
+            annotations=request.annotations, origin_token=caller or "anonymous",
         )
         try:
             with session.begin_nested():

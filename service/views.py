@@ -32,6 +32,9 @@ def artifact_view(artifact: Artifact, usage: Mapping[str, int] | None = None) ->
         "compile_seconds": round(artifact.compile_seconds, 3),
         "created_at": iso(artifact.created_at),
         "job_id": artifact.job_id,
+        "namespace": artifact.namespace,
+        # Who made the bytes: the farm (job_id is its job) or a push, and by which token.
+        "origin": {"kind": artifact.origin, "token": artifact.origin_token},
         "annotations": artifact.annotations or {},
     }
     if usage is not None:
@@ -45,6 +48,7 @@ def job_view(job: Job) -> dict[str, Any]:
     return {
         "id": job.id,
         "key": job.key,
+        "namespace": job.namespace,
         "state": job.state,
         "failure_class": job.failure_class,
         "message": job.message,

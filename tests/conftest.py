@@ -174,17 +174,19 @@ def api(running: RunningStack) -> Iterator[httpx.Client]:
 
 @pytest.fixture(scope="session")
 def tokens(running: RunningStack, stack_settings: dict[str, Any]) -> dict[str, str]:
-    """One token per scope, created with the real `neffcache-admin` command: {"read": ..., ...}."""
+    """One token per scope, in every namespace, created with the real `neffcache-admin` command:
+    {"read": ..., ...}."""
     import json
     import subprocess
     import sys
 
     made = {}
     env = running.stack.env()
-    for scope in ("read", "write", "admin"):
+    for scope in ("read", "write", "publish", "admin"):
+        everywhere = [] if scope == "admin" else ["--all-namespaces"]
         out = subprocess.run(
             [sys.executable, "-m", "neffcache.service.admin", "token", "create",
-             "--name", f"test-{scope}-{uuid.uuid4().hex[:6]}", "--scope", scope, "--json"],
+             "--name", f"test-{scope}-{uuid.uuid4().hex[:6]}", "--scope", scope, "--json", *everywhere],
             env=env, capture_output=True, text=True, check=True,
         )
         made[scope] = json.loads(out.stdout)["token"]
@@ -198,3 +200,11 @@ def cli(running: RunningStack, tokens: dict[str, str]):
     from tests.support.cli import cli_runner
 
     return cli_runner(running.url, tokens["write"])
+
+
+@pytest.fixture
+def publisher_cli(running: RunningStack, tokens: dict[str, str]):
+    """The `neffcache` command with a publish token: it may also push bytes built elsewhere."""
+    from tests.support.cli import cli_runner
+
+    return cli_runner(running.url, tokens["publish"])

@@ -76,12 +76,14 @@ def publish(ctx: WorkerContext, job: ClaimedJob, files: list[PublishedFile], log
     """
     with ctx.db.session() as session:
         if session.get(Artifact, job.key) is None:
+            row = session.get(Job, job.id)
             try:
                 with session.begin_nested():
                     session.add(Artifact.from_manifest(
                         job.key, job.manifest,
                         [ArtifactFile(name=f.name, digest=f.digest, size=f.size, neff=f.neff) for f in files],
                         compile_seconds=seconds, job_id=job.id, annotations=job.annotations,
+                        origin_token=row.requested_by if row is not None else None,
                     ))
             except IntegrityError:
                 logger.info("key %s was published concurrently; keeping the first", job.key)

@@ -81,6 +81,7 @@ def show_cmd(
         ["namespace", m.get("namespace")],
         ["compiled in", output.human_seconds(a.get("compile_seconds"))],
         ["published", output.when(a.get("created_at"))],
+        ["origin", _origin(a)],
         ["job", a.get("job_id") or ""],
         ["lookup hits", "" if lookup_hits is None else lookup_hits],
         ["downloads", "" if downloads is None else downloads],
@@ -100,6 +101,17 @@ def show_cmd(
     annotations = a.get("annotations") or {}
     if annotations:
         output.table("annotations", ["name", "value"], [[k, v] for k, v in sorted(annotations.items())])
+
+
+def _origin(artifact: dict[str, Any]) -> str:
+    """'farm (requested by ci)', 'pushed by dev-laptop', or '' from a service too old to say."""
+    origin = artifact.get("origin") or {}
+    kind, token = origin.get("kind"), origin.get("token")
+    if kind == "farm":
+        return "farm, compiled by a worker" + (f" (requested by {token})" if token else "")
+    if kind == "pushed":
+        return "pushed, built elsewhere" + (f" (by {token})" if token else "")
+    return kind or ""
 
 
 def _bits(value: Any) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -20,10 +21,18 @@ from neffcache.client.lockfile import (
     write_lock,
 )
 from neffcache.client.neuron_cache_restore import CacheRestore, plan_neuron_cache, restore_into_neuron_cache
-from neffcache.client.pull import LNC_ENV, check_lnc, check_runtimes, plan, resolve, resolve_locked
+from neffcache.client.pull import LNC_ENV, check_lnc, check_origin, check_runtimes, plan, resolve, resolve_locked
 from neffcache.client.runtime import RuntimeResolver
 from neffcache.client.specs import hash_models, load_spec_files
 from neffcache.errors import UsageError
+
+
+class Origin(StrEnum):
+    """Where an artifact's bytes came from, as the service records it (db.models.ORIGINS)."""
+
+    farm = "farm"
+    pushed = "pushed"
+
 
 KeysArg = Annotated[list[str] | None, typer.Argument(metavar="KEY", help="Artifact keys.", show_default=False)]
 
@@ -46,14 +55,18 @@ def pull_cmd(
         "[env NEFFCACHE_RUNTIME_VERSION; else detected].", show_default=False)] = None,
     parallel: Annotated[int, typer.Option("--parallel", metavar="N", help="Files downloaded at once.",
                                           min=1, max=64)] = 4,
+    require_origin: Annotated[Origin | None, typer.Option(
+        "--require-origin", help="Pull only artifacts the farm compiled (farm) or only pushed ones (pushed).",
+        show_default=False)] = None,
     json_out: JsonOpt = False,
     url: UrlOpt = None,
     token: TokenOpt = None,
 ) -> None:
     """Pull artifacts, fail closed: resolve everything first; any miss writes nothing (exit 4).
 
-    Refused before anything is written (exit 5): an artifact built for another runtime, and with
-    NEURON_LOGICAL_NC_CONFIG set, a NEFF built for another number of logical NeuronCores.
+    Refused before anything is written (exit 5): an artifact built for another runtime; with
+    NEURON_LOGICAL_NC_CONFIG set, a NEFF built for another number of logical NeuronCores; with
+    --require-origin farm, an artifact pushed from elsewhere instead of compiled by the farm.
     """
     if dest is None and into_neuron_cache is None:
         raise UsageError("--dest DIR (or --into-neuron-cache DIR) is required")
@@ -80,6 +93,7 @@ def pull_cmd(
         else:
             # Keys may be prefixes: each Wanted carries the whole key the service answered with.
             wanted = resolve(client, list(dict.fromkeys(keys or [])), entries)
+        check_origin(wanted, require_origin.value if require_origin is not None else None)
         check_runtimes(wanted, resolver)
         check_lnc(wanted, os.environ.get(LNC_ENV))
         if into_neuron_cache is not None:

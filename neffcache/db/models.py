@@ -70,11 +70,19 @@ class Blob(Base):
 ACTIVE_JOB_PREDICATE = "state IN ('queued', 'running')"
 
 
+def _manifest_namespace(context: Any) -> str:
+    """A row's namespace, copied out of its manifest when not given (the key already holds it)."""
+    namespace: str = context.get_current_parameters()["manifest"]["namespace"]
+    return namespace
+
+
 class Job(Base):
     __tablename__ = "jobs"
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     key: Mapped[str] = mapped_column(String(64), index=True)
     manifest: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # The manifest's namespace, as a column so that listings filter on a token's namespaces.
+    namespace: Mapped[str] = mapped_column(String(64), index=True, default=_manifest_namespace)
     queue: Mapped[str] = mapped_column(String(255))
     state: Mapped[str] = mapped_column(String(16), index=True)  # a lifecycle.JobState
     failure_class: Mapped[str | None] = mapped_column(String(32))
@@ -111,11 +119,15 @@ class Job(Base):
     )
 
 
+ORIGIN_FARM, ORIGIN_PUSHED = "farm", "pushed"
+ORIGINS = (ORIGIN_FARM, ORIGIN_PUSHED)
+
+
 class Artifact(Base):
     __tablename__ = "artifacts"
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     manifest: Mapped[dict[str, Any]] = mapped_column(JSON)
-    namespace: Mapped[str] = mapped_column(String(64))
+    namespace: Mapped[str] = mapped_column(String(64), index=True)
     model_digest: Mapped[str] = mapped_column(String(71), index=True)
     target: Mapped[str] = mapped_column(String(16))
     compiler_name: Mapped[str] = mapped_column(String(32))
@@ -126,6 +138,10 @@ class Artifact(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     # Not part of the key: where it came from (e.g. the libneuronxla module folder name).
     annotations: Mapped[dict[str, str] | None] = mapped_column(JSON)
+    # Who made the bytes: "farm" (a worker compiled them; job_id says which job) or "pushed"
+    # (published from elsewhere); origin_token: the token that asked for the compile or pushed.
+    origin: Mapped[str] = mapped_column(String(8))
+    origin_token: Mapped[str | None] = mapped_column(String(128))
     files: Mapped[list[ArtifactFile]] = relationship(
         back_populates="artifact", order_by="ArtifactFile.name", lazy="selectin"
     )
@@ -133,8 +149,9 @@ class Artifact(Base):
     @classmethod
     def from_manifest(cls, key: str, manifest: dict[str, Any], files: list[ArtifactFile],
                       compile_seconds: float, job_id: str | None,
-                      annotations: dict[str, str] | None) -> Artifact:
-        """The row for a key: the columns the listings filter on are copied out of the manifest."""
+                      annotations: dict[str, str] | None, origin_token: str | None = None) -> Artifact:
+        """The row for a key: the columns the listings filter on are copied out of the manifest.
+        A farm artifact always names its job and a pushed one never does, so `job_id` says which."""
         return cls(
             key=key,
             manifest=manifest,
@@ -148,6 +165,8 @@ class Artifact(Base):
             job_id=job_id,
             created_at=utcnow(),
             annotations=annotations,
+            origin=ORIGIN_FARM if job_id is not None else ORIGIN_PUSHED,
+            origin_token=origin_token,
             files=files,
         )
 
@@ -172,6 +191,9 @@ class CacheEvent(Base):
     kind: Mapped[str] = mapped_column(String(16))  # lookup | compile | download
     outcome: Mapped[str] = mapped_column(String(8))  # hit | miss
     key: Mapped[str] = mapped_column(String(64), index=True)
+    # The key's namespace (NULL only for events recorded before namespaces were kept, whose key
+    # had no artifact or job to tell it: those are shown only to every-namespace tokens).
+    namespace: Mapped[str | None] = mapped_column(String(64), index=True)
     target: Mapped[str] = mapped_column(String(16))
     compiler_name: Mapped[str] = mapped_column(String(32))
     compiler_version: Mapped[str] = mapped_column(String(64))
@@ -203,7 +225,9 @@ class ApiToken(Base):
     __tablename__ = "api_tokens"
     name: Mapped[str] = mapped_column(String(128), primary_key=True)
     token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
-    scope: Mapped[str] = mapped_column(String(16))  # read | write | admin
+    scope: Mapped[str] = mapped_column(String(16))  # read | write | publish | admin (neffcache.tokens)
+    # The namespaces it may act in; ["*"]: every namespace (neffcache.tokens.ALL_NAMESPACES).
+    namespaces: Mapped[list[str]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # Refused (401) from then on; None: never expires.

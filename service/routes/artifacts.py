@@ -2,38 +2,61 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
 
-from neffcache.db.models import Artifact
+from neffcache.db.models import ORIGINS, Artifact
 from neffcache.digests import DIGEST_PATTERN, bare_hex
-from neffcache.errors import ArtifactExists, BlobMissing, InvalidNeff, NotFound
+from neffcache.errors import ArtifactExists, BlobMissing, Forbidden, InvalidNeff, NotFound
 from neffcache.service import cache, publish
-from neffcache.service.auth import READ, WRITE
+from neffcache.service.auth import PUBLISH, READ, grant
 from neffcache.service.errors import KEY_ERRORS, STORE_ERRORS, error_responses
 from neffcache.service.pagination import MAX_LIMIT, fetch_page
 from neffcache.service.resolve import PREFIX_ERRORS, KeyInPath, resolve_artifact
 from neffcache.service.routes.deps import caller, context
 from neffcache.service.streaming import object_response
 from neffcache.service.views import artifact_view
-from neffcache.spec import PublishRequest, Text
+from neffcache.spec import NAMESPACE_PATTERN, PublishRequest, Text
 
 router = APIRouter(prefix="/v1/artifacts", tags=["artifacts"])
+# Naming an artifact: its key or a prefix, found in a namespace the token may act in.
+NAMED_ERRORS = (*PREFIX_ERRORS, Forbidden)
+# The listing's origin filter, a Literal of ORIGINS (mypy reads it as the str it holds).
+if TYPE_CHECKING:
+    Origin = str
+else:
+    Origin = Literal[ORIGINS]
 
 
-@router.get("", dependencies=[READ])
+def _get(request: Request, session: Session, key: str) -> Artifact:
+    """The artifact named by its key or a unique prefix of it, if the token may see its namespace."""
+    artifact = resolve_artifact(session, key)
+    grant(request).check(artifact.namespace)
+    return artifact
+
+
+@router.get("", dependencies=[READ], responses=error_responses(Forbidden))
 def list_artifacts(
     request: Request,
     model: str | None = Query(None, pattern=DIGEST_PATTERN, description="model digest, sha256:<hex>"),
     target: Text | None = None,
     compiler: Annotated[Text | None, Query(description="compiler name, version, or name==version")] = None,
+    namespace: Annotated[str | None, Query(pattern=NAMESPACE_PATTERN)] = None,
+    origin: Annotated[Origin | None, Query(description="farm (compiled by a worker) or pushed")] = None,
     limit: int = Query(50, ge=1, le=MAX_LIMIT),
     cursor: str | None = None,
 ) -> dict[str, Any]:
-    query = select(Artifact)
+    """Artifacts in the token's namespaces, newest first."""
+    query = grant(request).limit(select(Artifact), Artifact.namespace)
+    if namespace:
+        grant(request).check(namespace)
+        query = query.where(Artifact.namespace == namespace)
+    if origin:
+        query = query.where(Artifact.origin == origin)
     if model:
         query = query.where(Artifact.model_digest == model)
     if target:
@@ -49,18 +72,18 @@ def list_artifacts(
         return {"artifacts": [artifact_view(a) for a in rows], "next_cursor": cursor_out}
 
 
-@router.get("/{key}", dependencies=[READ], responses=error_responses(*PREFIX_ERRORS))
+@router.get("/{key}", dependencies=[READ], responses=error_responses(*NAMED_ERRORS))
 def get_artifact(key: KeyInPath, request: Request) -> dict[str, Any]:
     """One artifact, by its key or a unique prefix of it (8 hex characters at least)."""
     with context(request).db.session() as session:
-        artifact = resolve_artifact(session, key)
+        artifact = _get(request, session, key)
         return artifact_view(artifact, cache.artifact_hits(session, artifact.key))
 
 
 @router.get(
     "/{key}/files/{name}",
     dependencies=[READ],
-    responses=error_responses(*PREFIX_ERRORS, *STORE_ERRORS, into={
+    responses=error_responses(*NAMED_ERRORS, *STORE_ERRORS, into={
         307: {"description": "redirect to a presigned URL (S3)"},
         200: {"description": "the bytes (folder store)",
               "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
@@ -71,7 +94,7 @@ def download_file(key: KeyInPath, name: str, request: Request) -> Response:
     download. The sha256 is in X-Neffcache-Sha256."""
     ctx = context(request)
     with ctx.db.session() as session:
-        artifact = resolve_artifact(session, key)
+        artifact = _get(request, session, key)
         key = artifact.key
         entry = next((f for f in artifact.files if f.name == name), None)
         if entry is None:
@@ -84,11 +107,13 @@ def download_file(key: KeyInPath, name: str, request: Request) -> Response:
     return response
 
 
-@router.post("", status_code=201, dependencies=[WRITE],
-             responses=error_responses(BlobMissing, ArtifactExists, InvalidNeff, *KEY_ERRORS, *STORE_ERRORS,
+@router.post("", status_code=201, dependencies=[PUBLISH],
+             responses=error_responses(BlobMissing, ArtifactExists, InvalidNeff, Forbidden, *KEY_ERRORS, *STORE_ERRORS,
                                        into={200: {"description": "already published with the same files"}}))
 def publish_artifact(body: PublishRequest, request: Request) -> JSONResponse:
-    """Publish files compiled elsewhere (e.g. a host's libneuronxla cache) under the spec's key.
-    The files are uploaded blobs; every NEFF among them is validated first."""
+    """Publish files compiled elsewhere (e.g. a host's libneuronxla cache) under the spec's key
+    (scope `publish`, in the spec's namespace). The files are uploaded blobs; every NEFF among
+    them is validated first. The artifact's origin is `pushed`, by this token."""
+    grant(request).check(body.spec.namespace)
     outcome = publish.publish(context(request), body, caller(request))
     return JSONResponse(outcome.body, status_code=outcome.status_code)

@@ -14,8 +14,9 @@ def context(request: Request) -> ServiceContext:
 
 
 def caller(request: Request) -> str | None:
-    """The name the request is attributed to (hits, jobs); set by authentication when enabled."""
-    return getattr(request.state, "caller", None)
+    """The name the request is attributed to (hits, jobs); set by authentication."""
+    found = getattr(request.state, "grant", None)
+    return found.caller if found is not None else None
 
 
 def parse_digest(digest: str) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
@@ -12,14 +12,15 @@ from sqlalchemy import select
 from neffcache import lifecycle
 from neffcache.db.models import Job
 from neffcache.digests import bare_hex
-from neffcache.errors import JobFinished, NotFound
-from neffcache.service.auth import READ, WRITE
+from neffcache.errors import Forbidden, JobFinished, NotFound
+from neffcache.service.auth import READ, WRITE, grant
 from neffcache.service.errors import STORE_ERRORS, error_responses
 from neffcache.service.pagination import MAX_LIMIT, fetch_page
 from neffcache.service.resolve import PREFIX_ERRORS, JobIdInPath, resolve_job
 from neffcache.service.routes.deps import context
 from neffcache.service.streaming import stored_chunks
 from neffcache.service.views import job_view
+from neffcache.spec import NAMESPACE_PATTERN
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -32,19 +33,31 @@ else:
     JobState = Literal[tuple(s.value for s in lifecycle.JobState)]
 
 
-def _get(session: Any, job_id: str) -> Job:
-    """The job named by its id or a unique prefix of it (service.resolve)."""
-    return resolve_job(session, job_id)
+# Naming a job: its id or a prefix, found in a namespace the token may act in.
+NAMED_ERRORS = (*PREFIX_ERRORS, Forbidden)
 
 
-@router.get("", dependencies=[READ])
+def _get(request: Request, session: Any, job_id: str) -> Job:
+    """The job named by its id or a unique prefix of it (service.resolve), if the token may act
+    in its namespace."""
+    job = resolve_job(session, job_id)
+    grant(request).check(job.namespace)
+    return job
+
+
+@router.get("", dependencies=[READ], responses=error_responses(Forbidden))
 def list_jobs(
     request: Request,
     state: JobState | None = None,
+    namespace: Annotated[str | None, Query(pattern=NAMESPACE_PATTERN)] = None,
     limit: int = Query(50, ge=1, le=MAX_LIMIT),
     cursor: str | None = None,
 ) -> dict[str, Any]:
-    query = select(Job)
+    """Jobs in the token's namespaces, newest first."""
+    query = grant(request).limit(select(Job), Job.namespace)
+    if namespace:
+        grant(request).check(namespace)
+        query = query.where(Job.namespace == namespace)
     if state:
         query = query.where(Job.state == state)
     with context(request).db.session() as session:
@@ -52,14 +65,14 @@ def list_jobs(
         return {"jobs": [job_view(j) for j in rows], "next_cursor": cursor_out}
 
 
-@router.get("/{job_id}", dependencies=[READ], responses=error_responses(*PREFIX_ERRORS))
+@router.get("/{job_id}", dependencies=[READ], responses=error_responses(*NAMED_ERRORS))
 def get_job(job_id: JobIdInPath, request: Request) -> dict[str, Any]:
     with context(request).db.session() as session:
-        return job_view(_get(session, job_id))
+        return job_view(_get(request, session, job_id))
 
 
 @router.get("/{job_id}/log", dependencies=[READ], response_class=PlainTextResponse,
-            responses=error_responses(*PREFIX_ERRORS, *STORE_ERRORS))
+            responses=error_responses(*NAMED_ERRORS, *STORE_ERRORS))
 def get_job_log(
     job_id: JobIdInPath,
     request: Request,
@@ -73,7 +86,7 @@ def get_job_log(
     size so far and `X-Neffcache-Log-Complete` whether it is final."""
     ctx = context(request)
     with ctx.db.session() as session:
-        job = _get(session, job_id)
+        job = _get(request, session, job_id)
         job_id = job.id
         digest, tail, size, state = job.log_digest, job.log_tail, job.log_bytes, job.state
     if digest is not None:
@@ -94,14 +107,14 @@ def get_job_log(
 
 @router.post(
     "/{job_id}/cancel", dependencies=[WRITE],
-    responses=error_responses(*PREFIX_ERRORS, JobFinished,
+    responses=error_responses(*NAMED_ERRORS, JobFinished,
                               into={202: {"description": "running: the worker was asked to stop"}})
 )
 def cancel_job(job_id: JobIdInPath, request: Request) -> JSONResponse:
     """Cancel a queued job at once; ask the worker running a job to stop it."""
     ctx = context(request)
     with ctx.db.session() as session:
-        job_id = _get(session, job_id).id
+        job_id = _get(request, session, job_id).id
         # Conditional updates: a worker may claim or finish the job between our read and write.
         step = lifecycle.cancel(session, job_id)
         if step == lifecycle.Step.CANCEL:
@@ -109,9 +122,9 @@ def cancel_job(job_id: JobIdInPath, request: Request) -> JSONResponse:
         elif step == lifecycle.Step.REQUEST_CANCEL:
             status = 202
         else:
-            job = _get(session, job_id)
+            job = _get(request, session, job_id)
             raise JobFinished(f"job {job_id} already ended ({job.state})", job=job_id)
         session.expire_all()
-        body = job_view(_get(session, job_id))
+        body = job_view(_get(request, session, job_id))
     # A cancelled queued job may still sit in RQ; the worker sees its state and skips it.
     return JSONResponse(body, status_code=status)

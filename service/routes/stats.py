@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from neffcache.db.models import CacheEvent, Job
 from neffcache.lifecycle import JobState
-from neffcache.service.auth import READ
+from neffcache.service.auth import READ, Grant, grant
 from neffcache.service.errors import error_responses
 from neffcache.service.pagination import MAX_LIMIT
 from neffcache.service.resolve import KEY_FILTER_PATTERN, KEY_LENGTH, PREFIX_ERRORS, key_prefix, resolve_key
@@ -26,14 +26,14 @@ router = APIRouter(prefix="/v1", tags=["stats"], dependencies=[READ])
 LOOKUP_KINDS = ("lookup", "compile")
 
 
-def _cache_counts(session: Session, *group: Any) -> list[tuple[Any, ...]]:
+def _cache_counts(session: Session, seen: Grant, *group: Any) -> list[tuple[Any, ...]]:
     hit = func.sum(case((CacheEvent.outcome == "hit", 1), else_=0))
-    query = select(
+    query = seen.limit(select(
         *group,
         func.count(),
         hit,
         func.coalesce(func.sum(CacheEvent.saved_seconds), 0.0),
-    ).where(CacheEvent.kind.in_(LOOKUP_KINDS))
+    ), CacheEvent.namespace).where(CacheEvent.kind.in_(LOOKUP_KINDS))
     if group:
         query = query.group_by(*group)
     return [tuple(r) for r in session.execute(query)]
@@ -54,18 +54,22 @@ def _summary(lookups: int, lookup_hits: int | None, saved: float) -> dict[str, A
 @router.get("/stats")
 def stats(request: Request) -> dict[str, Any]:
     """Lookups and compile requests count as lookups (`lookup_hits` of them answered by an
-    artifact); downloads of artifact files are counted apart (`downloads`)."""
+    artifact); downloads of artifact files are counted apart (`downloads`). Only the token's
+    namespaces are counted."""
+    seen = grant(request)
     with context(request).db.session() as session:
-        (lookups, lookup_hits, saved), = _cache_counts(session)
-        by_target = {t: _summary(n, h, s) for t, n, h, s in _cache_counts(session, CacheEvent.target)}
+        (lookups, lookup_hits, saved), = _cache_counts(session, seen)
+        by_target = {t: _summary(n, h, s) for t, n, h, s in _cache_counts(session, seen, CacheEvent.target)}
         by_compiler = {
             f"{name}=={version}": _summary(n, h, s)
-            for name, version, n, h, s in _cache_counts(session, CacheEvent.compiler_name, CacheEvent.compiler_version)
+            for name, version, n, h, s in _cache_counts(session, seen, CacheEvent.compiler_name,
+                                                        CacheEvent.compiler_version)
         }
-        downloads = session.scalar(select(func.count()).where(CacheEvent.kind == "download")) or 0
+        downloads = session.scalar(seen.limit(select(func.count()).where(CacheEvent.kind == "download"),
+                                              CacheEvent.namespace)) or 0
         compiles = dict(
             session.execute(
-                select(Job.state, func.count())
+                seen.limit(select(Job.state, func.count()), Job.namespace)
                 .where(Job.state.in_((JobState.SUCCEEDED, JobState.FAILED)))
                 .group_by(Job.state)
             ).all()
@@ -88,8 +92,8 @@ def hits(
     caller: Annotated[Text | None, Query(description="token name")] = None,
     limit: int = Query(100, ge=1, le=MAX_LIMIT),
 ) -> dict[str, Any]:
-    """Which caller hit which artifact, and when (newest first)."""
-    query = select(CacheEvent).where(CacheEvent.outcome == "hit")
+    """Which caller hit which artifact, and when (newest first), in the token's namespaces."""
+    query = grant(request).limit(select(CacheEvent), CacheEvent.namespace).where(CacheEvent.outcome == "hit")
     if caller:
         query = query.where(CacheEvent.caller == caller)
     with context(request).db.session() as session:

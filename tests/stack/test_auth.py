@@ -34,12 +34,13 @@ ROUTES = [
     ("GET", "/v1/hits", None, "read"),
     ("GET", "/v1/workers", None, "read"),
     ("GET", f"/v1/blobs/{DIGEST}", None, "read"),
-    ("POST", "/v1/artifacts", {"spec": SPEC["spec"], "files": [{"name": "model.neff", "digest": DIGEST}]}, "write"),
+    ("POST", "/v1/artifacts", {"spec": SPEC["spec"], "files": [{"name": "model.neff", "digest": DIGEST}]},
+     "publish"),
     ("GET", "/v1/toolchains", None, "read"),
     ("GET", "/v1/tokens", None, "admin"),
 ]
-CALLERS = ["none", "read", "write", "admin"]
-RANK = {"none": 0, "read": 1, "write": 2, "admin": 3}
+CALLERS = ["none", "read", "write", "publish", "admin"]
+RANK = {"none": 0, "read": 1, "write": 2, "publish": 3, "admin": 4}
 
 
 @pytest.mark.parametrize("caller", CALLERS)
@@ -65,8 +66,8 @@ def test_unknown_and_revoked_tokens_are_401(running, stack_settings) -> None:
     name = f"short-lived-{uuid.uuid4().hex[:6]}"
     env = running.stack.env()
     admin = [sys.executable, "-m", "neffcache.service.admin", "token"]
-    token = subprocess.run(admin + ["create", "--name", name, "--scope", "read"], env=env, check=True,
-                           capture_output=True, text=True).stdout.strip()
+    token = subprocess.run(admin + ["create", "--name", name, "--scope", "read", "--all-namespaces"], env=env,
+                           check=True, capture_output=True, text=True).stdout.strip()
     auth = {"Authorization": f"Bearer {token}"}
     assert httpx.get(f"{running.url}/v1/stats", headers=auth).status_code == 200
     subprocess.run(admin + ["revoke", name], env=env, check=True, capture_output=True)

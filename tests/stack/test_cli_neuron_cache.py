@@ -62,7 +62,7 @@ def entry_of(folder: Path) -> str:
     return f"{folder.parent.name}/{folder.name}"
 
 
-def test_compile_push_and_pull_into_an_empty_cache_reproduce_the_layout(cli, api: httpx.Client, running,
+def test_compile_push_and_pull_into_an_empty_cache_reproduce_the_layout(publisher_cli, api: httpx.Client, running,
                                                                         tmp_path: Path) -> None:
     cache = tmp_path / "neuron-compile-cache"
     # Graphs extracted but not compiled (what NEURON_EXTRACT_GRAPHS_ONLY=1 leaves), on the double's compiler.
@@ -79,15 +79,15 @@ def test_compile_push_and_pull_into_an_empty_cache_reproduce_the_layout(cli, api
 
     # No --target and one entry's flags name none: refused, naming it, before anything is sent.
     jobs_before = {j["id"] for j in api.get("/v1/jobs", params={"limit": 500}).json()["jobs"]}
-    no_target = cli("compile", "--from-neuron-cache", str(cache), "--json")
+    no_target = publisher_cli("compile", "--from-neuron-cache", str(cache), "--json")
     assert no_target.rc == 2, (no_target.stdout, no_target.stderr)
     assert entry_of(uncompiled[2]) in no_target.one_line_error() and "--target" in no_target.one_line_error()
     assert {j["id"] for j in api.get("/v1/jobs", params={"limit": 500}).json()["jobs"]} == jobs_before
 
     inputs_log = Path(str(running.double_record) + ".inputs")
     compiled_before = inputs_log.read_text().split() if inputs_log.exists() else []
-    done = cli("compile", "--from-neuron-cache", str(cache), "--target", "trn1", "--wait", "--timeout", "120",
-               "--json", timeout=200)
+    done = publisher_cli("compile", "--from-neuron-cache", str(cache), "--target", "trn1", "--wait", "--timeout",
+                         "120", "--json", timeout=200)
     assert done.rc == 0, (done.stdout, done.stderr)
     body = done.json()
     assert body["skipped"] == [{"entry": entry_of(compiled), "reason": "already compiled (model.neff and model.done)"}]
@@ -118,11 +118,11 @@ def test_compile_push_and_pull_into_an_empty_cache_reproduce_the_layout(cli, api
                                         for f in uncompiled)
 
     # Again: every one is a hit now, and nothing new is compiled.
-    again = cli("compile", "--from-neuron-cache", str(cache), "--target", "trn1", "--json")
+    again = publisher_cli("compile", "--from-neuron-cache", str(cache), "--target", "trn1", "--json")
     assert again.rc == 0 and {r["status"] for r in again.json()["results"]} == {"hit"}
 
     # A runtime of another SDK release than the compiler's is refused for that entry (exit 2).
-    mismatched = cli("push", "--from-neuron-cache", str(cache), "--runtime-version", NEURON_RUNTIME, "--json")
+    mismatched = publisher_cli("push", "--from-neuron-cache", str(cache), "--runtime-version", NEURON_RUNTIME, "--json")
     assert mismatched.rc == 2, (mismatched.stdout, mismatched.stderr)
     [refused] = mismatched.json()["results"]
     assert refused["status"] == "refused" and refused["error"] == "toolchain_mismatch"
@@ -130,7 +130,7 @@ def test_compile_push_and_pull_into_an_empty_cache_reproduce_the_layout(cli, api
 
     # push: the compiled entry is published; no worker of its compiler is needed, and the service
     # pairs it with the runtime of the compiler's SDK release.
-    pushed = cli("push", "--from-neuron-cache", str(cache), "--json")
+    pushed = publisher_cli("push", "--from-neuron-cache", str(cache), "--json")
     assert pushed.rc == 0, (pushed.stdout, pushed.stderr)
     [p] = pushed.json()["results"]
     assert p["entry"] == entry_of(compiled) and p["status"] == "published"
@@ -143,20 +143,20 @@ def test_compile_push_and_pull_into_an_empty_cache_reproduce_the_layout(cli, api
         ("model.neff", sha((compiled / "model.neff").read_bytes()))]
     assert artifact["annotations"]["neuron_cache.module"] == compiled.name
     assert artifact["annotations"]["neuron_cache.compile_flags"] == (compiled / "compile_flags.json").read_text()
-    again = cli("push", "--from-neuron-cache", str(cache))
+    again = publisher_cli("push", "--from-neuron-cache", str(cache))
     assert again.rc == 0 and "already published" in again.stdout
 
     # pull --into-neuron-cache, into an empty folder: the same layout comes back. A pod runs one
     # runtime, so the entries of each runtime come in their own pull (here one by a lock file).
     restored = tmp_path / "pod-cache"
     lock = tmp_path / "deploy.lock.json"
-    locked = cli("lock", *keys.values(), "--output", str(lock))
+    locked = publisher_cli("lock", *keys.values(), "--output", str(lock))
     assert locked.rc == 0, locked.stderr
-    first = cli("pull", "--lock", str(lock), "--into-neuron-cache", str(restored), "--runtime-version",
-                NEURON_RUNTIME, "--json")
+    first = publisher_cli("pull", "--lock", str(lock), "--into-neuron-cache", str(restored), "--runtime-version",
+                          NEURON_RUNTIME, "--json")
     assert first.rc == 0, (first.stdout, first.stderr)
     assert {a["entry"] for a in first.json()["artifacts"]} == set(keys)
-    second = cli("pull", p["key"], "--into-neuron-cache", str(restored), "--runtime-version", OLD_RUNTIME)
+    second = publisher_cli("pull", p["key"], "--into-neuron-cache", str(restored), "--runtime-version", OLD_RUNTIME)
     assert second.rc == 0, second.stderr
     assert "restored 1 entry" in second.stderr
 
@@ -175,27 +175,27 @@ def test_compile_push_and_pull_into_an_empty_cache_reproduce_the_layout(cli, api
         assert sha(got[f"{entry}/model.neff"]) == neff["sha256"]
 
     # Run again (a restarted pod): everything is already there.
-    rerun = cli("pull", "--lock", str(lock), "--into-neuron-cache", str(restored), "--runtime-version",
-                NEURON_RUNTIME, "--json")
+    rerun = publisher_cli("pull", "--lock", str(lock), "--into-neuron-cache", str(restored), "--runtime-version",
+                          NEURON_RUNTIME, "--json")
     assert rerun.rc == 0 and {a["status"] for a in rerun.json()["artifacts"]} == {"present"}
     # A damaged NEFF is restored, and the entry is marked done again only after it.
     damaged = restored / next(iter(keys)) / "model.neff"
     damaged.write_bytes(b"half a neff")
-    repaired = cli("pull", "--lock", str(lock), "--into-neuron-cache", str(restored), "--runtime-version",
-                   NEURON_RUNTIME, "--json")
+    repaired = publisher_cli("pull", "--lock", str(lock), "--into-neuron-cache", str(restored), "--runtime-version",
+                             NEURON_RUNTIME, "--json")
     assert repaired.rc == 0, repaired.stderr
     assert sorted(a["status"] for a in repaired.json()["artifacts"]) == ["present", "present", "restored"]
     assert tree(restored) == got
 
 
-def test_push_refuses_an_invalid_neff_and_still_publishes_the_valid_ones(cli, api: httpx.Client,
+def test_push_refuses_an_invalid_neff_and_still_publishes_the_valid_ones(publisher_cli, api: httpx.Client,
                                                                          tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     good = make_entry(cache, OLD_VERSION, ["--target=inf2"], neff=host_neff())
     bad_hlo = hlo_model()
     bad = make_entry(cache, OLD_VERSION, ["--target=inf2"], hlo=bad_hlo, neff=host_neff()[:-100])  # truncated
     half = make_entry(cache, OLD_VERSION, ["--target=inf2"], neff=host_neff(), done=False)  # still being written
-    r = cli("push", "--from-neuron-cache", str(cache), "--json")
+    r = publisher_cli("push", "--from-neuron-cache", str(cache), "--json")
     assert r.rc == 5, (r.stdout, r.stderr)
     results = {x["entry"]: x for x in r.json()["results"]}
     assert set(results) == {entry_of(good), entry_of(bad)}
@@ -209,73 +209,76 @@ def test_push_refuses_an_invalid_neff_and_still_publishes_the_valid_ones(cli, ap
     assert api.get("/v1/artifacts", params={"model": "sha256:" + sha(bad_hlo)}).json()["artifacts"] == []
     assert api.head(f"/v1/blobs/sha256:{sha((bad / 'model.neff').read_bytes())}").status_code == 404
 
-    human = cli("push", "--from-neuron-cache", str(cache))
+    human = publisher_cli("push", "--from-neuron-cache", str(cache))
     assert human.rc == 5 and "already published" in human.stdout and "invalid NEFF" in human.stdout
 
 
-def test_lnc_of_the_pod_must_match_the_neff(cli, api: httpx.Client, tmp_path: Path) -> None:
+def test_lnc_of_the_pod_must_match_the_neff(publisher_cli, api: httpx.Client, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     make_entry(cache, OLD_VERSION, ["--target=trn2", "-lnc", "2"], neff=host_neff(lnc_size=2, feature_bits=5))
-    pushed = cli("push", "--from-neuron-cache", str(cache), "--json")
+    pushed = publisher_cli("push", "--from-neuron-cache", str(cache), "--json")
     assert pushed.rc == 0, pushed.stderr
     key = pushed.json()["results"][0]["key"]
 
-    shown = cli("show", key)
+    shown = publisher_cli("show", key)
     assert shown.rc == 0, shown.stderr
     neff_row = next(line for line in shown.stdout.splitlines() if "model.neff" in line and OLD_VERSION in line)
     assert " 2.0 " in neff_row and " 2 " in neff_row and "0x5" in neff_row  # neff_version, lnc_size, feature_bits
     assert "neuron_cache.module" in shown.stdout and "MODULE_" in shown.stdout
-    neff = shown_json = cli("show", key, "--json").json()
+    neff = shown_json = publisher_cli("show", key, "--json").json()
     neff = shown_json["files"][0]["neff"]
     assert neff["lnc_size"] == 2 and neff["feature_bits"] == 5 and neff["neff_version"] == "2.0"
 
     for option in ("--dest", "--into-neuron-cache"):
         dest = tmp_path / f"pod{option}"
-        refused = cli("pull", key, option, str(dest), "--runtime-version", OLD_RUNTIME, "--json",
-                      NEURON_LOGICAL_NC_CONFIG="1")
+        refused = publisher_cli("pull", key, option, str(dest), "--runtime-version", OLD_RUNTIME, "--json",
+                                NEURON_LOGICAL_NC_CONFIG="1")
         assert refused.rc == 5, (option, refused.stdout, refused.stderr)
         line = refused.one_line_error()
         assert "model.neff" in line and "lnc_size 2" in line and "NEURON_LOGICAL_NC_CONFIG=1" in line
         assert refused.json()["error"] == "runtime_mismatch"
         assert not dest.exists()
-        ok = cli("pull", key, option, str(dest), "--runtime-version", OLD_RUNTIME, NEURON_LOGICAL_NC_CONFIG="2")
+        ok = publisher_cli("pull", key, option, str(dest), "--runtime-version", OLD_RUNTIME,
+                           NEURON_LOGICAL_NC_CONFIG="2")
         assert ok.rc == 0, ok.stderr
-    bad_env = cli("pull", key, "--dest", str(tmp_path / "x"), "--runtime-version", OLD_RUNTIME,
-                  NEURON_LOGICAL_NC_CONFIG="two")
+    bad_env = publisher_cli("pull", key, "--dest", str(tmp_path / "x"), "--runtime-version", OLD_RUNTIME,
+                            NEURON_LOGICAL_NC_CONFIG="two")
     assert bad_env.rc == 2 and "NEURON_LOGICAL_NC_CONFIG" in bad_env.one_line_error()
 
 
-def test_what_a_neuron_cache_pull_and_compile_refuse(cli, api: httpx.Client, tmp_path: Path) -> None:
+def test_what_a_neuron_cache_pull_and_compile_refuse(publisher_cli, api: httpx.Client, tmp_path: Path) -> None:
     # An artifact compiled from a spec, not from a cache entry: it has no place in a cache folder.
     _, artifact = published(api)
     dest = tmp_path / "pod-cache"
-    r = cli("pull", artifact["key"], "--into-neuron-cache", str(dest), "--runtime-version", NEURON_RUNTIME)
+    r = publisher_cli("pull", artifact["key"], "--into-neuron-cache", str(dest), "--runtime-version", NEURON_RUNTIME)
     assert r.rc == 2 and artifact["key"] in r.one_line_error() and "neuron_cache.module" in r.one_line_error()
     assert not dest.exists()
     # A miss among the keys: nothing written either.
-    miss = cli("pull", artifact["key"], "f" * 64, "--into-neuron-cache", str(dest), "--runtime-version", NEURON_RUNTIME)
+    miss = publisher_cli("pull", artifact["key"], "f" * 64, "--into-neuron-cache", str(dest), "--runtime-version",
+                         NEURON_RUNTIME)
     assert miss.rc == 4 and "f" * 64 in miss.one_line_error() and not dest.exists()
 
-    assert cli("pull", artifact["key"], "--dest", str(tmp_path / "a"), "--into-neuron-cache",
+    assert publisher_cli("pull", artifact["key"], "--dest", str(tmp_path / "a"), "--into-neuron-cache",
                str(dest)).rc == 2
-    missing = cli("compile", "--from-neuron-cache", str(tmp_path / "nowhere"))
+    missing = publisher_cli("compile", "--from-neuron-cache", str(tmp_path / "nowhere"))
     assert missing.rc == 2 and "no such folder" in missing.one_line_error()
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert "holds no libneuronxla cache entries" in cli("push", "--from-neuron-cache", str(empty)).one_line_error()
-    mixed = cli("compile", "--from-neuron-cache", str(empty), "--flag=-O2")
+    pushed_nothing = publisher_cli("push", "--from-neuron-cache", str(empty))
+    assert "holds no libneuronxla cache entries" in pushed_nothing.one_line_error()
+    mixed = publisher_cli("compile", "--from-neuron-cache", str(empty), "--flag=-O2")
     assert mixed.rc == 2 and "--flag" in mixed.one_line_error()
 
     cache = tmp_path / "cache"
     only_done = make_entry(cache, OLD_VERSION, ["--target=trn1"], neff=host_neff())
-    nothing = cli("compile", "--from-neuron-cache", str(cache), "--json")
+    nothing = publisher_cli("compile", "--from-neuron-cache", str(cache), "--json")
     assert nothing.rc == 0 and nothing.json()["results"] == []
     assert nothing.json()["skipped"][0]["entry"] == entry_of(only_done)
     disagree = make_entry(cache, DOUBLE_VERSION, ["--target=trn1"])
-    conflict = cli("compile", "--from-neuron-cache", str(cache), "--target", "inf2")
+    conflict = publisher_cli("compile", "--from-neuron-cache", str(cache), "--target", "inf2")
     assert conflict.rc == 2 and entry_of(disagree) in conflict.one_line_error()
     (disagree / "compile_flags.json").write_text("--target=trn1")  # not JSON
-    broken = cli("compile", "--from-neuron-cache", str(cache))
+    broken = publisher_cli("compile", "--from-neuron-cache", str(cache))
     assert broken.rc == 2 and "compile_flags.json" in broken.one_line_error()
 
 

@@ -24,7 +24,8 @@ def test_publish_validates_records_and_is_immutable(api: httpx.Client) -> None:
     artifact = api.get(f"/v1/artifacts/{key}").json()
     assert artifact["files"][0]["neff"]["feature_bits"] == 4 and artifact["compile_seconds"] == 812.5
     assert artifact["annotations"]["neuron_cache.module"] == "MODULE_1+ab"
-    assert artifact["annotations"]["published_by"] == SESSION_ADMIN
+    assert artifact["origin"] == {"kind": "pushed", "token": SESSION_ADMIN} and artifact["job_id"] is None
+    assert "published_by" not in artifact["annotations"]
     assert api.post("/v1/lookup", json={"spec": spec}).status_code == 200
 
     again = _publish(api, spec, neff)

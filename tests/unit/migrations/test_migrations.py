@@ -3,6 +3,7 @@ and the migrated schema matches the models."""
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import Iterator
@@ -79,8 +80,8 @@ def test_one_active_job_per_key_is_enforced_by_the_database(empty_database: str)
     migrate.upgrade(empty_database)
     engine = create_engine(normalise_url(empty_database))
     insert = text(
-        "INSERT INTO jobs (id, key, manifest, queue, state, attempts, max_attempts, cancel_requested, created_at) "
-        "VALUES (:id, :key, '{}', 'q', :state, 0, 1, false, CURRENT_TIMESTAMP)"
+        "INSERT INTO jobs (id, key, namespace, manifest, queue, state, attempts, max_attempts, cancel_requested, "
+        "created_at) VALUES (:id, :key, 'default', '{}', 'q', :state, 0, 1, false, CURRENT_TIMESTAMP)"
     )
     try:
         with engine.begin() as conn:
@@ -89,5 +90,45 @@ def test_one_active_job_per_key_is_enforced_by_the_database(empty_database: str)
         with pytest.raises(Exception, match="(?i)unique"):
             with engine.begin() as conn:
                 conn.execute(insert, {"id": "c", "key": "k", "state": "running"})
+    finally:
+        engine.dispose()
+
+
+def test_0007_keeps_old_tokens_everywhere_and_backfills_namespaces_and_origins(empty_database: str) -> None:
+    """Rows written before namespaces were checked: old tokens keep acting in every namespace,
+    jobs and events get their key's namespace, artifacts their origin and token."""
+    migrate.upgrade(empty_database, "0006")
+    engine = create_engine(normalise_url(empty_database))
+    manifest = '{"namespace": "team-a"}'
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO api_tokens (name, token_sha256, scope, created_at) "
+                              "VALUES ('ci', 'h1', 'write', CURRENT_TIMESTAMP)"))
+            conn.execute(text(
+                "INSERT INTO jobs (id, key, manifest, queue, state, attempts, max_attempts, cancel_requested, "
+                "requested_by, created_at) VALUES ('j1', 'k1', :m, 'q', 'succeeded', 1, 1, false, 'ci', "
+                "CURRENT_TIMESTAMP)"), {"m": manifest})
+            for key, job, annotations in [("k1", "j1", None), ("k2", None, '{"published_by": "laptop"}')]:
+                conn.execute(text(
+                    "INSERT INTO artifacts (key, manifest, namespace, model_digest, target, compiler_name, "
+                    "compiler_version, runtime_version, compile_seconds, job_id, created_at, annotations) VALUES "
+                    "(:key, :m, 'team-a', 'sha256:x', 'trn1', 'neuronx-cc', '2', '2', 1.0, :job, CURRENT_TIMESTAMP, "
+                    ":a)"), {"key": key, "m": manifest, "job": job, "a": annotations})
+            for key in ("k1", "k2", "k-unknown"):
+                conn.execute(text(
+                    "INSERT INTO cache_events (at, kind, outcome, key, target, compiler_name, compiler_version, "
+                    "saved_seconds) VALUES (CURRENT_TIMESTAMP, 'lookup', 'miss', :key, 'trn1', 'neuronx-cc', '2', 0)"),
+                    {"key": key})
+        migrate.upgrade(empty_database)
+        with engine.connect() as conn:
+            namespaces = conn.execute(text("SELECT namespaces FROM api_tokens")).scalar_one()
+            assert (namespaces if isinstance(namespaces, list) else json.loads(namespaces)) == ["*"]
+            assert conn.execute(text("SELECT namespace FROM jobs")).scalar_one() == "team-a"
+            origins = conn.execute(text("SELECT key, origin, origin_token FROM artifacts ORDER BY key")).all()
+            assert [tuple(r) for r in origins] == [("k1", "farm", "ci"), ("k2", "pushed", "laptop")]
+            events = dict(conn.execute(text("SELECT key, namespace FROM cache_events")).all())
+            assert events == {"k1": "team-a", "k2": "team-a", "k-unknown": None}
+        migrate.downgrade(empty_database, "0006")
+        migrate.upgrade(empty_database)
     finally:
         engine.dispose()

@@ -34,3 +34,41 @@ def test_expired_and_record_use() -> None:
     assert not tokens.record_use(row, now + timedelta(seconds=59)) and row.last_used_at == now
     later = now + tokens.LAST_USED_RESOLUTION
     assert tokens.record_use(row, later) and row.last_used_at == later
+
+
+@pytest.mark.parametrize(("held", "needed", "allowed"), [
+    ("read", "read", True), ("read", "write", False), ("write", "write", True), ("write", "publish", False),
+    ("publish", "write", True), ("publish", "publish", True), ("publish", "admin", False), ("admin", "publish", True),
+])
+def test_scopes_are_ordered_and_publish_is_above_write(held: str, needed: str, allowed: bool) -> None:
+    assert tokens.scope_allows(held, needed) is allowed
+
+
+@pytest.mark.parametrize(("held", "namespace", "allowed"), [
+    (["team-a"], "team-a", True), (["team-a"], "team-b", False), (["team-a", "team-b"], "team-b", True),
+    (["*"], "anything", True), (["team-a"], "*", False), (["team-a"], "team-a ", False), ([], "default", False),
+])
+def test_namespace_allows(held: list[str], namespace: str, allowed: bool) -> None:
+    assert tokens.namespace_allows(held, namespace) is allowed
+
+
+@pytest.mark.parametrize(("scope", "given", "stored"), [
+    ("read", None, ["*"]), ("admin", None, ["*"]), ("write", ["b", "a", "b"], ["a", "b"]),
+    ("publish", ["default"], ["default"]),
+])
+def test_checked_namespaces(scope: str, given: list[str] | None, stored: list[str]) -> None:
+    assert tokens.checked_namespaces(scope, given) == stored
+
+
+@pytest.mark.parametrize(("scope", "given", "message"), [
+    ("admin", ["a"], "an admin token acts in every namespace"),
+    ("write", [], "at least one namespace"),
+    ("write", ["*"], "'*' is not a namespace"),
+    ("write", ["A"], "'A' is not a namespace"),
+    ("write", ["a\x00"], "is not a namespace"),
+    ("write", ["x" * 65], "is not a namespace"),
+])
+def test_checked_namespaces_refuses(scope: str, given: list[str], message: str) -> None:
+    with pytest.raises(InvalidParameter, match="^namespace: ") as refused:
+        tokens.checked_namespaces(scope, given)
+    assert message in refused.value.detail

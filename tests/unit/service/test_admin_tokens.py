@@ -36,7 +36,7 @@ def run(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, *ar
 def test_create_with_a_lifetime_and_list_shows_expiry_and_last_use(
         database: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     code, out, _ = run(capsys, monkeypatch, "token", "create", "--name", "ci", "--scope", "write",
-                       "--expires-in", "30d", "--json")
+                       "--namespace", "team-a", "--expires-in", "30d", "--json")
     assert code == 0
     made = json.loads(out)
     expires_at = datetime.fromisoformat(made["expires_at"])
@@ -56,12 +56,14 @@ def test_create_with_a_lifetime_and_list_shows_expiry_and_last_use(
     rows = {row["name"]: row for row in json.loads(out)}
     assert rows["ci"]["expires_at"] == made["expires_at"] and rows["ci"]["last_used_at"] is None
     assert rows["ci"]["expired"] is False and rows["ops"]["expired"] is True
+    assert rows["ci"]["namespaces"] == ["team-a"] and rows["ops"]["namespaces"] == ["*"]
     assert rows["ops"]["last_used_at"] == used.isoformat()
 
     code, out, _ = run(capsys, monkeypatch, "token", "list")
     header, *lines = out.splitlines()
-    assert header.split() == ["NAME", "SCOPE", "CREATED", "EXPIRES", "LAST", "USED"]
+    assert header.split() == ["NAME", "SCOPE", "NAMESPACES", "CREATED", "EXPIRES", "LAST", "USED"]
     ci_line, ops_line = lines
+    assert ci_line.split()[:3] == ["ci", "write", "team-a"] and ops_line.split()[:3] == ["ops", "admin", "*"]
     assert ci_line.split()[0] == "ci" and expires_at.isoformat(timespec="seconds") in ci_line
     assert ci_line.split()[-1] == "never"  # never used
     assert ops_line.split()[0] == "ops" and used.isoformat() in ops_line and ops_line.endswith("(expired)")
@@ -78,3 +80,31 @@ def test_bad_lifetimes_and_the_bootstrap_name_are_refused_in_one_line(
     assert code == 4 and "refused once an admin token exists" in err
     code, out, _ = run(capsys, monkeypatch, "token", "list", "--json")
     assert json.loads(out) == []
+
+
+@pytest.mark.parametrize(("args", "in_error"), [
+    (["--scope", "write"], "--namespace NAME (repeat for several) or --all-namespaces"),
+    (["--scope", "read", "--namespace", "a", "--all-namespaces"], "not both"),
+    (["--scope", "admin", "--namespace", "a"], "an admin token acts in every namespace"),
+    (["--scope", "publish", "--namespace", "Team-A"], "'Team-A' is not a namespace"),
+    (["--scope", "write", "--namespace", "*"], "'*' is not a namespace"),
+    (["--scope", "write", "--namespace", ""], "'' is not a namespace"),
+    (["--scope", "root", "--all-namespaces"], "scope: 'root' is not one of read, write, publish, admin"),
+])
+def test_a_token_must_say_where_it_acts(database: str, capsys: pytest.CaptureFixture[str],
+                                        monkeypatch: pytest.MonkeyPatch, args: list[str], in_error: str) -> None:
+    code, out, err = run(capsys, monkeypatch, "token", "create", "--name", "ci", *args)
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and in_error in err
+    code, out, _ = run(capsys, monkeypatch, "token", "list", "--json")
+    assert json.loads(out) == []
+
+
+def test_namespaces_are_stored_sorted_once_and_all_namespaces_is_a_star(
+        database: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    made = {}
+    for name, args in {"teams": ["--scope", "publish", "--namespace", "b", "--namespace", "a", "--namespace", "b"],
+                       "everywhere": ["--scope", "read", "--all-namespaces"], "ops": ["--scope", "admin"]}.items():
+        code, out, _ = run(capsys, monkeypatch, "token", "create", "--name", name, *args, "--json")
+        assert code == 0
+        made[name] = json.loads(out)["namespaces"]
+    assert made == {"teams": ["a", "b"], "everywhere": ["*"], "ops": ["*"]}

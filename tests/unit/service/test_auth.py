@@ -12,11 +12,14 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
 from neffcache import tokens
-from neffcache.db.models import ApiToken, utcnow
+from neffcache.db.models import ApiToken, Job, utcnow
 from neffcache.db.session import Database
+from neffcache.errors import Forbidden
 from neffcache.service.app import create_app
+from neffcache.service.auth import Grant
 from tests.support.in_process import migrated_sqlite, service_settings
 
 BOOTSTRAP = "nfc_test-auth-bootstrap"
@@ -135,3 +138,26 @@ def test_last_use_is_recorded_at_most_once_a_minute(service: Service) -> None:
     service.set("pods", expires_at=utcnow() - timedelta(seconds=1), last_used_at=None)
     assert service.get("/v1/workers", pods)[0] == 401
     assert service.row("pods").last_used_at is None
+
+
+@pytest.mark.parametrize(("namespaces", "namespace", "allowed"), [
+    (("team-a",), "team-a", True), (("team-a",), "team-b", False), (("*",), "team-b", True),
+])
+def test_a_grant_checks_a_namespace_with_403_naming_it(namespaces: tuple[str, ...], namespace: str,
+                                                     allowed: bool) -> None:
+    grant = Grant("ci", "write", namespaces)
+    if allowed:
+        grant.check(namespace)
+        return
+    with pytest.raises(Forbidden) as refused:
+        grant.check(namespace)
+    assert refused.value.http_status == 403 and repr(namespace) in refused.value.detail
+    assert "token 'ci' may act only in 'team-a'" in refused.value.detail
+
+
+def test_a_grant_limits_listings_to_its_namespaces() -> None:
+    query = select(Job)
+    assert Grant("ops", "admin", ("*",)).limit(query, Job.namespace) is query
+    limited = str(Grant("ci", "read", ("a", "b")).limit(query, Job.namespace).compile(
+        compile_kwargs={"literal_binds": True}))
+    assert "jobs.namespace IN ('a', 'b')" in limited

@@ -202,6 +202,8 @@ def parameter_values(s: Seeded) -> dict[str, st.SearchStrategy[str]]:
         "target": st.one_of(st.sampled_from(words), URL_TEXT),
         "compiler": st.one_of(st.sampled_from(words), URL_TEXT),
         "caller": st.one_of(st.sampled_from(words), URL_TEXT),
+        "namespace": st.one_of(st.sampled_from(["default", "team-a", "*", "", "Team"]), URL_TEXT),
+        "origin": st.one_of(st.sampled_from(["farm", "pushed", "FARM", ""]), URL_TEXT),
     }
 
 
