@@ -19,7 +19,7 @@ from pathlib import Path
 from neffcache import neff
 from neffcache.db.session import DATABASE_UNAVAILABLE
 from neffcache.digests import bare_hex, digest_of
-from neffcache.errors import CorruptObject, InvalidNeff, StorageError
+from neffcache.errors import CorruptObject, InvalidNeff, NeffcacheError, StorageError
 from neffcache.lifecycle import FailureClass, WorkerState
 from neffcache.queue import version_matches
 from neffcache.workers import context, jobs, registry
@@ -100,18 +100,26 @@ def _run(ctx: WorkerContext, job: jobs.ClaimedJob) -> str:
             # The store's copy is damaged, not the model: never a remembered failure of the model
             # (`invalid_input` would answer every later request for it from memory). The store
             # cannot give the model's bytes: transient, so it is retried (with the storage
-            # backoff), and succeeds once the model is uploaded again in between.
+            # backoff), and succeeds once the model is uploaded again in between. The copy is
+            # moved aside, so that it reads as missing: `neffcache compile` asks whether the blob
+            # is stored (HEAD) before uploading, and now uploads it again.
             model = job.manifest["model"]["digest"]
+            aside = _quarantine(ctx, model_hex)
             jobs.record_failure(
                 ctx, job.id, FailureClass.STORAGE_UNAVAILABLE,
                 f"the stored copy of model blob {model} is corrupt (it hashes to sha256:{exc.extra.get('actual')}); "
-                f"the model is not at fault. Upload the model again (PUT /v1/blobs/{model} replaces a corrupt "
-                "copy) to repair it, then compile again",
+                f"the model is not at fault. {aside}Upload the model again (`neffcache compile` does, or "
+                f"PUT /v1/blobs/{model}) to repair it, then compile again",
                 expected_worker=ctx.worker_id)
             return "corrupt input"
         if not found:
-            jobs.record_failure(ctx, job.id, FailureClass.INVALID_INPUT,
-                                f"model blob {job.manifest['model']['digest']} is missing from the object store",
+            # Recorded as uploaded, yet not in the store (moved aside as corrupt, or deleted):
+            # the store's loss, not the model's fault, so not remembered; an upload repairs it.
+            model = job.manifest["model"]["digest"]
+            jobs.record_failure(ctx, job.id, FailureClass.STORAGE_UNAVAILABLE,
+                                f"model blob {model} is missing from the object store (moved aside as corrupt, "
+                                f"or deleted); upload the model again (`neffcache compile` does, or "
+                                f"PUT /v1/blobs/{model}), then compile again",
                                 expected_worker=ctx.worker_id)
             return "missing input"
         build = work / "build"
@@ -119,6 +127,19 @@ def _run(ctx: WorkerContext, job: jobs.ClaimedJob) -> str:
         should_cancel = _progress_poller(ctx, job.id, build / LOG_FILE)
         outcome = ctx.backend.compile(job.manifest, model_path, build, settings.compile_timeout_s, should_cancel)
         return _finish(ctx, job, outcome)
+
+
+def _quarantine(ctx: WorkerContext, digest_hex: str) -> str:
+    """Move a corrupt stored object aside; says so for the job's message ("" if it could not be)."""
+    try:
+        where = ctx.store.quarantine(digest_hex)
+    except NeffcacheError as exc:  # a store that fails now: the upload's verification repairs it instead
+        log.warning("could not move corrupt object sha256:%s aside: %s", digest_hex, exc.detail)
+        return ""
+    if where is None:
+        return ""
+    log.warning("moved corrupt object sha256:%s aside to %s", digest_hex, where)
+    return "It was moved aside (it reads as missing now). "
 
 
 def _progress_poller(ctx: WorkerContext, job_id: str, log_path: Path) -> Callable[[], bool]:
