@@ -20,12 +20,17 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from neffcache.client.api import NeffcacheClient
 from neffcache.client.files import sync_folder
 from neffcache.client.pull import BY_NAME, STAGING_PREFIX, FileResult, PullPlan, Wanted, plan
 from neffcache.client.specs import sha256_file
 from neffcache.digests import digest_of
-from neffcache.errors import IntegrityFailure, UsageError
+from neffcache.errors import IntegrityFailure, NeffcacheError, Unreachable, UsageError
+
+# The header with which the service vouches for the bytes it streams itself (service/streaming.py).
+VOUCHED_SHA256 = "x-neffcache-sha256"
 
 
 def holds(result: FileResult) -> bool:
@@ -79,18 +84,21 @@ def download_file(client: NeffcacheClient, result: FileResult, advance: Callable
             encoding = response.headers.get("content-encoding", "identity").strip().lower()
             chunks = response.iter_raw() if encoding in ("", "identity") else response.iter_bytes()
             with open(temp, "wb") as out:
-                for chunk in chunks:
-                    if stop.is_set():
-                        raise _Stopped()
-                    received += len(chunk)
-                    if received > result.size:
-                        raise IntegrityFailure(
-                            f"{result.name} of artifact {result.key}: more than the {result.size} bytes listed "
-                            f"arrived; not written"
-                        )
-                    digest.update(chunk)
-                    out.write(chunk)
-                    advance(len(chunk))
+                try:
+                    for chunk in chunks:
+                        if stop.is_set():
+                            raise _Stopped()
+                        received += len(chunk)
+                        if received > result.size:
+                            raise IntegrityFailure(
+                                f"{result.name} of artifact {result.key}: more than the {result.size} bytes listed "
+                                f"arrived; not written"
+                            )
+                        digest.update(chunk)
+                        out.write(chunk)
+                        advance(len(chunk))
+                except httpx.TransportError as exc:
+                    raise _ended_early(result, response, received, exc) from None
                 out.flush()
                 os.fsync(out.fileno())
         actual = digest.hexdigest()
@@ -110,6 +118,28 @@ def download_file(client: NeffcacheClient, result: FileResult, advance: Callable
         raise UsageError(f"cannot write {target}: {exc.strerror or exc}") from None
     finally:
         temp.unlink(missing_ok=True)
+
+
+def _ended_early(result: FileResult, response: httpx.Response, received: int,
+                 exc: httpx.TransportError) -> NeffcacheError:
+    """What a body that stopped before its end means. The service, streaming a stored object
+    itself, vouches for its digest (X-Neffcache-Sha256 on that very response) and holds its last
+    chunk back until the bytes hash to it; when they do not, it ends the body early instead
+    (service/streaming.py). So a body of such a response that ends early is an integrity failure
+    (exit 5). Any other stop (a timeout, a download from the object store cut off) is the service
+    or the store being unavailable (exit 6)."""
+    what = f"{result.name} of artifact {result.key}"
+    vouched = response.headers.get(VOUCHED_SHA256)
+    if vouched and isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError)):
+        return IntegrityFailure(
+            f"{what}: the service ended the transfer after {received} of {result.size} bytes, as it does when "
+            f"the stored object does not hash to its sha256 {vouched}: the stored copy is most likely corrupt; "
+            f"not written",
+            file=result.name, key=result.key, expected=result.sha256, received=received,
+        )
+    reason = " ".join((str(exc) or type(exc).__name__).split())
+    return Unreachable(f"{what}: the download from {response.url.host} stopped after {received} of {result.size} "
+                       f"bytes ({reason}); not written")
 
 
 class _Stopped(Exception):

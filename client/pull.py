@@ -35,6 +35,7 @@ from neffcache.client.runtime import RuntimeResolver
 from neffcache.client.specs import SpecEntry
 from neffcache.digests import is_bare_hex
 from neffcache.errors import IntegrityFailure, NotFound, OriginRefused, RuntimeMismatch, UsageError
+from neffcache.spec import check_file_name, check_unique_file_names
 
 LNC_ENV = "NEURON_LOGICAL_NC_CONFIG"
 BY_NAME = "by-name"  # DEST/by-name/<name> -> ../<key>
@@ -69,12 +70,27 @@ class FileResult:
     stage: Path | None = None  # where a pull into DEST downloads it to, until everything is verified
 
 
-def safe_file_name(name: str, key: str) -> str:
-    """A file name from the service becomes a path under DEST: refuse anything but a plain name."""
-    if (not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name
-            or name.startswith(".") or len(name) > 255):
-        raise IntegrityFailure(f"artifact {key} names a file {name!r} that is not a plain file name; refusing it")
-    return name
+def safe_file_name(name: Any, key: str) -> str:
+    """A file name from the service becomes a path under DEST: refused unless it is one the
+    service takes at publish (neffcache.spec.check_file_name, the same rule): no '.', '..',
+    separator, NUL, leading '.' or '-', Windows device name, ..."""
+    try:
+        if not isinstance(name, str):
+            raise ValueError(f"{name!r} is not a file name")
+        return check_file_name(name)
+    except ValueError as exc:
+        raise IntegrityFailure(f"artifact {key} names a file that would be unsafe on disk, nothing was pulled: "
+                               f"{exc}", file=str(name), key=key) from None
+
+
+def safe_file_names(names: list[str], key: str) -> None:
+    """An artifact's file names, each safe (`safe_file_name`), must name as many files on every
+    file system: unique ignoring case too (neffcache.spec.check_unique_file_names)."""
+    try:
+        check_unique_file_names(names)
+    except ValueError as exc:
+        raise IntegrityFailure(f"artifact {key}: {exc}: on a case-insensitive file system they would be one "
+                               f"file, nothing was pulled", key=key) from None
 
 
 def safe_link_name(name: str, what: str) -> str:
@@ -268,8 +284,9 @@ def plan(wanted: list[Wanted], dest: Path) -> PullPlan:
     for item in wanted:
         if not is_bare_hex(item.key):
             raise IntegrityFailure(f"the service named an artifact key {item.key!r} that is not 64 hex characters")
+        safe_file_names([safe_file_name(f["name"], item.key) for f in item.artifact["files"]], item.key)
         for f in item.artifact["files"]:
-            name = safe_file_name(f["name"], item.key)
+            name = f["name"]
             sha = str(f["sha256"]).lower()
             if not is_bare_hex(sha):
                 raise IntegrityFailure(f"artifact {item.key} file {name}: sha256 {sha!r} is not a digest")

@@ -223,10 +223,19 @@ _FILE_NAME = re.compile(FILE_NAME_PATTERN)
 
 
 def check_file_name(name: str) -> str:
-    """`name` itself when it is a safe file name (FILE_NAME_PATTERN), else ValueError."""
+    """`name` itself when it is a safe file name (FILE_NAME_PATTERN), else ValueError. The one
+    rule: the service checks it at publish, and `neffcache pull` again before writing anything."""
     if _FILE_NAME.fullmatch(name) is None:
         raise ValueError(f"{name[:40]!r} is not a safe file name: {FILE_NAME_RULE}")
     return name
+
+
+def check_unique_file_names(names: list[str]) -> list[str]:
+    """`names` itself when no two of them are one file on a case-insensitive file system (macOS,
+    Windows), else ValueError."""
+    if len({n.lower() for n in names}) != len(names):
+        raise ValueError(f"file names must be unique (ignoring case), got {names}")
+    return names
 
 
 class PublishedFileRef(_Strict):
@@ -250,11 +259,9 @@ class PublishRequest(_Strict):
     @field_validator("files")
     @classmethod
     def _unique_names(cls, files: list[PublishedFileRef]) -> list[PublishedFileRef]:
-        names = [f.name for f in files]
         # Unique ignoring case too: on a case-insensitive file system (macOS, Windows) two names
         # that differ only in case are one file.
-        if len({n.lower() for n in names}) != len(names):
-            raise ValueError(f"file names must be unique (ignoring case), got {names}")
+        check_unique_file_names([f.name for f in files])
         return files
 
 

@@ -62,9 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         print(ctx.toolchain.as_dict())
         return 0
     context.install(ctx)
-    for gone in context.take_scratch(ctx):
-        log.warning("removed %s, left by a dead worker (and SIGKILLed its compilers' process groups: %s)",
-                    gone.folder, ", ".join(map(str, gone.killed_groups)) or "none recorded")
+    context.take_scratch(ctx)  # what dead workers of this host left: killed, removed (and logged)
     registry.register(ctx)
     heartbeat = registry.Heartbeat(ctx)
     heartbeat.start()

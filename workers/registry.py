@@ -8,7 +8,12 @@ The sweep is what makes a dead worker (or a Redis that lost its data) harmless:
   backoff has passed, is enqueued;
 - every `queue_check_interval_s`: a queued job that was enqueued but that Redis no longer holds
   (Redis restarted empty, failed over, evicted it) is enqueued again, and workers silent for
-  longer than `worker_retention_s` are forgotten (their rows deleted).
+  longer than `worker_retention_s` are forgotten (their rows deleted);
+- on every sweep too, what dead workers of this host left in the work dir (compilers that
+  outlived them, their scratch folders) is killed and removed, as a worker starting on the host does
+  (`context.reap_dead_scratch`): a worker is dead when its process is, which the host itself
+  tells (a worker the database records as lost may be alive, cut off from the database, and
+  compiling; its folder is never touched).
 Every live worker sweeps; the lifecycle's conditional steps make concurrent sweeps safe, and a
 job sent twice compiles once (the claim is conditional).
 
@@ -39,7 +44,7 @@ from neffcache.dispatch import QueuedJob, dispatch
 from neffcache.errors import StorageError
 from neffcache.lifecycle import FailureClass, JobState, WorkerState
 from neffcache.sdk import SdkTable
-from neffcache.workers import jobs
+from neffcache.workers import context, jobs
 from neffcache.workers.context import WorkerContext
 
 log = logging.getLogger(__name__)
@@ -212,6 +217,8 @@ def running(ctx: WorkerContext, job_id: str) -> Iterator[None]:
 # --- the sweep -------------------------------------------------------------------------------------
 
 def sweep(ctx: WorkerContext) -> None:
+    # First: it needs neither the database nor Redis, so an outage of either does not stop it.
+    context.reap_dead_scratch(ctx)
     reap_lost_jobs(ctx)
     enqueue_due_jobs(ctx)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,11 +15,13 @@ import pytest
 
 from neffcache.settings import Settings
 from neffcache.storage import open_store
+from tests.doubles.neuronx_cc_double import build_neff
 from tests.support.api import (
     NEURON_RUNTIME,
     hlo_model,
     neuron_spec,
     published,
+    upload,
 )
 from tests.support.cli import client_env, files_under, run_cli, write_yaml
 from tests.support.http_stub import StubHandler, serve
@@ -78,6 +81,39 @@ def test_object_altered_after_publishing_exits_5_and_leaves_nothing_under_its_na
         assert not [p for p in files_under(dest) if p.name.startswith(".")]  # no temp file left behind
     finally:
         overwrite_stored_bytes(store, neff["sha256"], original)
+
+
+def test_a_large_object_altered_after_publishing_exits_5_with_one_line(
+        cli, api: httpx.Client, stack_settings: dict[str, Any], tmp_path: Path) -> None:
+    # More than one chunk (1 MiB): with the folder store the service cannot answer a clean 502 once
+    # the body has begun, so it holds back the last chunk and ends the body early; the client reads
+    # that as the integrity failure it is, not as an unreachable service (exit 6).
+    weights = os.urandom(3 * 1024 * 1024 + 17)
+    neff = build_neff({"neff.json": b"{}"})
+    spec = neuron_spec(upload(api, hlo_model()))
+    files = [{"name": "model.neff", "digest": upload(api, neff)},
+             {"name": "weights.bin", "digest": upload(api, weights)}]
+    published_now = api.post("/v1/artifacts", json={"spec": spec, "files": files})
+    assert published_now.status_code == 201, published_now.text
+    key = published_now.json()["key"]
+    sha = hashlib.sha256(weights).hexdigest()
+    store = open_store(Settings(**stack_settings))
+    middle = len(weights) // 2
+    overwrite_stored_bytes(store, sha, weights[:middle] + bytes([weights[middle] ^ 0x01]) + weights[middle + 1:])
+    try:
+        dest = tmp_path / "neffs"
+        r = cli("pull", key, "--dest", str(dest), "--runtime-version", NEURON_RUNTIME)
+        assert r.rc == 5, (r.stdout, r.stderr)
+        line = r.one_line_error()
+        assert "weights.bin" in line and key in line and sha in line, line
+        as_json = cli("pull", key, "--dest", str(dest), "--runtime-version", NEURON_RUNTIME, "--json")
+        assert as_json.rc == 5 and as_json.json()["error"] == "integrity_failure", as_json.stdout
+        assert files_under(dest) == [] and not dest.exists()
+    finally:
+        overwrite_stored_bytes(store, sha, weights)
+    # Repaired, it pulls.
+    assert cli("pull", key, "--dest", str(dest), "--runtime-version", NEURON_RUNTIME).rc == 0
+    assert (dest / key / "weights.bin").read_bytes() == weights
 
 
 def test_runtime_mismatch_exits_5_naming_both_versions(cli, api: httpx.Client, tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
 """A worker killed with `kill -9` mid-compile: its compiler (and what that started) dies with it,
-and the next worker to start on the host removes the dead one's scratch folder."""
+and the next worker to start on the host removes the dead one's scratch folder; so does the sweep
+of a worker that runs on the host already."""
 
 from __future__ import annotations
 
@@ -76,4 +77,28 @@ def test_a_killed_workers_compiler_dies_and_the_next_worker_removes_its_scratch(
             replacement.stop()
         started = [doomed] + ([replacement] if replacement is not None else [])
         forget_workers(stack_settings["database_url"], *(w.pid for w in started))
+    assert not any(work.iterdir()), "a worker that stopped left its scratch folder"
+
+
+def test_a_running_workers_sweep_removes_a_dead_workers_scratch(
+        running, stack_settings: dict[str, Any], tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    overrides = {"worker_backend": "neuronx-cc", "worker_runtime_version": RUNTIME, "work_dir": str(work)}
+    extra = {"NEURONX_CC_DOUBLE_VERSION": VERSION}
+    survivor = running.stack.start_worker("worker-sweeping", overrides, extra)
+    doomed = None
+    try:
+        doomed = running.stack.start_worker("worker-dying", overrides, extra)
+        [own] = work.glob(f"neffcache-worker-{survivor.pid}-*")
+        [folder] = work.glob(f"neffcache-worker-{doomed.pid}-*")
+        doomed.kill()  # SIGKILL of the worker's process group: nothing of it is left to clean up
+        # No worker starts: the survivor's sweep (every heartbeat) removes it.
+        assert wait_for(lambda: not folder.exists(), 20), "the dead worker's scratch folder is still there"
+        assert f"removed {folder}, left by a dead worker" in survivor.log_tail(20000)
+        assert own.is_dir() and survivor.alive()
+    finally:
+        if doomed is not None:
+            doomed.kill()
+        survivor.stop()
+        forget_workers(stack_settings["database_url"], *(w.pid for w in (survivor, doomed) if w is not None))
     assert not any(work.iterdir()), "a worker that stopped left its scratch folder"

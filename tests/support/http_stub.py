@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from collections.abc import Iterator
@@ -33,3 +34,49 @@ def serve(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def artifact_body(key: str, runtime_version: str, files: dict[str, bytes]) -> dict[str, Any]:
+    """An artifact as GET /v1/artifacts/{key} answers it, with these files (name -> bytes)."""
+    return {
+        "key": key, "created_at": "2026-01-02T03:04:05Z", "compile_seconds": 1.0, "annotations": {},
+        "manifest": {"model": {"format": "hlo", "digest": "sha256:" + "1" * 64},
+                     "inputs": [{"name": "x", "shape": [1], "dtype": "int64"}], "target": "trn1",
+                     "compiler": {"name": "neuronx-cc", "version": "2.21.18209.0", "flags": []},
+                     "runtime": {"name": "neuron-runtime", "version": runtime_version}, "namespace": "default"},
+        "files": [{"name": name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+                  for name, data in files.items()],
+    }
+
+
+class ArtifactService(StubHandler):
+    """Answers like neffcache (X-Neffcache-Version on every answer) with one artifact: its JSON to
+    GET /v1/artifacts/<anything>, and to GET /v1/artifacts/<key>/files/<name> the Content-Length
+    and X-Neffcache-Sha256 (unless `vouch` is false) of `contents[name]`, then its first `sent`
+    bytes only (all when None), and the connection closed: how the service ends a body whose
+    stored bytes do not hash to their digest."""
+
+    artifact: dict[str, Any] = {}
+    contents: dict[str, bytes] = {}
+    sent: int | None = None
+    vouch = True
+
+    def do_GET(self) -> None:
+        _, _, name = self.path.partition("/files/")
+        if not name:
+            data = json.dumps(self.artifact).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+        else:
+            data = self.contents[name]
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            if self.vouch:
+                self.send_header("X-Neffcache-Sha256", hashlib.sha256(data).hexdigest())
+        self.send_header("X-Neffcache-Version", "0.1.0")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(data if not name or self.sent is None else data[: self.sent])
+        self.wfile.flush()
+        self.close_connection = True

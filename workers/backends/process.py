@@ -9,8 +9,8 @@ The group also dies with the worker: the supervisor gets a parent-death signal a
 Should all of that fail (the supervisor SIGKILLed along with the worker, so a grandchild has no
 one to kill it), each run records its worker and its process group in a marker file in its work dir, and
 each worker keeps its scratch dirs in a folder of its own named after it (`claim_scratch`). A worker
-starting on the host (`reap_dead_scratch`) kills the groups recorded under the folders of this
-host's dead workers and removes those folders.
+starting on the host, and every worker's sweep after that (`reap_dead_scratch`), kills the groups
+recorded under the folders of this host's dead workers and removes those folders.
 """
 
 from __future__ import annotations
@@ -219,7 +219,12 @@ class Reaped:
 def reap_dead_scratch(work_dir: str | Path | None) -> list[Reaped]:
     """Remove the scratch folders under `work_dir` of this host's dead workers, after killing the
     process groups their runs recorded (compilers that outlived their worker). Folders of live
-    workers and of other hosts (a shared work dir) are left alone."""
+    workers and of other hosts (a shared work dir) are left alone.
+
+    A worker is dead when the pid in its folder's name runs no process, or runs one that started
+    at another time than the name records (`_alive`: a pid reused by another process does not
+    make a dead worker look alive). Safe to call at any time, from several workers at once: a
+    live worker's folder (the caller's own included) is never touched."""
     root = _work_root(work_dir)
     host = socket.gethostname()
     reaped = []

@@ -7,11 +7,15 @@
 - a closed stdout (`neffcache toolchains | head`) is exit 0, quietly;
 - artifact keys may be unique prefixes (8 hex characters at least); what is written downstream
   (DEST folders, lock files) carries the whole key;
-- an artifact's lookup hits and downloads are named apart.
+- an artifact's lookup hits and downloads are named apart;
+- a pull whose transfer the service cuts short (it does for a corrupt object) is exit 5, one line;
+  one that cannot reach the service is exit 6;
+- a pull of an artifact whose file names would be unsafe on disk is exit 5, nothing written.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Iterator
@@ -23,7 +27,7 @@ import pytest
 from neffcache.client.config import DEFAULT_URL
 from tests.support.api import NEURON_RUNTIME
 from tests.support.cli import client_env, run_cli
-from tests.support.http_stub import StubHandler, serve
+from tests.support.http_stub import ArtifactService, StubHandler, artifact_body, serve
 from tests.support.stack import REPO, free_port
 
 KEY = "3f2a" + "0" * 60
@@ -170,3 +174,44 @@ def test_lookup_hits_and_downloads_are_named_apart(counts: dict[str, int], looku
         assert stat.rc == 0 and re.search(r"lookups\s*\S\s*lookup hits\s*\S\s*misses", stat.stdout), stat.stdout
         assert re.search(rf"│ all\s*│ 4\s*│ {summary.get('lookup_hits', 2)}\s*│ 3", stat.stdout), stat.stdout
         assert "downloads 1," in stat.stdout
+
+
+# --- pulls that fail -----------------------------------------------------------------------------
+WEIGHTS = bytes(range(256)) * 12_288  # 3 MiB: more than the 1 MiB chunk the service holds back
+
+
+def _artifact_service(files: dict[str, bytes], **attributes: Any) -> type[ArtifactService]:
+    return type("Service", (ArtifactService,), {"artifact": artifact_body(KEY, NEURON_RUNTIME, files),
+                                                 "contents": files, **attributes})
+
+
+def test_a_pull_the_service_cuts_short_exits_5_with_one_line(tmp_path: Path) -> None:
+    dest = tmp_path / "dest"
+    args = ["pull", KEY, "--dest", str(dest), "--runtime-version", NEURON_RUNTIME]
+    digest = hashlib.sha256(WEIGHTS).hexdigest()
+    with serve(_artifact_service({"weights.bin": WEIGHTS}, sent=len(WEIGHTS) - 1024 * 1024)) as url:
+        r = run_cli(args, client_env(url))
+        as_json = run_cli([*args, "--json"], client_env(url))
+    assert r.rc == 5, (r.stdout, r.stderr)
+    line = r.one_line_error()
+    assert line.startswith("neffcache: weights.bin of artifact ") and digest in line and "corrupt" in line, line
+    assert as_json.rc == 5 and as_json.json()["error"] == "integrity_failure"
+    assert not dest.exists()
+
+    # A plain network failure stays exit 6: nothing listens there.
+    refused = run_cli(args, client_env(f"http://127.0.0.1:{free_port()}"))
+    assert refused.rc == 6, refused.stderr
+    assert refused.one_line_error().startswith("neffcache: cannot reach the neffcache service at ")
+    assert not dest.exists()
+
+
+@pytest.mark.parametrize("name", ["..", "-rf", "CON", "nul.neff", "a/b", "/etc/passwd", "a\\b", "a\x00b"])
+def test_a_pull_of_an_artifact_whose_file_name_is_unsafe_exits_5_and_writes_nothing(tmp_path: Path,
+                                                                                    name: str) -> None:
+    dest = tmp_path / "dest"
+    with serve(_artifact_service({"model.neff": b"neff", name: b"payload"})) as url:
+        r = run_cli(["pull", KEY[:12], "--dest", str(dest), "--runtime-version", NEURON_RUNTIME], client_env(url))
+    assert r.rc == 5, (r.stdout, r.stderr)
+    line = r.one_line_error()
+    assert f"artifact {KEY} names a file that would be unsafe on disk, nothing was pulled: {name!r}" in line, line
+    assert not dest.exists() and sorted(p.name for p in tmp_path.iterdir()) == []

@@ -20,6 +20,8 @@ from neffcache.client.lockfile import LOCK_FILE_NAME, lock_document
 from neffcache.client.pull import BY_NAME, PullPlan, Wanted, plan, resolve
 from neffcache.errors import IntegrityFailure, NotFound, UsageError
 from tests.support.snapshot import snapshot
+from tests.unit.neffcache.test_spec import SAFE as SAFE_PUBLISHED
+from tests.unit.neffcache.test_spec import UNSAFE as UNSAFE_PUBLISHED
 
 
 def _sha(data: bytes) -> str:
@@ -137,6 +139,43 @@ def test_a_name_that_is_not_a_plain_folder_name_is_refused_before_anything_is_wr
         run(service, [named(item, bad)], dest)
     assert repr(bad) in refused.value.detail and BY_NAME in refused.value.detail
     assert not dest.exists()
+
+
+# The service refuses these at publish (neffcache.spec.check_file_name): a pull refuses them too,
+# whatever a service answers, by the same rule.
+UNSAFE_FILE_NAMES = [name for name, _ in UNSAFE_PUBLISHED] + ["con", "NUL.neff", "-", "--help", "C:model.neff"]
+
+
+@pytest.mark.parametrize("bad", UNSAFE_FILE_NAMES, ids=[repr(n)[:40] for n in UNSAFE_FILE_NAMES])
+def test_an_artifact_file_name_unsafe_on_disk_is_refused_before_anything_is_written(
+        service: FakeService, tmp_path: Path, bad: str) -> None:
+    good = service.publish(1, **{"model.neff": b"neff"})
+    item = service.publish(2, **{"model.neff": b"neff 2", bad: b"payload"})
+    dest = tmp_path / "neffs"
+    with pytest.raises(IntegrityFailure) as refused:
+        run(service, [good, item], dest)
+    line = refused.value.detail
+    assert refused.value.exit_code == 5 and "\n" not in line
+    assert item.key in line and repr(bad[:40]) in line and "nothing was pulled" in line
+    assert not dest.exists()
+    # Outside DEST too: nothing was written where the name points.
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_file_names_that_are_one_file_on_a_case_insensitive_file_system_are_refused(
+        service: FakeService, tmp_path: Path) -> None:
+    item = service.publish(1, **{"model.neff": b"neff", "MODEL.neff": b"another neff"})
+    with pytest.raises(IntegrityFailure) as refused:
+        run(service, [item], tmp_path / "neffs")
+    assert "'MODEL.neff'" in refused.value.detail and "ignoring case" in refused.value.detail
+    assert not (tmp_path / "neffs").exists()
+
+
+@pytest.mark.parametrize("good", SAFE_PUBLISHED)
+def test_every_file_name_the_service_publishes_is_pulled(service: FakeService, tmp_path: Path, good: str) -> None:
+    item = service.publish(1, **{good: b"bytes"})
+    run(service, [item], tmp_path / "neffs")
+    assert (tmp_path / "neffs" / item.key / good).read_bytes() == b"bytes"
 
 
 def test_one_name_for_two_artifacts_is_refused(service: FakeService, tmp_path: Path) -> None:

@@ -6,7 +6,9 @@ Alembic and a real Redis (the session's: NEFFCACHE_TEST_REDIS_URL, else a redisl
 - an attempt that meets an unreachable object store (or database) is `storage_unavailable`, is
   retried with its own capped backoff, and the worker claims nothing until storage answers again,
   showing `degraded` in /v1/workers;
-- workers silent longer than the retention are forgotten.
+- workers silent longer than the retention are forgotten;
+- what dead workers of this host left (compilers that outlived them, their scratch folders) is
+  killed and removed by a running worker's sweep, never a live worker's.
 
 The object store that fails on cue is a folder store whose methods raise StorageError while
 `down` is set: a real server cannot be made to fail at an exact moment of a unit test (the stack
@@ -16,6 +18,10 @@ test in tests/stack/test_faults_queue.py stops a real one).
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
+import socket
+import subprocess
 import threading
 import time
 import uuid
@@ -47,6 +53,8 @@ from neffcache.workers.context import WorkerContext
 from tests.support.in_process import migrated_sqlite, read_job
 from tests.support.rq_keys import delete_run_keys, run_leftovers
 from tests.unit.neffcache.test_lifecycle import CountingBackend, manifest
+from tests.unit.workers.backends.test_process import Worker as MiniatureWorker
+from tests.unit.workers.backends.test_process import alive, wait_for
 
 Q, R, S, F = JobState.QUEUED, JobState.RUNNING, JobState.SUCCEEDED, JobState.FAILED
 TOOLCHAIN = Toolchain("inductor", "9.9.9", "torch", "9.9.9", ("cpu",), ("x86-64-v3",))
@@ -413,6 +421,60 @@ def test_workers_silent_longer_than_the_retention_are_forgotten(make_ctx, db: Da
     assert registry.forget_dead_workers(sweeper) == 1
     with db.session() as session:
         assert session.get(Worker, "w-old-running") is None
+
+
+# --- what dead workers of this host left behind -------------------------------------------------
+
+def test_the_sweep_removes_what_dead_workers_of_this_host_left_and_nothing_else(
+        make_ctx, db: Database, tmp_path: Path) -> None:
+    """A long-running worker's sweep does what a worker starting on the host does: kills what
+    dead workers' compiles left running and removes their scratch folders. Dead means the process
+    is: a pid now run by a process that started later is dead too, and a worker the database
+    records as stopped and silent whose process still runs is alive."""
+    work, host = tmp_path / "work", socket.gethostname()
+    work.mkdir()
+    ctx = make_ctx()
+    ctx.settings = ctx.settings.model_copy(update={"work_dir": str(work)})
+    worker_context.take_scratch(ctx)
+    assert ctx.scratch is not None
+    own = ctx.scratch
+    live = MiniatureWorker(work)
+    dead = MiniatureWorker(work)
+    stranger = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        # The dead worker and its supervisor SIGKILLed: its compiler's helper lives on.
+        os.kill(dead.pgid, signal.SIGKILL)
+        dead.kill()
+        assert wait_for(lambda: not alive(dead.compiler), 5)
+        assert alive(dead.helper)
+        # A dead worker whose pid now belongs to another process, started at another time.
+        reused = work / f"neffcache-worker-{stranger.pid}-1-{host}"
+        (reused / "neffcache-job-1").mkdir(parents=True)
+        # Another host's (a shared work dir), whatever its pid.
+        elsewhere = work / f"neffcache-worker-{dead.proc.pid}-1-not-{host}"
+        elsewhere.mkdir()
+        # The live worker, recorded stopped and silent for an hour: its process runs, so it is alive.
+        recorded = make_ctx()
+        registry.mark_stopped(recorded)
+        with db.session() as session:
+            session.execute(update(Worker).where(Worker.id == recorded.worker_id).values(
+                pid=live.proc.pid, host=host, last_heartbeat=utcnow() - timedelta(hours=1)))
+
+        registry.sweep(ctx)
+
+        assert not dead.folder.exists() and not reused.exists()
+        assert wait_for(lambda: not alive(dead.helper), 5), "the dead worker's leftover compiler still runs"
+        assert live.folder.is_dir() and all(alive(pid) for pid in live.all_pids())
+        assert own.is_dir() and elsewhere.is_dir()
+        time.sleep(0.2)
+        assert stranger.poll() is None, "a process that only reused a dead worker's pid was killed"
+        assert registry.sweep(ctx) is None and live.folder.is_dir() and own.is_dir()  # again: nothing more
+    finally:
+        live.cleanup()
+        dead.cleanup()
+        stranger.kill()
+        stranger.wait()
+        worker_context.release_scratch(ctx)
 
 
 def test_the_heartbeat_checks_the_queues_on_its_interval(make_ctx, monkeypatch: pytest.MonkeyPatch) -> None:

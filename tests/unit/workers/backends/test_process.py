@@ -30,10 +30,10 @@ WORKER = """
 import os, sys
 from pathlib import Path
 from neffcache.workers.backends.process import claim_scratch, run_process
-root, compiler = Path(sys.argv[1]), sys.argv[2]
+root, compiler, pids = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 build = claim_scratch(root) / "neffcache-job-1" / "build"
 build.mkdir(parents=True)
-run_process([sys.executable, "-c", compiler, str(root / "pids.json")], cwd=build, env=dict(os.environ),
+run_process([sys.executable, "-c", compiler, pids], cwd=build, env=dict(os.environ),
             log_path=build / "compile.log", timeout_s=600)
 """
 # A compiler that forks a helper (as neuronx-cc and inductor's C++ builds do), says who they
@@ -83,17 +83,19 @@ def wait_for(condition: Callable[[], bool], timeout_s: float = 5.0) -> bool:
 
 
 class Worker:
-    """The miniature worker, started in its own process group (as a host runs neffcache-worker)."""
+    """The miniature worker, started in its own process group (as a host runs neffcache-worker).
+    Several may share one root: each has its own folder there, named after its pid."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         env = {**os.environ, "PYTHONPATH": str(REPO)}
-        self.proc = subprocess.Popen([sys.executable, "-c", WORKER, str(root), COMPILER], env=env,
+        pids_file = root / f"pids-{os.urandom(4).hex()}.json"
+        self.proc = subprocess.Popen([sys.executable, "-c", WORKER, str(root), COMPILER, str(pids_file)], env=env,
                                      start_new_session=True, stdout=subprocess.DEVNULL)
-        assert wait_for(lambda: (root / "pids.json").exists(), 30), "the compiler did not start"
-        pids = json.loads((root / "pids.json").read_text())
+        assert wait_for(lambda: pids_file.exists(), 30), "the compiler did not start"
+        pids = json.loads(pids_file.read_text())
         self.compiler, self.helper = pids["compiler"], pids["helper"]
-        [self.folder] = [p for p in root.iterdir() if p.name.startswith("neffcache-worker-")]
+        [self.folder] = root.glob(f"neffcache-worker-{self.proc.pid}-*")
         marker = self.folder / "neffcache-job-1" / "build" / RUN_MARKER
         self.pgid = json.loads(marker.read_text())["pgid"]  # the supervisor's group
 
