@@ -102,7 +102,10 @@ def create_token(session: Session, name: str, scope: str, expires_in: timedelta 
         raise InvalidParameter(f"name: a token named {name!r} exists; revoke it first")
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     if existing is not None:
-        session.delete(existing)
+        # The revoked token's row stays, under a name of its own: it is the audit trail, and a
+        # revoked admin token's row is the record that ends the bootstrap token for good.
+        assert existing.revoked_at is not None
+        existing.name = f"{name[:96]}@revoked-{existing.revoked_at:%Y%m%dT%H%M%S.%f}"
         session.flush()
     now = utcnow()
     session.add(ApiToken(name=name, token_sha256=hash_token(token), scope=scope, namespaces=allowed, created_at=now,
