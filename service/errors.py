@@ -214,6 +214,17 @@ def allowed_methods(request: Request) -> list[str]:
     return sorted(methods)
 
 
+def _domain_cause(exc: BaseException) -> NeffcacheError | None:
+    """The domain error `exc` is, or was raised from: Starlette's exception middleware turns a
+    handled error whose response already started into a RuntimeError raised from it."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, NeffcacheError):
+            return seen
+        seen = seen.__cause__
+    return None
+
+
 class CatchUnexpected:
     """Answers an exception no handler took with the 500 body, inside the app. Starlette's
     outermost middleware would answer too, but then re-raise to the server, which logs it again
@@ -237,6 +248,14 @@ class CatchUnexpected:
         try:
             await self.app(scope, receive, tracking)
         except Exception as exc:
+            refusal = _domain_cause(exc)
+            if started and refusal is not None:
+                # A refusal after the response started: a stream cut short on purpose (a stored
+                # object that does not hash to its digest), already logged and counted where it
+                # was found. Returning without the body's end makes the server close the
+                # connection, which is the cut; re-raising would log it again as unhandled.
+                log.warning("%s %s: response cut short: %s", scope.get("method"), scope.get("path"), refusal.detail)
+                return
             if started:
                 raise
             log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))

@@ -123,11 +123,12 @@ def note_unavailable(ctx: WorkerContext, problem: str) -> None:
 
 
 def check_health(ctx: WorkerContext) -> str | None:
-    """Check the object store (`ObjectStore.check`) and the database; note the outcome (a
-    degraded worker claims nothing) and return the problem, or None."""
+    """Check the object store (`ObjectStore.probe`: it reads and writes an object, as a job
+    would) and the database; note the outcome (a degraded worker claims nothing) and return the
+    problem, or None."""
     problem = None
     try:
-        ctx.store.check()
+        ctx.store.probe()
     except Exception as exc:  # noqa: BLE001 - whatever it is, this worker cannot store outputs
         problem = f"object store unavailable: {exc}"
     if problem is None:

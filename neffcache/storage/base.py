@@ -13,6 +13,7 @@ store supplies only the primitives (`_stat`, `_open`, `_publish`, `_iter_objects
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import tempfile
@@ -54,6 +55,11 @@ def quarantine_key(digest: str) -> str:
     """Where a corrupt object is moved aside to: quarantine/sha256/<2 hex>/<digest>. Outside the
     object layout, so the object reads as missing (HEAD 404) and the next upload recreates it."""
     return f"quarantine/{object_key(digest)}"
+
+
+# The object a worker's health probe stores and reads back (`ObjectStore.probe`): a few bytes,
+# content-addressed like every object, so every worker shares the one copy.
+PROBE_BYTES = b"neffcache storage probe: a worker stores and reads this to know it can\n"
 
 
 @dataclass(frozen=True)
@@ -279,6 +285,14 @@ class ObjectStore(ABC):
     @abstractmethod
     def check(self) -> None:
         """Readiness: raise StorageError when the store does not answer or cannot be written."""
+
+    def probe(self) -> None:
+        """Readiness for a worker, which reads and writes objects: `check`, then a round trip of
+        one small object (`put` stores it, or reads back and verifies the stored copy). A store
+        that answers for its bucket but cannot serve objects yet (an S3 server whose volume
+        servers are still starting, answering 500 to reads) fails this; StorageError then."""
+        self.check()
+        self.put(io.BytesIO(PROBE_BYTES))
 
     # --- what a concrete store provides ----------------------------------------------------
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import threading
 import time
 import uuid
@@ -123,16 +124,22 @@ def corrupt_count(http: httpx.Client, found_by: str) -> float:
     return 0.0
 
 
-def assert_cut(http: httpx.Client, path: str, whole: int) -> None:
+def assert_cut(http: httpx.Client, path: str, whole: int, caplog: pytest.LogCaptureFixture) -> None:
     """GET `path` fails as a transfer: headers may say 200, but the body ends early and httpx
-    raises, so no client can take the bytes for the object."""
+    raises, so no client can take the bytes for the object. The service logs the cut once, as
+    what it is, not as an unhandled error with a traceback."""
     received = 0
-    with pytest.raises(httpx.RemoteProtocolError):
-        with http.stream("GET", path) as response:
-            assert response.status_code == 200
-            for chunk in response.iter_raw():
-                received += len(chunk)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="neffcache"):
+        with pytest.raises(httpx.RemoteProtocolError):
+            with http.stream("GET", path) as response:
+                assert response.status_code == 200
+                for chunk in response.iter_raw():
+                    received += len(chunk)
     assert received < whole
+    service_lines = [r.getMessage() for r in caplog.records if r.name == "neffcache.service.errors"]
+    assert len(service_lines) == 1 and "response cut short" in service_lines[0], service_lines
+    assert not any(r.exc_info for r in caplog.records), "the cut is not logged as an unhandled error"
 
 
 def upload(http: httpx.Client, data: bytes) -> str:
@@ -147,7 +154,8 @@ def large(tag: str) -> bytes:
     return b"".join(hashlib.sha512(seed + i.to_bytes(4, "big")).digest() for i in range(3 * MiB // 64))
 
 
-def test_a_blob_is_verified_as_it_streams(served: Served, http: httpx.Client) -> None:
+def test_a_blob_is_verified_as_it_streams(served: Served, http: httpx.Client,
+        caplog: pytest.LogCaptureFixture) -> None:
     small, big = f"HloModule small_{uuid.uuid4().hex}".encode(), large("blob")
     small_digest, big_digest = upload(http, small), upload(http, big)
     before = corrupt_count(http, "blob")
@@ -159,11 +167,12 @@ def test_a_blob_is_verified_as_it_streams(served: Served, http: httpx.Client) ->
     overwrite_stored_bytes(served.store, sha256(small), damaged(small))
     overwrite_stored_bytes(served.store, sha256(big), damaged(big))
     error_body(http.get(f"/v1/blobs/{small_digest}"), 502, "corrupt_object", sha256(small))
-    assert_cut(http, f"/v1/blobs/{big_digest}", len(big))
+    assert_cut(http, f"/v1/blobs/{big_digest}", len(big), caplog)
     assert corrupt_count(http, "blob") == before + 2
 
 
-def test_an_artifact_file_is_verified_as_it_streams(served: Served, http: httpx.Client) -> None:
+def test_an_artifact_file_is_verified_as_it_streams(served: Served, http: httpx.Client,
+        caplog: pytest.LogCaptureFixture) -> None:
     neff, log = large("neff"), b"compiled in 1.0 s\n"
     for data in (neff, log):
         served.store.put(io.BytesIO(data))
@@ -179,12 +188,13 @@ def test_an_artifact_file_is_verified_as_it_streams(served: Served, http: httpx.
 
     overwrite_stored_bytes(served.store, sha256(neff), damaged(neff))
     overwrite_stored_bytes(served.store, sha256(log), damaged(log))
-    assert_cut(http, f"{path}/model.neff", len(neff))
+    assert_cut(http, f"{path}/model.neff", len(neff), caplog)
     error_body(http.get(f"{path}/compile.log"), 502, "corrupt_object", sha256(log))
     assert corrupt_count(http, "artifact_file") == before + 2
 
 
-def test_a_job_log_is_verified_as_it_streams(served: Served, http: httpx.Client) -> None:
+def test_a_job_log_is_verified_as_it_streams(served: Served, http: httpx.Client,
+        caplog: pytest.LogCaptureFixture) -> None:
     short, long = b"error: no such op\n" * 3, large("log")
     jobs = {}
     for data in (short, long):
@@ -202,7 +212,7 @@ def test_a_job_log_is_verified_as_it_streams(served: Served, http: httpx.Client)
     overwrite_stored_bytes(served.store, sha256(long), damaged(long))
     error_body(http.get(f"/v1/jobs/{jobs[short]}/log"), 502, "corrupt_object", sha256(short))
     error_body(http.get(f"/v1/jobs/{jobs[short]}/log", params={"offset": 10}), 502, "corrupt_object")
-    assert_cut(http, f"/v1/jobs/{jobs[long]}/log?offset=5", len(long) - 5)
+    assert_cut(http, f"/v1/jobs/{jobs[long]}/log?offset=5", len(long) - 5, caplog)
     assert corrupt_count(http, "job_log") == before + 3
 
 

@@ -343,6 +343,28 @@ def test_a_worker_that_cannot_reach_storage_is_degraded_in_v1_workers(make_ctx, 
     assert shown() == "idle"
 
 
+def test_a_store_that_answers_but_cannot_serve_objects_yet_makes_the_worker_degraded(make_ctx) -> None:
+    """A restarted S3 server answers for its bucket before it serves objects (its volume servers
+    still starting: reads answer 500): a worker must not claim jobs then, or each one spends an
+    attempt on `storage_unavailable` (bench/faults.py's s3 scenario found it)."""
+    ctx = make_ctx()
+    assert registry.check_health(ctx) is None  # the probe object is stored now
+    reads_fail = StorageError("S3: get sha256:…: InternalError (HTTP 500)")
+    original = ctx.store._open
+
+    def failing_open(digest: str) -> Any:
+        raise reads_fail
+
+    ctx.store._open = failing_open  # type: ignore[method-assign]
+    try:
+        ctx.store.check()  # the bucket answers
+        assert "object store unavailable" in (registry.check_health(ctx) or "")
+        assert registry.unavailable(ctx) is not None
+    finally:
+        ctx.store._open = original  # type: ignore[method-assign]
+    assert registry.check_health(ctx) is None and registry.unavailable(ctx) is None
+
+
 def test_a_degraded_worker_takes_no_job_off_its_queue_until_storage_answers(make_ctx, redis: Any) -> None:
     ctx = make_ctx()
     job_id = queued_job(ctx, enqueued_ago_s=None)
