@@ -68,6 +68,9 @@ def create_app(settings: Settings | None = None, ctx: ServiceContext | None = No
         description="Compile farm and artifact cache for AWS Neuron. Every error is "
         '`{"error": "<stable code>", "detail": "<message>"}`.',
         lifespan=lifespan,
+        # `/v1/jobs/` (an empty id) is a 404 like any path the API lacks, not an undocumented 307
+        # to `/v1/jobs`: every route is written without a trailing slash.
+        redirect_slashes=False,
     )
     app.state.ctx = context
     errors.install(app)

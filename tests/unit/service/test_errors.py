@@ -133,6 +133,9 @@ REQUESTS = [
     ("PUT", "/v1/blobs/sha256:NOTHEX", {"content": b"x"}, 400, "invalid_digest", "digest: 'sha256:NOTHEX'"),
     ("HEAD", f"/v1/blobs/{'ab' * 32}", {}, 400, None, None),  # HEAD has no body: the status alone
     ("GET", "/v1/no-such-route", {}, 404, "not_found", "Not Found"),
+    # An empty id (a trailing slash) is a path the API lacks, not a redirect the document omits.
+    ("GET", "/v1/jobs/", {}, 404, "not_found", "Not Found"),
+    ("GET", "/v1/artifacts/", {}, 404, "not_found", "Not Found"),
     ("DELETE", "/v1/compile", {}, 405, "method_not_allowed", "Method Not Allowed"),
     # A body that is not even text: the framework's refusal, with the code of the table.
     ("POST", "/v1/compile", {"content": b'{"spec": "\xff\xfe"}', "headers": {"content-type": "application/json"}},
