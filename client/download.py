@@ -22,15 +22,12 @@ from typing import Any
 
 import httpx
 
-from neffcache.client.api import NeffcacheClient
+from neffcache.client.api import VOUCHED_SHA256, NeffcacheClient, ended_early
 from neffcache.client.files import sync_folder
 from neffcache.client.pull import BY_NAME, STAGING_PREFIX, FileResult, PullPlan, Wanted, plan
 from neffcache.client.specs import sha256_file
 from neffcache.digests import digest_of
-from neffcache.errors import IntegrityFailure, NeffcacheError, Unreachable, UsageError
-
-# The header with which the service vouches for the bytes it streams itself (service/streaming.py).
-VOUCHED_SHA256 = "x-neffcache-sha256"
+from neffcache.errors import IntegrityFailure, UsageError
 
 
 def holds(result: FileResult) -> bool:
@@ -98,7 +95,11 @@ def download_file(client: NeffcacheClient, result: FileResult, advance: Callable
                         out.write(chunk)
                         advance(len(chunk))
                 except httpx.TransportError as exc:
-                    raise _ended_early(result, response, received, exc) from None
+                    vouched = response.headers.get(VOUCHED_SHA256)
+                    raise ended_early(exc, response, what=f"{result.name} of artifact {result.key}",
+                                      received=received, size=result.size, vouched=bool(vouched), digest=vouched,
+                                      outcome="not written", file=result.name, key=result.key,
+                                      expected=result.sha256) from None
                 out.flush()
                 os.fsync(out.fileno())
         actual = digest.hexdigest()
@@ -118,28 +119,6 @@ def download_file(client: NeffcacheClient, result: FileResult, advance: Callable
         raise UsageError(f"cannot write {target}: {exc.strerror or exc}") from None
     finally:
         temp.unlink(missing_ok=True)
-
-
-def _ended_early(result: FileResult, response: httpx.Response, received: int,
-                 exc: httpx.TransportError) -> NeffcacheError:
-    """What a body that stopped before its end means. The service, streaming a stored object
-    itself, vouches for its digest (X-Neffcache-Sha256 on that very response) and holds its last
-    chunk back until the bytes hash to it; when they do not, it ends the body early instead
-    (service/streaming.py). So a body of such a response that ends early is an integrity failure
-    (exit 5). Any other stop (a timeout, a download from the object store cut off) is the service
-    or the store being unavailable (exit 6)."""
-    what = f"{result.name} of artifact {result.key}"
-    vouched = response.headers.get(VOUCHED_SHA256)
-    if vouched and isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError)):
-        return IntegrityFailure(
-            f"{what}: the service ended the transfer after {received} of {result.size} bytes, as it does when "
-            f"the stored object does not hash to its sha256 {vouched}: the stored copy is most likely corrupt; "
-            f"not written",
-            file=result.name, key=result.key, expected=result.sha256, received=received,
-        )
-    reason = " ".join((str(exc) or type(exc).__name__).split())
-    return Unreachable(f"{what}: the download from {response.url.host} stopped after {received} of {result.size} "
-                       f"bytes ({reason}); not written")
 
 
 class _Stopped(Exception):

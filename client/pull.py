@@ -70,27 +70,35 @@ class FileResult:
     stage: Path | None = None  # where a pull into DEST downloads it to, until everything is verified
 
 
-def safe_file_name(name: Any, key: str) -> str:
+def safe_file_name(name: Any, key: str, outcome: str = "nothing was pulled") -> str:
     """A file name from the service becomes a path under DEST: refused unless it is one the
     service takes at publish (neffcache.spec.check_file_name, the same rule): no '.', '..',
-    separator, NUL, leading '.' or '-', Windows device name, ..."""
+    separator, NUL, leading '.' or '-', Windows device name, ... `outcome` ends the message."""
     try:
         if not isinstance(name, str):
             raise ValueError(f"{name!r} is not a file name")
         return check_file_name(name)
     except ValueError as exc:
-        raise IntegrityFailure(f"artifact {key} names a file that would be unsafe on disk, nothing was pulled: "
+        raise IntegrityFailure(f"artifact {key} names a file that would be unsafe on disk, {outcome}: "
                                f"{exc}", file=str(name), key=key) from None
 
 
-def safe_file_names(names: list[str], key: str) -> None:
+def safe_file_names(names: list[str], key: str, outcome: str = "nothing was pulled") -> None:
     """An artifact's file names, each safe (`safe_file_name`), must name as many files on every
     file system: unique ignoring case too (neffcache.spec.check_unique_file_names)."""
     try:
         check_unique_file_names(names)
     except ValueError as exc:
         raise IntegrityFailure(f"artifact {key}: {exc}: on a case-insensitive file system they would be one "
-                               f"file, nothing was pulled", key=key) from None
+                               f"file, {outcome}", key=key) from None
+
+
+def check_file_names(item: Wanted, outcome: str = "nothing was pulled") -> None:
+    """Every file name of a resolved artifact safe on disk (`safe_file_name`, `safe_file_names`):
+    what `plan` requires before a pull writes anything, and `neffcache lock` before it records them
+    (a lock `pull --lock` would refuse is not written)."""
+    safe_file_names([safe_file_name(f["name"], item.key, outcome) for f in item.artifact["files"]], item.key,
+                    outcome)
 
 
 def safe_link_name(name: str, what: str) -> str:
@@ -284,7 +292,7 @@ def plan(wanted: list[Wanted], dest: Path) -> PullPlan:
     for item in wanted:
         if not is_bare_hex(item.key):
             raise IntegrityFailure(f"the service named an artifact key {item.key!r} that is not 64 hex characters")
-        safe_file_names([safe_file_name(f["name"], item.key) for f in item.artifact["files"]], item.key)
+        check_file_names(item)
         for f in item.artifact["files"]:
             name = f["name"]
             sha = str(f["sha256"]).lower()

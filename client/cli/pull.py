@@ -21,7 +21,16 @@ from neffcache.client.lockfile import (
     write_lock,
 )
 from neffcache.client.neuron_cache_restore import CacheRestore, plan_neuron_cache, restore_into_neuron_cache
-from neffcache.client.pull import LNC_ENV, check_lnc, check_origin, check_runtimes, plan, resolve, resolve_locked
+from neffcache.client.pull import (
+    LNC_ENV,
+    check_file_names,
+    check_lnc,
+    check_origin,
+    check_runtimes,
+    plan,
+    resolve,
+    resolve_locked,
+)
 from neffcache.client.runtime import RuntimeResolver
 from neffcache.client.specs import hash_models, load_spec_files
 from neffcache.errors import UsageError
@@ -172,7 +181,8 @@ def lock_cmd(
     """Write a deployment lock file: each spec's key and its files' names, digests and sizes.
 
     `neffcache pull --lock FILE --dest DIR` then pulls exactly those, without asking the service to
-    compute any key. Any spec not published: exit 4, nothing written.
+    compute any key. Any spec not published: exit 4, nothing written. An artifact whose file
+    names would be unsafe on disk (which `pull` refuses): exit 5, nothing written.
     """
     if not keys and not spec:
         raise UsageError("nothing to lock: give --spec FILE (or artifact KEYs)")
@@ -184,6 +194,8 @@ def lock_cmd(
     with session.open_client(url, token) as client:
         # Keys may be prefixes: the lock records the whole key the service answered with.
         wanted = resolve(client, list(dict.fromkeys(keys or [])), entries, "nothing was written")
+        for item in wanted:  # names `pull --lock` would refuse are not locked (exit 5)
+            check_file_names(item, "nothing was written")
         doc: dict[str, Any] = lock_document(client.url, wanted)
     if output_file is None:
         output.write(dump(doc))

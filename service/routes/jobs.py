@@ -83,7 +83,9 @@ def get_job_log(
     Once the attempt has ended this is the whole stored log. While it runs it is the log's
     latest tail (refreshed by the worker every few seconds): `X-Neffcache-Log-Skipped` says
     how many bytes after `offset` are no longer available. `X-Neffcache-Log-Size` is the log's
-    size so far and `X-Neffcache-Log-Complete` whether it is final."""
+    size so far and `X-Neffcache-Log-Complete` whether it is final. The stored log carries its
+    digest in `X-Neffcache-Sha256` (of the whole log, whatever the offset): it is verified as it
+    streams, and a body that ends early is a corrupt log, never a network failure."""
     ctx = context(request)
     with ctx.db.session() as session:
         job = _get(request, session, job_id)
@@ -94,7 +96,7 @@ def get_job_log(
         chunks = stored_chunks(ctx, bare_hex(digest), found_by="job_log", skip=offset,
                                what=f"the log of job {job_id} ({digest})")
         headers = {"X-Neffcache-Log-Size": str(size or 0), "X-Neffcache-Log-Complete": "true",
-                   "X-Neffcache-Log-Skipped": "0"}
+                   "X-Neffcache-Log-Skipped": "0", "X-Neffcache-Sha256": bare_hex(digest)}
         return StreamingResponse(chunks, media_type=LOG_TYPE, headers=headers)
     if tail is None:
         raise NotFound(f"job {job_id} has no log yet (state {state})", job=job_id)

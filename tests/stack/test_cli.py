@@ -9,13 +9,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
-from tests.support.api import NEURON_RUNTIME, hlo_model, neuron_spec, upload, wait_job
+from neffcache.db.models import Job, utcnow
+from neffcache.settings import Settings
+from neffcache.storage import open_store
+from tests.support.api import NEURON_RUNTIME, SAMPLE_MANIFEST, hlo_model, neuron_spec, upload, wait_job
 from tests.support.cli import client_env, run_cli, write_yaml
+from tests.support.tamper import overwrite_stored_bytes
 
 
 def sha256_hex(path: Path) -> str:
@@ -291,3 +297,42 @@ def test_logs_follow_shows_a_running_compile_as_it_goes(cli, api: httpx.Client) 
     for line in ("compiling, step 1 of 3", "compiling, step 3 of 3", "Compiler status PASS"):
         assert followed.stdout.count(line) == 1, followed.stdout
     assert followed.stdout.strip() == api.get(f"/v1/jobs/{job_id}/log").text.strip()
+
+
+def test_logs_of_a_stored_log_altered_after_the_job_exit_5_with_one_line(
+        cli, api: httpx.Client, stack_settings: dict[str, Any]) -> None:
+    # A job's stored log of more than one chunk (1 MiB), altered in the store: the service cuts
+    # the body short rather than end it with wrong bytes; the command reads that as the integrity
+    # failure it is (exit 5), not as an unreachable service (exit 6). The job is written into the
+    # stack's database as a worker writes it, its log uploaded to the store by digest.
+    from neffcache.db.session import Database
+
+    tag = uuid.uuid4().hex.encode()
+    log = b"".join(b"%s compiling op %07d: ok\n" % (tag, i) for i in range(60_000))  # ~3.5 MiB
+    digest = upload(api, log)
+    sha = digest.split(":")[1]
+    job_id = str(uuid.uuid4())
+    db = Database(stack_settings["database_url"])
+    try:
+        with db.session() as session:
+            session.add(Job(id=job_id, key=hashlib.sha256(tag).hexdigest(), manifest=SAMPLE_MANIFEST, queue="q",
+                            state="failed", attempts=1, max_attempts=1, cancel_requested=False, created_at=utcnow(),
+                            log_digest=digest, log_bytes=len(log), log_tail=log[-100:].decode()))
+    finally:
+        db.dispose()
+    assert cli("logs", job_id).stdout.encode() == log
+
+    store = open_store(Settings(**stack_settings))
+    overwrite_stored_bytes(store, sha, log[:-1] + bytes([log[-1] ^ 0x01]))
+    try:
+        r = cli("logs", job_id)
+        assert r.rc == 5, (r.stdout[-200:], r.stderr)
+        line = r.one_line_error()
+        assert line.startswith(f"neffcache: the log of job {job_id}: the service ended the transfer") and \
+            "corrupt" in line, line
+        assert r.stdout == ""
+        as_json = cli("logs", job_id, "--json")
+        assert as_json.rc == 5 and as_json.json()["error"] == "integrity_failure", as_json.stdout
+    finally:
+        overwrite_stored_bytes(store, sha, log)
+    assert cli("logs", job_id).rc == 0  # repaired, it prints

@@ -80,3 +80,67 @@ class ArtifactService(StubHandler):
         self.wfile.write(data if not name or self.sent is None else data[: self.sent])
         self.wfile.flush()
         self.close_connection = True
+
+
+class JobLogService(StubHandler):
+    """Answers like neffcache with one job: its JSON to GET /v1/jobs/<id> (`state`), and to GET
+    /v1/jobs/<id>/log[?offset=N] its `log` from byte N. Once `complete` it is the stored log, sent
+    as the service streams one (chunked, X-Neffcache-Log-Complete: true, its digest in
+    X-Neffcache-Sha256): its first `sent` bytes
+    only (all when None), and the connection closed without the body's end: how the service ends a
+    stored log that does not hash to its digest. Not complete, it is a running job's tail, with
+    Content-Length (cut at `sent` all the same). `corrupt`: a 502 corrupt_object instead, as the
+    service answers for a corrupt stored log that fits in one chunk."""
+
+    protocol_version = "HTTP/1.1"  # chunked bodies
+    job_id = ""
+    state = "failed"
+    log: bytes = b""
+    sent: int | None = None
+    complete = True
+    corrupt = False
+
+    def send_json(self, status: int, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("X-Neffcache-Version", "0.1.0")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        self.close_connection = True
+        path, _, query = self.path.partition("?")
+        if not path.endswith("/log"):
+            self.send_json(200, {"id": self.job_id, "state": self.state, "attempts": 1, "max_attempts": 1})
+            return
+        if self.corrupt:
+            digest = hashlib.sha256(self.log).hexdigest()
+            detail = f"the log of job {self.job_id} (sha256:{digest}) is corrupt in the object store"
+            self.send_json(502, {"error": "corrupt_object", "detail": detail})
+            return
+        offset = int(query.partition("offset=")[2] or 0)
+        body = self.log[offset:]
+        shown = body if self.sent is None else body[: self.sent]
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("X-Neffcache-Version", "0.1.0")
+        self.send_header("X-Neffcache-Log-Size", str(len(self.log)))
+        self.send_header("X-Neffcache-Log-Complete", "true" if self.complete else "false")
+        self.send_header("X-Neffcache-Log-Skipped", "0")
+        self.send_header("Connection", "close")
+        if self.complete:
+            self.send_header("X-Neffcache-Sha256", hashlib.sha256(self.log).hexdigest())
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for start in range(0, len(shown), 64 * 1024):
+                piece = shown[start:start + 64 * 1024]
+                self.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+            if self.sent is None:
+                self.wfile.write(b"0\r\n\r\n")
+        else:
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(shown)
+        self.wfile.flush()

@@ -10,7 +10,10 @@
 - an artifact's lookup hits and downloads are named apart;
 - a pull whose transfer the service cuts short (it does for a corrupt object) is exit 5, one line;
   one that cannot reach the service is exit 6;
-- a pull of an artifact whose file names would be unsafe on disk is exit 5, nothing written.
+- a pull of an artifact whose file names would be unsafe on disk is exit 5, nothing written;
+- `logs` of a stored log whose transfer the service cuts short (it does for a corrupt log) is exit
+  5, one line; a cut running tail, or a service that cannot be reached, is exit 6;
+- a lock of an artifact whose file names would be unsafe on disk is exit 5, no lock written.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import pytest
 from neffcache.client.config import DEFAULT_URL
 from tests.support.api import NEURON_RUNTIME
 from tests.support.cli import client_env, run_cli
-from tests.support.http_stub import ArtifactService, StubHandler, artifact_body, serve
+from tests.support.http_stub import ArtifactService, JobLogService, StubHandler, artifact_body, serve
 from tests.support.stack import REPO, free_port
 
 KEY = "3f2a" + "0" * 60
@@ -215,3 +218,79 @@ def test_a_pull_of_an_artifact_whose_file_name_is_unsafe_exits_5_and_writes_noth
     line = r.one_line_error()
     assert f"artifact {KEY} names a file that would be unsafe on disk, nothing was pulled: {name!r}" in line, line
     assert not dest.exists() and sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+# --- logs the service cuts short -------------------------------------------------------------------
+JOB = "394a1b2c-0000-4000-8000-000000000000"
+LOG = b"".join(b"compiling op %07d: ok\n" % i for i in range(120_000))  # ~3 MiB: more than one 1 MiB chunk
+
+
+def _log_service(**attributes: Any) -> type[JobLogService]:
+    return type("Service", (JobLogService,), {"job_id": JOB, "log": LOG, **attributes})
+
+
+def test_logs_of_a_stored_log_the_service_cuts_short_exit_5_with_one_line() -> None:
+    cut = len(LOG) - 1024 * 1024  # the last chunk held back
+    with serve(_log_service(sent=cut)) as url:
+        r = run_cli(["logs", JOB], client_env(url))
+        as_json = run_cli(["logs", JOB, "--json"], client_env(url))
+        followed = run_cli(["logs", JOB, "--follow", "--poll-interval", "0.05"], client_env(url))
+    assert r.rc == 5, (r.stdout[-200:], r.stderr)
+    line = r.one_line_error()
+    assert line.startswith(f"neffcache: the log of job {JOB}: the service ended the transfer after {cut} of "
+                           f"{len(LOG)} bytes") and "corrupt" in line, line
+    assert r.stdout == ""
+    assert as_json.rc == 5 and as_json.json()["error"] == "integrity_failure", as_json.stdout
+    assert followed.rc == 5 and "corrupt" in followed.stderr.strip().splitlines()[-1], followed.stderr
+
+    # One that fits in one chunk is refused whole: a 502 corrupt_object, exit 5 as well.
+    with serve(_log_service(corrupt=True)) as url:
+        small = run_cli(["logs", JOB], client_env(url))
+    assert small.rc == 5 and "is corrupt in the object store" in small.one_line_error(), small.stderr
+
+    # The whole log prints.
+    with serve(_log_service()) as url:
+        whole = run_cli(["logs", JOB], client_env(url))
+    assert whole.rc == 0 and whole.stdout.encode() == LOG, whole.stderr
+
+
+def test_logs_cut_short_otherwise_or_unreachable_exit_6() -> None:
+    # A running job's tail is no stored object the service vouches for: a cut body is the transfer failing.
+    with serve(_log_service(complete=False, sent=1000)) as url:
+        tail = run_cli(["logs", JOB], client_env(url))
+    assert tail.rc == 6, (tail.stdout[-200:], tail.stderr)
+    assert tail.one_line_error().startswith(f"neffcache: the log of job {JOB}: the download from 127.0.0.1 "
+                                            f"stopped after 1000 of {len(LOG)} bytes")
+
+    refused = run_cli(["logs", JOB], client_env(f"http://127.0.0.1:{free_port()}"))  # nothing listens there
+    assert refused.rc == 6, refused.stderr
+    assert refused.one_line_error().startswith("neffcache: cannot reach the neffcache service at ")
+
+
+# --- locks of unsafe file names ----------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["..", "-rf", "CON", "nul.neff", "a/b", "/etc/passwd", "a\\b", "a\x00b"])
+def test_a_lock_of_an_artifact_whose_file_name_is_unsafe_exits_5_and_writes_nothing(tmp_path: Path,
+                                                                                    name: str) -> None:
+    lock = tmp_path / "deploy.lock.json"
+    with serve(_artifact_service({"model.neff": b"neff", name: b"payload"})) as url:
+        r = run_cli(["lock", KEY[:12], "-o", str(lock)], client_env(url))
+        to_stdout = run_cli(["lock", KEY[:12]], client_env(url))
+    assert r.rc == 5, (r.stdout, r.stderr)
+    line = r.one_line_error()
+    assert f"artifact {KEY} names a file that would be unsafe on disk, nothing was written: {name!r}" in line, line
+    assert not lock.exists() and list(tmp_path.iterdir()) == []
+    assert to_stdout.rc == 5 and to_stdout.stdout == "", to_stdout.stdout
+
+
+def test_a_lock_of_file_names_one_on_a_case_insensitive_disk_exits_5_and_a_safe_one_is_written(
+        tmp_path: Path) -> None:
+    lock = tmp_path / "deploy.lock.json"
+    with serve(_artifact_service({"model.neff": b"neff", "MODEL.neff": b"other"})) as url:
+        r = run_cli(["lock", KEY[:12], "-o", str(lock)], client_env(url))
+    assert r.rc == 5 and "case-insensitive" in r.one_line_error(), r.stderr
+    assert not lock.exists()
+
+    with serve(_artifact_service({"model.neff": b"neff", "compile.log": b"log"})) as url:
+        good = run_cli(["lock", KEY[:12], "-o", str(lock)], client_env(url))
+    assert good.rc == 0, good.stderr
+    assert [f["name"] for f in json.loads(lock.read_text())["artifacts"][0]["files"]] == ["model.neff", "compile.log"]

@@ -206,6 +206,8 @@ def test_a_job_log_is_verified_as_it_streams(served: Served, http: httpx.Client,
                             log_digest=digest_of(data), log_bytes=len(data), log_tail=data[-100:].decode("latin-1")))
     tail = http.get(f"/v1/jobs/{jobs[long]}/log", params={"offset": MiB + 5})
     assert tail.status_code == 200 and tail.content == long[MiB + 5:]
+    # The whole stored log's digest, whatever the offset: what a client checks a cut against.
+    assert tail.headers["x-neffcache-sha256"] == sha256(long)
     before = corrupt_count(http, "job_log")
 
     overwrite_stored_bytes(served.store, sha256(short), damaged(short))
