@@ -55,11 +55,9 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -83,6 +81,7 @@ from tests.support.rq_keys import delete_run_keys  # noqa: E402
 from tests.support.seaweedfs import SeaweedFS  # noqa: E402
 from tests.support.stack import Process, Stack  # noqa: E402
 from tests.support.tamper import overwrite_stored_bytes  # noqa: E402
+from tests.support.tcp_proxy import TcpProxy  # noqa: E402
 
 BUCKET = "neffcache-faults"
 ADMIN_TOKEN = "nfc_faults-bootstrap-admin"
@@ -142,68 +141,6 @@ class RedisServer:
         self.proc = None
 
 
-class Forwarder:
-    """A TCP forwarder at a fixed local port to SeaweedFS's S3 port. A restarted SeaweedFS picks new
-    ports, so the service and the workers reach S3 through this; while SeaweedFS is down every
-    connection is closed at once (upstream refuses it)."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.lock = threading.Lock()
-        self.open: set[socket.socket] = set()
-        threading.Thread(target=self._accept, daemon=True, name="s3-forwarder").start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
-            except OSError:
-                client.close()
-                continue
-            upstream.settimeout(None)
-            with self.lock:
-                self.open |= {client, upstream}
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
-
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (source, sink):
-                self._close(s)
-
-    def _close(self, s: socket.socket) -> None:
-        with self.lock:
-            self.open.discard(s)
-        try:
-            s.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        s.close()
-
-    def retarget(self, port: int) -> None:
-        self.target_port = port
-        with self.lock:
-            live = list(self.open)
-        for s in live:
-            self._close(s)
-
-    def close(self) -> None:
-        self.listener.close()
-        self.retarget(self.target_port)
-
-
-# --- processes ----------------------------------------------------------------------------------
 def proc_stat(pid: int) -> list[str] | None:
     """The fields of /proc/PID/stat after the command name (state first), or None."""
     try:
@@ -304,7 +241,7 @@ class Run:
         self.figures = Figures()
         self.redis_server: RedisServer | None = None
         self.weed: SeaweedFS | None = None
-        self.forwarder: Forwarder | None = None
+        self.forwarder: TcpProxy | None = None
         self.stacks: list[Stack] = []
         self.prefixes: list[str] = []
         self.api: httpx.Client | None = None
@@ -356,7 +293,9 @@ class Run:
         self.weed = SeaweedFS(self.work / "seaweedfs")
         self.weed.start()
         self.weed.create_bucket(BUCKET)
-        self.forwarder = Forwarder(self.weed.ports["s3"])
+        # A restarted SeaweedFS picks new ports, so the service and the workers reach S3 through a
+        # proxy at a fixed port, retargeted when it comes back.
+        self.forwarder = TcpProxy(("127.0.0.1", self.weed.ports["s3"]), name="s3-forwarder")
         say(f"SeaweedFS S3 on :{self.weed.ports['s3']}, reached through :{self.forwarder.port}")
         self.settings = self.stack_settings("s3", {
             "storage_url": f"s3://{BUCKET}/{self.run_id}",

@@ -13,8 +13,6 @@ Only this module's worker loses its storage (the service and the session's worke
 from __future__ import annotations
 
 import os
-import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,75 +24,12 @@ import pytest
 
 from tests.support.api import hlo_model, neuron_spec, upload, wait_job
 from tests.support.in_process import forget_workers
+from tests.support.tcp_proxy import TcpProxy
 
 # A toolchain only this module's worker has (SDK 2.29.1).
 VERSION = "2.24.8799.0+5ca1ab1e"
 RUNTIME = "2.31.24.0"
 STORAGE_BACKOFF_S = 20.0  # the outage below lasts less
-
-
-class CuttableProxy:
-    """A TCP proxy to `target`; while cut, it drops every connection (open ones too)."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.cut = False
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.open: set[socket.socket] = set()
-        self.lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            if self.cut:
-                client.close()
-                continue
-            try:
-                upstream = socket.create_connection(self.target, timeout=5)
-            except OSError:
-                client.close()
-                continue
-            upstream.settimeout(None)
-            with self.lock:
-                self.open |= {client, upstream}
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
-
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (source, sink):
-                self._close(s)
-
-    def _close(self, s: socket.socket) -> None:
-        with self.lock:
-            self.open.discard(s)
-        try:
-            s.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        s.close()
-
-    def set_cut(self, cut: bool) -> None:
-        self.cut = cut
-        if cut:
-            with self.lock:
-                live = list(self.open)
-            for s in live:
-                self._close(s)
-
-    def close(self) -> None:
-        self.listener.close()
-        self.set_cut(True)
 
 
 @pytest.fixture
@@ -103,7 +38,7 @@ def outage(stack_settings: dict[str, Any], storage_kind: str, tmp_path: Path
     """(the storage settings of a worker whose storage this test can take away, down(bool))."""
     if storage_kind == "s3":
         endpoint = urlparse(stack_settings["s3_endpoint_url"])
-        proxy = CuttableProxy((endpoint.hostname or "127.0.0.1", endpoint.port or 80))
+        proxy = TcpProxy((endpoint.hostname or "127.0.0.1", endpoint.port or 80))
         try:
             yield {"s3_endpoint_url": f"http://127.0.0.1:{proxy.port}"}, proxy.set_cut
         finally:
