@@ -12,10 +12,16 @@ from typing import Any
 
 
 class StubHandler(BaseHTTPRequestHandler):
+    # The X-Neffcache-Version a stub that answers like neffcache sends; None: a web server that
+    # is not neffcache.
+    service_version: str | None = None
+
     def send_json(self, status: int, body: dict[str, Any]) -> None:
         data = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
+        if self.service_version is not None:
+            self.send_header("X-Neffcache-Version", self.service_version)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
@@ -99,15 +105,7 @@ class JobLogService(StubHandler):
     sent: int | None = None
     complete = True
     corrupt = False
-
-    def send_json(self, status: int, body: dict[str, Any]) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("X-Neffcache-Version", "0.1.0")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+    service_version = "0.1.0"
 
     def do_GET(self) -> None:
         self.close_connection = True

@@ -5,7 +5,7 @@ an app on it with the folder object store."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete
 
@@ -13,6 +13,9 @@ from neffcache.db import migrate
 from neffcache.db.models import Job, Worker
 from neffcache.db.session import Database
 from neffcache.settings import Settings
+
+if TYPE_CHECKING:
+    import pytest
 
 # Nothing answers here: an app that never enqueues needs no Redis, and says so if it tries.
 NO_REDIS = "redis://127.0.0.1:1/0"
@@ -54,3 +57,17 @@ def forget_workers(database_url: str, *pids: int) -> None:
             session.execute(delete(Worker).where(Worker.pid.in_(pids)))
     finally:
         db.dispose()
+
+
+def run_admin(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, *args: str) -> tuple[int, str, str]:
+    """`neffcache-admin ARGS` in process: (exit code, stdout, stderr)."""
+    from neffcache.service import admin
+
+    monkeypatch.setattr("sys.argv", ["neffcache-admin", *args])
+    code = 0
+    try:
+        admin.main()
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err

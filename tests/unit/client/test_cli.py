@@ -138,21 +138,14 @@ class _Neffcache(StubHandler):
     artifact: dict[str, Any] = {}
     stats: dict[str, Any] = {}
 
-    def _send(self, body: dict[str, Any]) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("X-Neffcache-Version", "0.1.0")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+    service_version = "0.1.0"
 
     def do_GET(self) -> None:
-        self._send(self.stats if self.path == "/v1/stats" else self.artifact)
+        self.send_json(200, self.stats if self.path == "/v1/stats" else self.artifact)
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length", "0")))
-        self._send({"status": "hit", "key": KEY, "artifact": self.artifact, "spec": {}})
+        self.send_json(200, {"status": "hit", "key": KEY, "artifact": self.artifact, "spec": {}})
 
 
 @pytest.mark.parametrize("counts, lookup_hits, downloads", [

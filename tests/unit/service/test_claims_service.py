@@ -25,37 +25,16 @@ from sqlalchemy import text
 
 from neffcache import tokens
 from neffcache.db.session import Database
-from neffcache.service import admin as admin_command
 from neffcache.service.app import create_app
 from neffcache.storage.scrub import scrub
 from tests.support.api import digest_of, error_body
-from tests.support.in_process import migrated_sqlite, service_settings
+from tests.support.in_process import migrated_sqlite, run_admin, service_settings
 from tests.support.tamper import overwrite_stored_bytes
-
-
-@pytest.fixture
-def database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A migrated SQLite database, where `neffcache-admin` finds it (NEFFCACHE_DATABASE_URL)."""
-    url = migrated_sqlite(tmp_path)
-    monkeypatch.setenv("NEFFCACHE_DATABASE_URL", url)
-    return url
-
-
-def run(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, *args: str) -> tuple[int, str, str]:
-    """`neffcache-admin ARGS` in process: (exit code, stdout, stderr)."""
-    monkeypatch.setattr("sys.argv", ["neffcache-admin", *args])
-    code = 0
-    try:
-        admin_command.main()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_a_token_is_stored_only_as_its_sha256_and_shown_only_when_made(
         database: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    code, out, err = run(capsys, monkeypatch, "token", "create", "--name", "ops", "--scope", "admin")
+    code, out, err = run_admin(capsys, monkeypatch, "token", "create", "--name", "ops", "--scope", "admin")
     assert code == 0 and out.count("\n") == 1
     admin = out.strip()
     assert admin.startswith("nfc_") and admin not in err and "not shown again" in err
@@ -81,7 +60,7 @@ def test_a_token_is_stored_only_as_its_sha256_and_shown_only_when_made(
         assert token.encode() not in data and admin.encode() not in data, stored
 
     for args in (("token", "list"), ("token", "list", "--json")):
-        code, out, err = run(capsys, monkeypatch, *args)
+        code, out, err = run_admin(capsys, monkeypatch, *args)
         assert code == 0 and "ops" in out and token not in out + err and admin not in out + err
 
     # The service takes it (it knows its hash), and never answers with it.
