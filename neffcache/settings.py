@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     log_tail_bytes: int = Field(default=4096, ge=256)
     # How often a running compile's log tail is copied to the job (for `neffcache logs -f`).
     log_refresh_s: float = Field(default=10.0, gt=0)
+    # How often the service writes the cache events it recorded (service.events): another API
+    # process sees them that much later at most, and a crash loses at most that many seconds' worth.
+    event_flush_s: float = Field(default=0.25, gt=0, le=60)
 
     # --- the worker ---
     worker_backend: str = "inductor"  # inductor | neuronx-cc

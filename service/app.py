@@ -59,6 +59,7 @@ def create_app(settings: Settings | None = None, ctx: ServiceContext | None = No
         if not settings.auth_required:
             log.warning("AUTHENTICATION IS OFF (NEFFCACHE_AUTH_REQUIRED=false): anyone who can reach "
                         "this port can compile, download and cancel. Use this only on a single-user machine.")
+        context.events.start()
         yield
         context.close()
 

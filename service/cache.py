@@ -12,12 +12,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from neffcache import dispatch as dispatching
 from neffcache import lifecycle
-from neffcache.db.models import Artifact, Blob, CacheEvent, Job, utcnow
+from neffcache.db.models import Artifact, ArtifactUsage, Blob, Job, utcnow
 from neffcache.dispatch import dispatch
 from neffcache.errors import BlobMissing, NotFound
 from neffcache.key import key_for_spec, manifest_diff
@@ -46,35 +46,23 @@ def resolve_key(ctx: ServiceContext, session: Session, spec: CompileSpec) -> tup
     return resolved, manifest, key
 
 
-def _record(session: Session, ctx: ServiceContext, kind: str, manifest: dict[str, Any], key: str,
-            artifact: Artifact | None, caller: str | None) -> None:
+def _record(ctx: ServiceContext, kind: str, manifest: dict[str, Any], key: str, artifact: Artifact | None,
+            caller: str | None) -> None:
+    """Count the request (metrics) and record its event, written off the request path (service.events)."""
     outcome = "hit" if artifact is not None else "miss"
-    session.add(
-        CacheEvent(
-            kind=kind,
-            outcome=outcome,
-            key=key,
-            namespace=manifest["namespace"],
-            target=manifest["target"],
-            compiler_name=manifest["compiler"]["name"],
-            compiler_version=manifest["compiler"]["version"],
-            caller=caller,
-            saved_seconds=artifact.compile_seconds if artifact is not None else 0.0,
-        )
-    )
+    ctx.events.record(kind, outcome, manifest, key, caller, artifact.compile_seconds if artifact is not None else 0.0)
     ctx.metrics.cache_request(kind, outcome, manifest["target"])
 
 
-def artifact_hits(session: Session, key: str) -> dict[str, int]:
+def artifact_hits(ctx: ServiceContext, session: Session, key: str) -> dict[str, int]:
     """How often an artifact was used, as two counts named apart (the same two /v1/stats gives):
-    `lookup_hits`, the lookups and compile requests it answered, and `downloads` of its files."""
-    by_kind: dict[str, int] = dict(session.execute(
-        select(CacheEvent.kind, func.count())
-        .where(CacheEvent.key == key, CacheEvent.outcome == "hit")
-        .group_by(CacheEvent.kind)
-    ).all())
-    downloads = by_kind.pop("download", 0)
-    return {"lookup_hits": sum(by_kind.values()), "downloads": downloads}
+    `lookup_hits`, the lookups and compile requests it answered, and `downloads` of its files.
+    The written counts (one row, by key) plus those this process has not written yet."""
+    usage = session.get(ArtifactUsage, key)
+    lookups, downloads = ctx.events.pending_usage(key)
+    if usage is not None:
+        lookups, downloads = lookups + usage.lookup_hits, downloads + usage.downloads
+    return {"lookup_hits": lookups, "downloads": downloads}
 
 
 def latest_job(session: Session, key: str) -> Job | None:
@@ -143,11 +131,11 @@ def submit_compile(ctx: ServiceContext, spec: CompileSpec, force: bool, caller: 
                 f"(PUT /v1/blobs/{resolved.model.digest} first)"
             )
         artifact = session.get(Artifact, key)
-        _record(session, ctx, "compile", manifest, key, artifact, caller)
+        _record(ctx, "compile", manifest, key, artifact, caller)
         spec_out = resolved.model_dump(mode="json")
         if artifact is not None:
             return Outcome(200, {"status": "hit", "key": key, "spec": spec_out,
-                                 "artifact": artifact_view(artifact, artifact_hits(session, key))})
+                                 "artifact": artifact_view(artifact, artifact_hits(ctx, session, key))})
         running = lifecycle.active_job(session, key)
         reconciled: dict[str, str] = {}
         if running is not None and force:
@@ -180,10 +168,10 @@ def lookup(ctx: ServiceContext, spec: CompileSpec, grant: Grant) -> Outcome:
     with ctx.db.session() as session:
         resolved, manifest, key = resolve_key(ctx, session, spec)
         artifact = session.get(Artifact, key)
-        _record(session, ctx, "lookup", manifest, key, artifact, grant.caller)
+        _record(ctx, "lookup", manifest, key, artifact, grant.caller)
         if artifact is not None:
             return Outcome(200, {"status": "hit", "key": key, "spec": resolved.model_dump(mode="json"),
-                                 "artifact": artifact_view(artifact, artifact_hits(session, key))})
+                                 "artifact": artifact_view(artifact, artifact_hits(ctx, session, key))})
         nearest = nearest_manifests(session, manifest, grant)
     raise NotFound(
         f"no artifact for key {key}" + (f"; {len(nearest)} published for the same model differ" if nearest else
@@ -205,5 +193,4 @@ def nearest_manifests(session: Session, manifest: dict[str, Any], grant: Grant) 
 
 
 def record_download(ctx: ServiceContext, artifact: Artifact, caller: str | None) -> None:
-    with ctx.db.session() as session:
-        _record(session, ctx, "download", artifact.manifest, artifact.key, artifact, caller)
+    _record(ctx, "download", artifact.manifest, artifact.key, artifact, caller)

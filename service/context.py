@@ -9,6 +9,7 @@ from typing import Any
 from neffcache.db.session import Database
 from neffcache.queue import connect_redis
 from neffcache.sdk import SdkTable
+from neffcache.service.events import EventRecorder
 from neffcache.service.metrics import ServiceMetrics
 from neffcache.settings import Settings
 from neffcache.storage import ObjectStore, open_store
@@ -21,9 +22,11 @@ class ServiceContext:
     store: ObjectStore
     sdk: SdkTable = field(default_factory=SdkTable.load)
     metrics: ServiceMetrics = field(init=False)
+    events: EventRecorder = field(init=False)
 
     def __post_init__(self) -> None:
         self.metrics = ServiceMetrics(self.db, self.settings)
+        self.events = EventRecorder(self.db, self.metrics, self.settings.event_flush_s)
 
     @cached_property
     def redis(self) -> Any:
@@ -35,6 +38,7 @@ class ServiceContext:
         return cls(settings=settings, db=Database(settings.database_url), store=open_store(settings))
 
     def close(self) -> None:
+        self.events.stop()  # flushes what is pending
         self.db.dispose()
         if "redis" in self.__dict__:
             self.redis.close()

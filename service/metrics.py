@@ -11,7 +11,7 @@ import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from sqlalchemy import case, func, select
 
@@ -90,6 +90,23 @@ class ServiceMetrics:
             "neffcache_corrupt_objects", "Stored objects found corrupt when read, by what read them",
             ["found_by"], registry=self.registry,
         )
+        # The cache-event writer (service.events): batch sizes, how old a batch's first event
+        # was when written, flushes that failed (kept for the next) and events dropped.
+        self.event_batch = Histogram(
+            "neffcache_event_batch_size", "Cache events written per flush", registry=self.registry,
+            buckets=(1, 10, 100, 1000, 10000, 100000),
+        )
+        self.event_lag = Gauge(
+            "neffcache_event_flush_lag_seconds", "Age of the oldest event of the last flush when it was written",
+            registry=self.registry,
+        )
+        self.event_flush_failures = Counter(
+            "neffcache_event_flush_failures", "Flushes of cache events that failed (their events kept)",
+            registry=self.registry,
+        )
+        self.events_lost = Counter(
+            "neffcache_events_dropped", "Cache events dropped after flushes kept failing", registry=self.registry,
+        )
         self.registry.register(_DatabaseCollector(db, settings))
 
     def cache_request(self, kind: str, outcome: str, target: str) -> None:
@@ -97,6 +114,16 @@ class ServiceMetrics:
 
     def corrupt_object(self, found_by: str) -> None:
         self.corrupt_objects.labels(found_by).inc()
+
+    def events_flushed(self, count: int, lag_s: float) -> None:
+        self.event_batch.observe(count)
+        self.event_lag.set(lag_s)
+
+    def event_flush_failed(self) -> None:
+        self.event_flush_failures.inc()
+
+    def events_dropped(self, count: int) -> None:
+        self.events_lost.inc(count)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -50,7 +50,7 @@ def publish(ctx: ServiceContext, request: PublishRequest, caller: str | None) ->
         sizes = {name: session.get(Blob, digest).size for name, digest in wanted.items()}  # type: ignore[union-attr]
         existing = session.get(Artifact, key)
         if existing is not None:
-            return _existing(session, existing, wanted, key)
+            return _existing(ctx, session, existing, wanted, key)
     headers = {name: _neff_summary(ctx, name, digest) for name, digest in wanted.items() if name.endswith(".neff")}
     with ctx.db.session() as session:
         artifact = Artifact.from_manifest(
@@ -63,17 +63,17 @@ def publish(ctx: ServiceContext, request: PublishRequest, caller: str | None) ->
             with session.begin_nested():
                 session.add(artifact)
         except IntegrityError:  # published concurrently: judge against the winner
-            return _existing(session, session.get(Artifact, key), wanted, key)  # type: ignore[arg-type]
+            return _existing(ctx, session, session.get(Artifact, key), wanted, key)  # type: ignore[arg-type]
         return Outcome(201, {"status": "published", "key": key, "spec": resolved.model_dump(mode="json"),
                              "artifact": artifact_view(artifact, {"lookup_hits": 0, "downloads": 0})})
 
 
-def _existing(session: Any, artifact: Artifact, wanted: dict[str, str], key: str) -> Outcome:
+def _existing(ctx: ServiceContext, session: Any, artifact: Artifact, wanted: dict[str, str], key: str) -> Outcome:
     if not _same_files(artifact, wanted):
         raise ArtifactExists(
             f"artifact {key} is published already with other files; artifacts are immutable",
             key=key, published={f.name: f.digest for f in artifact.files},
         )
     return Outcome(
-        200, {"status": "exists", "key": key, "artifact": artifact_view(artifact, artifact_hits(session, key))}
+        200, {"status": "exists", "key": key, "artifact": artifact_view(artifact, artifact_hits(ctx, session, key))}
     )

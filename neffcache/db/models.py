@@ -202,6 +202,16 @@ class CacheEvent(Base):
     saved_seconds: Mapped[float] = mapped_column(Float, default=0.0)
 
 
+class ArtifactUsage(Base):
+    """An artifact's running counts of cache events (written in batches by service.events): what
+    its view shows, read by primary key whatever the length of the history."""
+
+    __tablename__ = "artifact_usage"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    lookup_hits: Mapped[int] = mapped_column(BigInteger)
+    downloads: Mapped[int] = mapped_column(BigInteger)
+
+
 class Worker(Base):
     __tablename__ = "workers"
     id: Mapped[str] = mapped_column(String(255), primary_key=True)

@@ -77,7 +77,7 @@ def get_artifact(key: KeyInPath, request: Request) -> dict[str, Any]:
     """One artifact, by its key or a unique prefix of it (8 hex characters at least)."""
     with context(request).db.session() as session:
         artifact = _get(request, session, key)
-        return artifact_view(artifact, cache.artifact_hits(session, artifact.key))
+        return artifact_view(artifact, cache.artifact_hits(context(request), session, artifact.key))
 
 
 @router.get(

@@ -57,6 +57,7 @@ def stats(request: Request) -> dict[str, Any]:
     artifact); downloads of artifact files are counted apart (`downloads`). Only the token's
     namespaces are counted."""
     seen = grant(request)
+    context(request).events.flush()  # this process's own events count at once
     with context(request).db.session() as session:
         (lookups, lookup_hits, saved), = _cache_counts(session, seen)
         by_target = {t: _summary(n, h, s) for t, n, h, s in _cache_counts(session, seen, CacheEvent.target)}
@@ -94,6 +95,7 @@ def hits(
 ) -> dict[str, Any]:
     """Which caller hit which artifact, and when (newest first), in the token's namespaces."""
     query = grant(request).limit(select(CacheEvent), CacheEvent.namespace).where(CacheEvent.outcome == "hit")
+    context(request).events.flush()  # this process's own events count at once
     if caller:
         query = query.where(CacheEvent.caller == caller)
     with context(request).db.session() as session:

@@ -18,7 +18,7 @@ from neffcache.db import migrate
 from neffcache.db.models import Base
 from neffcache.db.session import normalise_url
 
-TABLES = {"blobs", "jobs", "artifacts", "artifact_files", "cache_events", "workers", "api_tokens"}
+TABLES = {"blobs", "jobs", "artifacts", "artifact_files", "cache_events", "workers", "api_tokens", "artifact_usage"}
 
 
 def _databases() -> list[str]:
@@ -130,5 +130,24 @@ def test_0007_keeps_old_tokens_everywhere_and_backfills_namespaces_and_origins(e
             assert events == {"k1": "team-a", "k2": "team-a", "k-unknown": None}
         migrate.downgrade(empty_database, "0006")
         migrate.upgrade(empty_database)
+    finally:
+        engine.dispose()
+
+
+def test_0008_counts_each_artifacts_hits_and_downloads_from_the_events(empty_database: str) -> None:
+    migrate.upgrade(empty_database, "0007")
+    engine = create_engine(normalise_url(empty_database))
+    try:
+        with engine.begin() as conn:
+            for key, kind, outcome in [("k1", "lookup", "hit"), ("k1", "compile", "hit"), ("k1", "download", "hit"),
+                                       ("k1", "lookup", "miss"), ("k2", "download", "hit"), ("k3", "lookup", "miss")]:
+                conn.execute(text(
+                    "INSERT INTO cache_events (at, kind, outcome, key, target, compiler_name, compiler_version, "
+                    "saved_seconds) VALUES (CURRENT_TIMESTAMP, :kind, :outcome, :key, 'trn1', 'neuronx-cc', '2', 0)"),
+                    {"key": key, "kind": kind, "outcome": outcome})
+        migrate.upgrade(empty_database)
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT key, lookup_hits, downloads FROM artifact_usage ORDER BY key")).all()
+        assert [tuple(r) for r in rows] == [("k1", 2, 1), ("k2", 0, 1)]
     finally:
         engine.dispose()
