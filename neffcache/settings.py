@@ -59,6 +59,10 @@ class Settings(BaseSettings):
     # How often the service writes the cache events it recorded (service.events): another API
     # process sees them that much later at most, and a crash loses at most that many seconds' worth.
     event_flush_s: float = Field(default=0.25, gt=0, le=60)
+    # How long an API process keeps what the hit path reads (token grants, registered
+    # toolchains, artifact rows, usage counts) before asking the database again: how long a
+    # revoked token or another process's counts can be stale (service.memo). 0: not at all.
+    hot_cache_s: float = Field(default=5.0, ge=0, le=300)
 
     # --- the worker ---
     worker_backend: str = "inductor"  # inductor | neuronx-cc

@@ -20,6 +20,7 @@ import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, Request, params
@@ -105,23 +106,38 @@ def _bootstrap(request: Request) -> _Bootstrap:
         return bootstrap
 
 
+def _expired(grant: Grant, expires_at: datetime | None, now: datetime) -> None:
+    if expires_at is not None and expires_at <= now:
+        raise Unauthorized(f"Authorization: the token {grant.caller!r} expired at "
+                           f"{expires_at.isoformat(timespec='seconds')}")
+
+
 def _identify(request: Request, token: str) -> Grant:
-    """The token's grant; raises Unauthorized saying why it is refused."""
+    """The token's grant; raises Unauthorized saying why it is refused.
+
+    A database token's grant is kept in memory for hot_cache_s (service.memo), by the token's
+    sha256: a token revoked meanwhile is still taken that long by this process; its expiry is
+    checked on every request all the same. Its last use is recorded when it is read again."""
     ctx = context(request)
     now = utcnow()
-    with ctx.db.session() as session:
-        if tokens.matches(token, ctx.settings.bootstrap_admin_token):
+    if tokens.matches(token, ctx.settings.bootstrap_admin_token):
+        with ctx.db.session() as session:
             _bootstrap(request).check(session)
-            return Grant(BOOTSTRAP_ADMIN, "admin", (tokens.ALL_NAMESPACES,))
-        row = tokens.find_token(session, token)
-        if row is None:
-            raise Unauthorized("Authorization: the token is unknown or revoked")
-        if tokens.expired(row, now):
-            assert row.expires_at is not None
-            raise Unauthorized(f"Authorization: the token {row.name!r} expired at "
-                               f"{row.expires_at.isoformat(timespec='seconds')}")
-        tokens.record_use(row, now)  # committed as the session ends
-        return Grant(row.name, row.scope, tuple(row.namespaces))
+        return Grant(BOOTSTRAP_ADMIN, "admin", (tokens.ALL_NAMESPACES,))
+    digest = tokens.hash_token(token)
+    cached = ctx.grants.get(digest)
+    if cached is None:
+        with ctx.db.session() as session:
+            row = tokens.find_token(session, token)
+            if row is None:
+                raise Unauthorized("Authorization: the token is unknown or revoked")
+            cached = (Grant(row.name, row.scope, tuple(row.namespaces)), row.expires_at)
+            if not tokens.expired(row, now):
+                tokens.record_use(row, now)  # committed as the session ends
+        ctx.grants.put(digest, cached)
+    found, expires_at = cached
+    _expired(found, expires_at, now)
+    return found
 
 
 def require(scope: str) -> params.Depends:

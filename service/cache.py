@@ -19,7 +19,7 @@ from neffcache import dispatch as dispatching
 from neffcache import lifecycle
 from neffcache.db.models import Artifact, ArtifactUsage, Blob, Job, utcnow
 from neffcache.dispatch import dispatch
-from neffcache.errors import BlobMissing, NotFound
+from neffcache.errors import BlobMissing, NotFound, ToolchainAmbiguous, ToolchainUnavailable
 from neffcache.key import key_for_spec, manifest_diff
 from neffcache.lifecycle import REMEMBERED_FAILURES, FailureClass, JobState
 from neffcache.queue import queue_for_manifest
@@ -40,10 +40,33 @@ class Outcome:
     body: dict[str, Any]
 
 
-def resolve_key(ctx: ServiceContext, session: Session, spec: CompileSpec) -> tuple[CompileSpec, dict[str, Any], str]:
-    resolved = resolve_spec(session, spec, ctx.settings.toolchain_ttl_s, ctx.sdk)
+def resolve_key(ctx: ServiceContext, spec: CompileSpec) -> tuple[CompileSpec, dict[str, Any], str]:
+    try:
+        resolved = resolve_spec(ctx.registered_toolchains, spec, ctx.sdk)
+    except (ToolchainUnavailable, ToolchainAmbiguous):
+        # The toolchains in memory may predate a worker that just registered: ask again before
+        # refusing, so a new worker's toolchain is never refused for being new.
+        ctx.toolchains.clear()
+        resolved = resolve_spec(ctx.registered_toolchains, spec, ctx.sdk)
     manifest, key = key_for_spec(resolved.model_dump(mode="json"))
     return resolved, manifest, key
+
+
+def published(ctx: ServiceContext, session: Session, key: str) -> Artifact | None:
+    """The artifact of a whole key, from memory when it was read in the last hot_cache_s
+    (artifacts are immutable); a miss is asked of the database every time, so an artifact is
+    found as soon as it is published."""
+    def load() -> Artifact | None:
+        artifact = session.get(Artifact, key)
+        if artifact is not None:
+            # Out of the session, with its files: an object kept in memory must not be expired
+            # by that session's rollback (a request refused after reading it) or commit.
+            for entry in artifact.files:
+                session.expunge(entry)
+            session.expunge(artifact)
+        return artifact
+
+    return ctx.artifacts.get_or_load(key, load)
 
 
 def _record(ctx: ServiceContext, kind: str, manifest: dict[str, Any], key: str, artifact: Artifact | None,
@@ -54,14 +77,26 @@ def _record(ctx: ServiceContext, kind: str, manifest: dict[str, Any], key: str, 
     ctx.metrics.cache_request(kind, outcome, manifest["target"])
 
 
-def artifact_hits(ctx: ServiceContext, session: Session, key: str) -> dict[str, int]:
+def artifact_hits(ctx: ServiceContext, key: str) -> dict[str, int]:
     """How often an artifact was used, as two counts named apart (the same two /v1/stats gives):
+    Called with no session open: it may wait for a flush, which on SQLite waits for readers.
+
     `lookup_hits`, the lookups and compile requests it answered, and `downloads` of its files.
-    The written counts (one row, by key) plus those this process has not written yet."""
-    usage = session.get(ArtifactUsage, key)
-    lookups, downloads = ctx.events.pending_usage(key)
-    if usage is not None:
-        lookups, downloads = lookups + usage.lookup_hits, downloads + usage.downloads
+
+    The written counts (one row, by key) as read at most hot_cache_s ago, plus every event this
+    process recorded since that read: exact for this process's own events, and at most
+    hot_cache_s behind for other processes'."""
+    def read() -> Any:
+        def written() -> tuple[int, int]:
+            with ctx.db.session() as session:
+                row = session.get(ArtifactUsage, key)
+                return (row.lookup_hits, row.downloads) if row is not None else (0, 0)
+
+        return ctx.events.usage_snapshot(key, written)
+
+    snapshot = ctx.usage.get_or_load(key, read)
+    assert snapshot is not None
+    lookups, downloads = snapshot.now(ctx.events.recorded_usage(key))
     return {"lookup_hits": lookups, "downloads": downloads}
 
 
@@ -123,19 +158,21 @@ def submit_compile(ctx: ServiceContext, spec: CompileSpec, force: bool, caller: 
     (`dispatch.stale_reason`) is reconciled first: the answer then says `reconciled`."""
     created: Job | None = None
     send: Callable[[], Any] | None = None
+    resolved, manifest, key = resolve_key(ctx, spec)
+    spec_out = resolved.model_dump(mode="json")
+    with ctx.db.session() as session:  # no connection is taken unless a query needs one
+        artifact = published(ctx, session, key)
+    if artifact is not None:  # a hit needs no model: it is compiled already
+        _record(ctx, "compile", manifest, key, artifact, caller)
+        return Outcome(200, {"status": "hit", "key": key, "spec": spec_out,
+                             "artifact": artifact_view(artifact, artifact_hits(ctx, key))})
     with ctx.db.session() as session:
-        resolved, manifest, key = resolve_key(ctx, session, spec)
         if session.get(Blob, resolved.model.digest) is None:
             raise BlobMissing(
                 f"spec.model.digest: blob {resolved.model.digest} has not been uploaded "
                 f"(PUT /v1/blobs/{resolved.model.digest} first)"
             )
-        artifact = session.get(Artifact, key)
-        _record(ctx, "compile", manifest, key, artifact, caller)
-        spec_out = resolved.model_dump(mode="json")
-        if artifact is not None:
-            return Outcome(200, {"status": "hit", "key": key, "spec": spec_out,
-                                 "artifact": artifact_view(artifact, artifact_hits(ctx, session, key))})
+        _record(ctx, "compile", manifest, key, None, caller)
         running = lifecycle.active_job(session, key)
         reconciled: dict[str, str] = {}
         if running is not None and force:
@@ -165,14 +202,14 @@ def submit_compile(ctx: ServiceContext, spec: CompileSpec, force: bool, caller: 
 
 def lookup(ctx: ServiceContext, spec: CompileSpec, grant: Grant) -> Outcome:
     """A hit, or NotFound with the nearest published manifests the token may see."""
-    with ctx.db.session() as session:
-        resolved, manifest, key = resolve_key(ctx, session, spec)
-        artifact = session.get(Artifact, key)
-        _record(ctx, "lookup", manifest, key, artifact, grant.caller)
-        if artifact is not None:
-            return Outcome(200, {"status": "hit", "key": key, "spec": resolved.model_dump(mode="json"),
-                                 "artifact": artifact_view(artifact, artifact_hits(ctx, session, key))})
-        nearest = nearest_manifests(session, manifest, grant)
+    resolved, manifest, key = resolve_key(ctx, spec)
+    with ctx.db.session() as session:  # no connection is taken unless a query needs one
+        artifact = published(ctx, session, key)
+        nearest = nearest_manifests(session, manifest, grant) if artifact is None else []
+    _record(ctx, "lookup", manifest, key, artifact, grant.caller)
+    if artifact is not None:
+        return Outcome(200, {"status": "hit", "key": key, "spec": resolved.model_dump(mode="json"),
+                             "artifact": artifact_view(artifact, artifact_hits(ctx, key))})
     raise NotFound(
         f"no artifact for key {key}" + (f"; {len(nearest)} published for the same model differ" if nearest else
                                        "; nothing is published for this model"),

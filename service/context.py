@@ -6,11 +6,14 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+from neffcache.db.models import Artifact
 from neffcache.db.session import Database
 from neffcache.queue import connect_redis
 from neffcache.sdk import SdkTable
 from neffcache.service.events import EventRecorder
+from neffcache.service.memo import TtlCache
 from neffcache.service.metrics import ServiceMetrics
+from neffcache.service.toolchains import RegisteredToolchain, registered_toolchains
 from neffcache.settings import Settings
 from neffcache.storage import ObjectStore, open_store
 
@@ -23,10 +26,28 @@ class ServiceContext:
     sdk: SdkTable = field(default_factory=SdkTable.load)
     metrics: ServiceMetrics = field(init=False)
     events: EventRecorder = field(init=False)
+    # What the hit path keeps in memory for settings.hot_cache_s (service.memo): token grants by
+    # the token's sha256, the registered toolchains, artifact rows by key (artifacts are
+    # immutable), and usage counts by key (service.cache.artifact_hits).
+    grants: TtlCache[str, Any] = field(init=False)
+    toolchains: TtlCache[str, list[RegisteredToolchain]] = field(init=False)
+    artifacts: TtlCache[str, Artifact] = field(init=False)
+    usage: TtlCache[str, Any] = field(init=False)
 
     def __post_init__(self) -> None:
         self.metrics = ServiceMetrics(self.db, self.settings)
         self.events = EventRecorder(self.db, self.metrics, self.settings.event_flush_s)
+        ttl = self.settings.hot_cache_s
+        self.grants, self.toolchains, self.artifacts, self.usage = (TtlCache(ttl), TtlCache(ttl), TtlCache(ttl),
+                                                                    TtlCache(ttl))
+
+    def registered_toolchains(self) -> list[RegisteredToolchain]:
+        """The toolchains of live workers (service.toolchains), read at most every hot_cache_s."""
+        def load() -> list[RegisteredToolchain]:
+            with self.db.session() as session:
+                return registered_toolchains(session, self.settings.toolchain_ttl_s)
+
+        return self.toolchains.get_or_load("all", load) or []
 
     @cached_property
     def redis(self) -> Any:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter as Tally
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -63,6 +64,21 @@ class Event:
         return (0, 1) if self.kind == "download" else (1, 0)
 
 
+@dataclass(frozen=True)
+class UsageSnapshot:
+    """An artifact's counts as written (plus this process's pending ones) when read, and this
+    process's own running total then: what it shows later is that plus what this process
+    recorded since (`now`)."""
+
+    lookup_hits: int
+    downloads: int
+    recorded_then: tuple[int, int]
+
+    def now(self, recorded: tuple[int, int]) -> tuple[int, int]:
+        return (self.lookup_hits + recorded[0] - self.recorded_then[0],
+                self.downloads + recorded[1] - self.recorded_then[1])
+
+
 class EventRecorder:
     def __init__(self, db: Database, metrics: ServiceMetrics, flush_interval_s: float) -> None:
         self.db = db
@@ -70,6 +86,8 @@ class EventRecorder:
         self.flush_interval_s = flush_interval_s
         self._pending: list[Event] = []
         self._pending_usage: dict[str, Tally[str]] = {}
+        # Every event's usage this process recorded, by key, never reset (UsageSnapshot).
+        self._recorded_usage: dict[str, tuple[int, int]] = {}
         self._lock = threading.Lock()  # the pending list and counts
         self._flushing = threading.Lock()  # one flush at a time (the thread, or a route's)
         self._stop = threading.Event()
@@ -86,12 +104,30 @@ class EventRecorder:
                 counts = self._pending_usage.setdefault(key, Tally())
                 counts["lookup_hits"] += lookups
                 counts["downloads"] += downloads
+                total = self._recorded_usage.get(key, (0, 0))
+                self._recorded_usage[key] = (total[0] + lookups, total[1] + downloads)
 
     def pending_usage(self, key: str) -> tuple[int, int]:
         """(lookup_hits, downloads) of `key` recorded here and not flushed yet."""
         with self._lock:
             counts = self._pending_usage.get(key)
             return (counts["lookup_hits"], counts["downloads"]) if counts else (0, 0)
+
+    def recorded_usage(self, key: str) -> tuple[int, int]:
+        """(lookup_hits, downloads) of `key` this process recorded since it started."""
+        with self._lock:
+            return self._recorded_usage.get(key, (0, 0))
+
+    def usage_snapshot(self, key: str, written: Callable[[], tuple[int, int]]) -> UsageSnapshot:
+        """`written()` (the counts in the database) read while no flush runs, with this process's
+        pending and recorded counts of the same moment: nothing counted twice or missed."""
+        with self._flushing:
+            lookups, downloads = written()
+            with self._lock:
+                counts = self._pending_usage.get(key)
+                pending = (counts["lookup_hits"], counts["downloads"]) if counts else (0, 0)
+                recorded = self._recorded_usage.get(key, (0, 0))
+        return UsageSnapshot(lookups + pending[0], downloads + pending[1], recorded)
 
     def flush(self) -> int:
         """Write the pending events, and their counts, in one transaction; returns how many."""

@@ -43,14 +43,14 @@ def _neff_summary(ctx: ServiceContext, name: str, digest: str) -> dict[str, Any]
 def publish(ctx: ServiceContext, request: PublishRequest, caller: str | None) -> Outcome:
     wanted = {f.name: f.digest for f in request.files}
     with ctx.db.session() as session:
-        resolved, manifest, key = resolve_key(ctx, session, request.spec)
+        resolved, manifest, key = resolve_key(ctx, request.spec)
         for label, digest in [("spec.model.digest", resolved.model.digest), *wanted.items()]:
             if session.get(Blob, digest) is None:
                 raise BlobMissing(f"{label}: blob {digest} has not been uploaded (PUT /v1/blobs/{digest} first)")
         sizes = {name: session.get(Blob, digest).size for name, digest in wanted.items()}  # type: ignore[union-attr]
         existing = session.get(Artifact, key)
-        if existing is not None:
-            return _existing(ctx, session, existing, wanted, key)
+    if existing is not None:
+        return _existing(ctx, existing, wanted, key)
     headers = {name: _neff_summary(ctx, name, digest) for name, digest in wanted.items() if name.endswith(".neff")}
     with ctx.db.session() as session:
         artifact = Artifact.from_manifest(
@@ -62,18 +62,22 @@ def publish(ctx: ServiceContext, request: PublishRequest, caller: str | None) ->
         try:
             with session.begin_nested():
                 session.add(artifact)
+            winner = None
         except IntegrityError:  # published concurrently: judge against the winner
-            return _existing(ctx, session, session.get(Artifact, key), wanted, key)  # type: ignore[arg-type]
-        return Outcome(201, {"status": "published", "key": key, "spec": resolved.model_dump(mode="json"),
-                             "artifact": artifact_view(artifact, {"lookup_hits": 0, "downloads": 0})})
+            winner = session.get(Artifact, key)
+    if winner is not None:
+        return _existing(ctx, winner, wanted, key)
+    return Outcome(201, {"status": "published", "key": key, "spec": resolved.model_dump(mode="json"),
+                         "artifact": artifact_view(artifact, {"lookup_hits": 0, "downloads": 0})})
 
 
-def _existing(ctx: ServiceContext, session: Any, artifact: Artifact, wanted: dict[str, str], key: str) -> Outcome:
+def _existing(ctx: ServiceContext, artifact: Artifact, wanted: dict[str, str], key: str) -> Outcome:
+    """The answer for a key published already (called with no session open: artifact_hits)."""
     if not _same_files(artifact, wanted):
         raise ArtifactExists(
             f"artifact {key} is published already with other files; artifacts are immutable",
             key=key, published={f.name: f.digest for f in artifact.files},
         )
     return Outcome(
-        200, {"status": "exists", "key": key, "artifact": artifact_view(artifact, artifact_hits(ctx, session, key))}
+        200, {"status": "exists", "key": key, "artifact": artifact_view(artifact, artifact_hits(ctx, key))}
     )

@@ -6,6 +6,7 @@ toolchain fits; otherwise the caller must say which, and the error lists the can
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -69,8 +70,10 @@ def _pick(field: str, values: set[str], spec: CompileSpec, candidates: list[Regi
     )
 
 
-def resolve_spec(session: Session, spec: CompileSpec, ttl_s: float, sdk: SdkTable) -> CompileSpec:
-    """Return the spec with both versions filled in (unchanged when it names both).
+def resolve_spec(toolchains: Callable[[], list[RegisteredToolchain]], spec: CompileSpec,
+                 sdk: SdkTable) -> CompileSpec:
+    """Return the spec with both versions filled in (unchanged when it names both); `toolchains`
+    gives the registered ones, asked only when a version is left out.
 
     neuronx-cc: a spec naming only the runtime gets the compiler of the runtime's SDK release
     (among those a worker has), and a pair from different SDK releases is refused unless the
@@ -92,7 +95,7 @@ def resolve_spec(session: Session, spec: CompileSpec, ttl_s: float, sdk: SdkTabl
     if not (compiler_version and runtime_version):
         candidates = [
             t
-            for t in registered_toolchains(session, ttl_s)
+            for t in toolchains()
             if t.compiler_name == spec.compiler.name
             and spec.target in t.targets
             and (compiler_version is None or version_matches(compiler_version, t.compiler_version))

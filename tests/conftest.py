@@ -37,6 +37,7 @@ FAST_CLOCKS = {
     "heartbeat_interval_s": 0.5,
     "worker_lost_after_s": 6.0,  # a busy 2-core CI machine can starve a heartbeat for a few seconds
     "log_refresh_s": 0.5,
+    "hot_cache_s": 1.0,  # what the hit path keeps in memory: a revoked token is refused within 1 s
 }
 MAX_UPLOAD_BYTES = 32 * 1024 * 1024
 ADMIN_TOKEN = "nfc_test-bootstrap-admin"

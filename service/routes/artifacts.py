@@ -10,7 +10,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from neffcache.db.models import ORIGINS, Artifact
-from neffcache.digests import DIGEST_PATTERN, bare_hex
+from neffcache.digests import DIGEST_PATTERN, bare_hex, is_bare_hex
 from neffcache.errors import ArtifactExists, BlobMissing, Forbidden, InvalidNeff, NotFound
 from neffcache.service import cache, publish
 from neffcache.service.auth import PUBLISH, READ, grant
@@ -33,8 +33,12 @@ else:
 
 
 def _get(request: Request, session: Session, key: str) -> Artifact:
-    """The artifact named by its key or a unique prefix of it, if the token may see its namespace."""
-    artifact = resolve_artifact(session, key)
+    """The artifact named by its key or a unique prefix of it, if the token may see its namespace.
+    A whole key is looked for among those in memory first (cache.published)."""
+    whole = key.lower()
+    artifact = cache.published(context(request), session, whole) if is_bare_hex(whole) else None
+    if artifact is None:
+        artifact = resolve_artifact(session, key)
     grant(request).check(artifact.namespace)
     return artifact
 
@@ -77,7 +81,7 @@ def get_artifact(key: KeyInPath, request: Request) -> dict[str, Any]:
     """One artifact, by its key or a unique prefix of it (8 hex characters at least)."""
     with context(request).db.session() as session:
         artifact = _get(request, session, key)
-        return artifact_view(artifact, cache.artifact_hits(context(request), session, artifact.key))
+    return artifact_view(artifact, cache.artifact_hits(context(request), artifact.key))
 
 
 @router.get(

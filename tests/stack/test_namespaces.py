@@ -113,10 +113,11 @@ def test_every_route_refuses_a_token_of_another_namespace_and_names_it(
             assert refused.status_code == 403, (method, path, refused.text)
             assert refused.json()["error"] == "forbidden" and repr(A) in refused.json()["detail"], refused.text
             assert _token_name("b-publish") in refused.json()["detail"]
-            # The route itself works for a token of team A (a GET, so nothing changes).
+            # The route itself works for a token of team A (a GET, so nothing changes; a file
+            # download on S3 is a redirect to it).
             if method == "GET":
                 allowed = a.get(path)
-                assert allowed.status_code == 200, (path, allowed.text)
+                assert allowed.status_code in (200, 307), (path, allowed.text)
     with _as(running, team_tokens["a-write"]) as a:
         job = a.get(f"/v1/jobs/{team_a.job_id}").json()
         assert job["state"] == "succeeded", "a refused cancel changed nothing"

@@ -30,11 +30,13 @@ def migrated_sqlite(folder: Path) -> str:
 
 def service_settings(root: Path, *, database_url: str | None = None, **overrides: Any) -> Settings:
     """Settings for an app in process: `database_url` (else a new migrated SQLite in `root`), the
-    folder store in root/objects, NO_REDIS unless a test gives a Redis; `overrides` win."""
+    folder store in root/objects, NO_REDIS unless a test gives a Redis, nothing kept in memory
+    for the hit path (hot_cache_s 0: a test reads its own changes at once); `overrides` win."""
     return Settings(**{
         "database_url": database_url or migrated_sqlite(root),
         "storage_url": f"file://{root / 'objects'}",
         "redis_url": NO_REDIS,
+        "hot_cache_s": 0.0,
         **overrides,
     })
 

@@ -5,6 +5,7 @@ a token's last use is recorded at most once a minute."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -161,3 +162,28 @@ def test_a_grant_limits_listings_to_its_namespaces() -> None:
     limited = str(Grant("ci", "read", ("a", "b")).limit(query, Job.namespace).compile(
         compile_kwargs={"literal_binds": True}))
     assert "jobs.namespace IN ('a', 'b')" in limited
+
+
+def test_a_revoked_token_is_refused_once_its_grant_leaves_memory(tmp_path: Path) -> None:
+    """The hit path keeps a token's grant for hot_cache_s: revoked, it is taken that long at most
+    (the README says so); its expiry is checked on every request all the same."""
+    settings = service_settings(tmp_path, auth_required=True, hot_cache_s=0.5)
+    db = Database(settings.database_url)
+    try:
+        with db.session() as session:
+            token = tokens.create_token(session, "ci", "read")
+            expiring = tokens.create_token(session, "soon", "read", timedelta(hours=1))
+        with TestClient(create_app(settings)) as client:
+            def status(used: str) -> int:
+                return client.get("/v1/stats", headers={"Authorization": f"Bearer {used}"}).status_code
+
+            assert status(token) == 200 and status(expiring) == 200
+            with db.session() as session:
+                tokens.revoke_token(session, "ci")
+                session.get(ApiToken, "soon").expires_at = utcnow() - timedelta(seconds=1)  # type: ignore[union-attr]
+            assert status(token) == 200, "still in memory"
+            assert status(expiring) == 200, "its expiry as it was read: in an hour"
+            time.sleep(0.6)
+            assert status(token) == 401 and status(expiring) == 401
+    finally:
+        db.dispose()

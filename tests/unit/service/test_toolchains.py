@@ -7,7 +7,7 @@ refreshed."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -104,9 +104,16 @@ def _spec(compiler: str = "neuronx-cc", compiler_version: str | None = None,
     return CompileSpec.model_validate(raw)
 
 
+def _toolchains(db: Database) -> Callable[[], list[RegisteredToolchain]]:
+    def load() -> list[RegisteredToolchain]:
+        with db.session() as session:
+            return registered_toolchains(session, TTL_S)
+
+    return load
+
+
 def _resolve(db: Database, spec: CompileSpec) -> tuple[str | None, str | None]:
-    with db.session() as session:
-        resolved = resolve_spec(session, spec, TTL_S, SDK)
+    resolved = resolve_spec(_toolchains(db), spec, SDK)
     assert resolved.runtime is not None
     return resolved.compiler.version, resolved.runtime.version
 
@@ -225,8 +232,7 @@ def test_an_unavailable_toolchain_has_no_candidates(db: Database, workers) -> No
 def test_resolving_keeps_the_rest_of_the_spec(db: Database, workers) -> None:
     workers(neuron(NEURON_2_32, "2.34.10.0"))
     spec = _spec(namespace="team-a", flags=("-O2",))
-    with db.session() as session:
-        resolved = resolve_spec(session, spec, TTL_S, SDK)
+    resolved = resolve_spec(_toolchains(db), spec, SDK)
     assert resolved.compiler.version == NEURON_2_32 and resolved.compiler.flags == ["-O2"]
     assert resolved.namespace == "team-a" and resolved.target == spec.target and resolved.model == spec.model
     assert spec.compiler.version is None  # the caller's spec is not changed
