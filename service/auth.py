@@ -106,38 +106,45 @@ def _bootstrap(request: Request) -> _Bootstrap:
         return bootstrap
 
 
-def _expired(grant: Grant, expires_at: datetime | None, now: datetime) -> None:
+Remembered = tuple[Grant, datetime | None]  # a grant and its token's expiry, as kept in ctx.grants
+
+
+def _checked(remembered: Remembered, now: datetime) -> Grant:
+    """The grant, unless its token has expired (checked on every request, remembered or not)."""
+    found, expires_at = remembered
     if expires_at is not None and expires_at <= now:
-        raise Unauthorized(f"Authorization: the token {grant.caller!r} expired at "
+        raise Unauthorized(f"Authorization: the token {found.caller!r} expired at "
                            f"{expires_at.isoformat(timespec='seconds')}")
+    return found
+
+
+def _remembered(ctx: Any, token: str) -> Remembered | None:
+    """A database token's grant read in the last hot_cache_s (service.memo), by its sha256: a
+    token revoked meanwhile is still taken that long by this process. Never the bootstrap token."""
+    if tokens.matches(token, ctx.settings.bootstrap_admin_token):
+        return None
+    remembered: Remembered | None = ctx.grants.get(tokens.hash_token(token))
+    return remembered
 
 
 def _identify(request: Request, token: str) -> Grant:
-    """The token's grant; raises Unauthorized saying why it is refused.
-
-    A database token's grant is kept in memory for hot_cache_s (service.memo), by the token's
-    sha256: a token revoked meanwhile is still taken that long by this process; its expiry is
-    checked on every request all the same. Its last use is recorded when it is read again."""
+    """The token's grant, from the database (run in a thread); raises Unauthorized saying why
+    it is refused. A database token's grant is then remembered, and its last use recorded."""
     ctx = context(request)
     now = utcnow()
     if tokens.matches(token, ctx.settings.bootstrap_admin_token):
         with ctx.db.session() as session:
             _bootstrap(request).check(session)
         return Grant(BOOTSTRAP_ADMIN, "admin", (tokens.ALL_NAMESPACES,))
-    digest = tokens.hash_token(token)
-    cached = ctx.grants.get(digest)
-    if cached is None:
-        with ctx.db.session() as session:
-            row = tokens.find_token(session, token)
-            if row is None:
-                raise Unauthorized("Authorization: the token is unknown or revoked")
-            cached = (Grant(row.name, row.scope, tuple(row.namespaces)), row.expires_at)
-            if not tokens.expired(row, now):
-                tokens.record_use(row, now)  # committed as the session ends
-        ctx.grants.put(digest, cached)
-    found, expires_at = cached
-    _expired(found, expires_at, now)
-    return found
+    with ctx.db.session() as session:
+        row = tokens.find_token(session, token)
+        if row is None:
+            raise Unauthorized("Authorization: the token is unknown or revoked")
+        remembered = (Grant(row.name, row.scope, tuple(row.namespaces)), row.expires_at)
+        if not tokens.expired(row, now):
+            tokens.record_use(row, now)  # committed as the session ends
+    ctx.grants.put(tokens.hash_token(token), remembered)
+    return _checked(remembered, now)
 
 
 def require(scope: str) -> params.Depends:
@@ -148,7 +155,12 @@ def require(scope: str) -> params.Depends:
             return
         if credentials is None:
             raise Unauthorized("Authorization: a bearer token is required (NEFFCACHE_TOKEN)")
-        found = await run_in_threadpool(_identify, request, credentials.credentials)
+        # A remembered grant is answered here, in the event loop: no thread, no database.
+        remembered = _remembered(context(request), credentials.credentials)
+        if remembered is not None:
+            found = _checked(remembered, utcnow())
+        else:
+            found = await run_in_threadpool(_identify, request, credentials.credentials)
         if not tokens.scope_allows(found.scope, scope):
             raise Forbidden(f"token {found.caller!r} has scope {found.scope!r}; this needs {scope!r}", needed=scope)
         request.state.grant = found
