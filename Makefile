@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.neffcache-installed
 PORT ?= 8080
 
-.PHONY: run test lint typecheck-tree test-server test-embedded install clean
+.PHONY: run test lint typecheck-tree test-server test-embedded bench install clean
 
 install: $(STAMP)
 
@@ -39,6 +39,17 @@ test-server: $(STAMP)
 
 test-embedded: $(STAMP)
 	NEFFCACHE_TEST_STORAGE=filesystem NEFFCACHE_TEST_DATABASE_URL= $(PY) -m pytest -m stack
+
+# Every benchmark in bench/ with its defaults, one after another (each starts and stops what it
+# needs; see bench/README.md). All of them run even if one fails; the target fails if any did.
+BENCHMARKS := hit_path.py pull_benchmark.py hit_vs_compile.py faults.py
+
+bench: $(STAMP)
+	@failed=""; for script in $(BENCHMARKS); do \
+		echo "=== bench/$$script"; \
+		$(PY) bench/$$script || failed="$$failed $$script"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "failed:$$failed"; exit 1; fi
 
 clean:
 	rm -rf var .pytest_cache build

