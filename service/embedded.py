@@ -63,9 +63,12 @@ def _wait_ready(url: str, procs: list[subprocess.Popen[bytes]], timeout_s: float
 
 
 def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    # SIGTERM, not SIGINT: after a Ctrl-C in the terminal the children got a SIGINT already, and
+    # uvicorn takes a second SIGINT as "force exit" (cutting its shutdown short, with a
+    # traceback), while a SIGTERM after it is a plain request to stop.
     for p in procs:
         if p.poll() is None:
-            p.send_signal(signal.SIGINT)
+            p.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + 15
     for p in procs:
         try:

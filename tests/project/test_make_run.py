@@ -64,6 +64,9 @@ def test_make_run_is_ready_within_60_seconds_and_stops_on_ctrl_c(tmp_path: Path)
         os.killpg(make.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
         output = make.communicate(timeout=60)[0].decode(errors="replace")
     assert "neffcache is running at" in output, output[-3000:]
+    # Ctrl-C reaches every process of the group: the runner's own stop signal must not be taken
+    # by the service as a second Ctrl-C (a forced exit, a traceback, a shutdown cut short).
+    assert "Traceback" not in output, output[-3000:]
     leftover = subprocess.run(["pgrep", "-s", str(make.pid)], capture_output=True, text=True).stdout.split()
     assert leftover == [], f"processes left running: {leftover}"
 
