@@ -24,14 +24,13 @@ from typing import Any
 import httpx
 
 from neffcache import errors
-from neffcache.errors import IntegrityFailure, NeffcacheError, Unreachable, UsageError
+from neffcache.client.transfer_errors import VOUCHED_SHA256, ended_early, log_body_size
+from neffcache.errors import NeffcacheError, Unreachable, UsageError
 
 CHUNK_BYTES = 1024 * 1024
 USER_AGENT = "neffcache-client/0.1.0"
 
 SERVICE_HEADER = "x-neffcache-version"  # on every answer of the service
-# The header with which the service vouches for the bytes it streams itself (service/streaming.py).
-VOUCHED_SHA256 = "x-neffcache-sha256"
 # "true" on a job's log once it is the stored log (which also carries its digest, VOUCHED_SHA256).
 LOG_COMPLETE = "x-neffcache-log-complete"
 API_PREFIX = "/v1"
@@ -58,31 +57,6 @@ def _our_error_body(response: httpx.Response) -> bool:
     except (ValueError, httpx.ResponseNotRead):
         return False
     return isinstance(body, dict) and isinstance(body.get("error"), str) and "detail" in body
-
-
-def ended_early(exc: httpx.TransportError, response: httpx.Response, *, what: str, received: int,
-                size: int | None, vouched: bool, digest: str | None = None, outcome: str = "",
-                **extra: Any) -> NeffcacheError:
-    """What a body that stopped before its end means. The service, streaming a stored object
-    itself (a blob, an artifact file, a job's stored log), verifies it as it goes and holds its
-    last chunk back until the bytes hash to their digest; when they do not, it ends the body early
-    instead (service/streaming.py). So a body the service vouched for (`vouched`: it named the
-    digest, X-Neffcache-Sha256) that ends early is an integrity failure
-    (exit 5). Any other stop (a timeout, a download from the object store cut off) is the service
-    or the store being unavailable (exit 6). `what` names the object, `received` and `size` the
-    bytes that arrived and were due, `outcome` what the caller did about it ("not written")."""
-    of = f" of {size}" if size is not None else ""
-    then = f"; {outcome}" if outcome else ""
-    if vouched and isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError)):
-        return IntegrityFailure(
-            f"{what}: the service ended the transfer after {received}{of} bytes, as it does when the stored "
-            f"object does not hash to its sha256{f' {digest}' if digest else ''}: the stored copy is most likely "
-            f"corrupt{then}",
-            received=received, **extra,
-        )
-    reason = " ".join((str(exc) or type(exc).__name__).split())
-    return Unreachable(f"{what}: the download from {response.url.host} stopped after {received}{of} bytes "
-                       f"({reason}){then}")
 
 
 @dataclass(frozen=True)
@@ -359,9 +333,8 @@ class NeffcacheClient:
                 response.read()
             except httpx.TransportError as exc:
                 raise ended_early(exc, response, what=f"the log of job {job_id}",
-                                  received=response.num_bytes_downloaded, size=_log_body_size(response, offset),
-                                  vouched=VOUCHED_SHA256 in response.headers,
-                                  digest=response.headers.get(VOUCHED_SHA256), job=job_id) from None
+                                  received=response.num_bytes_downloaded, size=log_body_size(response, offset),
+                                  job=job_id) from None
         finally:
             response.close()
         return response
@@ -384,17 +357,6 @@ class NeffcacheClient:
     def toolchains(self) -> dict[str, Any]:
         """{"releases": [{"sdk", "neuronx_cc", "runtime", "instances", "live_workers"}], "live": [...]}."""
         return self._json("GET", "/v1/toolchains")
-
-
-def _log_body_size(response: httpx.Response, offset: int | None) -> int | None:
-    """The bytes a log's body was to hold: its Content-Length, else (a stored log, streamed) the
-    log's size (X-Neffcache-Log-Size) from `offset` on; None when neither says."""
-    try:
-        if "content-length" in response.headers:
-            return int(response.headers["content-length"])
-        return max(int(response.headers["x-neffcache-log-size"]) - (offset or 0), 0)
-    except (KeyError, ValueError):
-        return None
 
 
 def _params(**values: Any) -> dict[str, Any]:

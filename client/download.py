@@ -22,10 +22,11 @@ from typing import Any
 
 import httpx
 
-from neffcache.client.api import VOUCHED_SHA256, NeffcacheClient, ended_early
+from neffcache.client.api import NeffcacheClient
 from neffcache.client.files import sync_folder
 from neffcache.client.pull import BY_NAME, STAGING_PREFIX, FileResult, PullPlan, Wanted, plan
 from neffcache.client.specs import sha256_file
+from neffcache.client.transfer_errors import ended_early
 from neffcache.digests import digest_of
 from neffcache.errors import IntegrityFailure, UsageError
 
@@ -95,11 +96,9 @@ def download_file(client: NeffcacheClient, result: FileResult, advance: Callable
                         out.write(chunk)
                         advance(len(chunk))
                 except httpx.TransportError as exc:
-                    vouched = response.headers.get(VOUCHED_SHA256)
                     raise ended_early(exc, response, what=f"{result.name} of artifact {result.key}",
-                                      received=received, size=result.size, vouched=bool(vouched), digest=vouched,
-                                      outcome="not written", file=result.name, key=result.key,
-                                      expected=result.sha256) from None
+                                      received=received, size=result.size, outcome="not written",
+                                      file=result.name, key=result.key, expected=result.sha256) from None
                 out.flush()
                 os.fsync(out.fileno())
         actual = digest.hexdigest()
