@@ -37,7 +37,6 @@ framework). It asserts nothing about timings; it fails only if a request gets th
 from __future__ import annotations
 
 import argparse
-import asyncio
 import base64
 import json
 import os
@@ -45,217 +44,23 @@ import secrets
 import shutil
 import signal
 import socket
-import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Annotated, Any
-from urllib.parse import urlsplit, urlunsplit
+from typing import Any
+from urllib.parse import urlsplit
 
-# At module level: the bare app's annotations are strings, resolved in this module's globals.
-from fastapi import Body, FastAPI, Response
+from bench_databases import PostgresDatabase, insert_history  # bench/, this script's folder
+from http_load import GRACE_S, HOST, run_load
 
 REPO = Path(__file__).resolve().parents[1]
-HERE = Path(__file__).resolve()
+BASELINES = Path(__file__).resolve().parent / "baselines.py"
 PATHS = ("lookup", "compile", "artifact", "history")
 COMPILER = "2.27.5334.0+2d6a2ba2b"
 RUNTIME = "2.34.10.0"
-HOST = "127.0.0.1"
-WARMUP_S = 1.0
-GRACE_S = 60.0  # how long a request sent inside the window is waited for after it
-
-# --------------------------------------------------------------------------------------------
-# The load generator (child process): `hit_path.py _load` reads its job as JSON on stdin.
-# --------------------------------------------------------------------------------------------
-
-
-def _new_loop() -> asyncio.AbstractEventLoop:
-    try:
-        import uvloop
-
-        return uvloop.new_event_loop()
-    except ImportError:
-        return asyncio.new_event_loop()
-
-
-async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
-    """(status, keep-alive) of one response, its body read and dropped."""
-    head = await reader.readuntil(b"\r\n\r\n")
-    status = int(head[9:12])
-    lower = head.lower()
-    keep = b"connection: close" not in lower
-    at = lower.find(b"\r\ncontent-length:")
-    if at >= 0:
-        end = lower.index(b"\r\n", at + 2)
-        length = int(lower[at + 17:end])
-        if length:
-            await reader.readexactly(length)
-    elif b"transfer-encoding: chunked" in lower:
-        while True:
-            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
-            await reader.readexactly(size + 2)
-            if size == 0:
-                break
-    else:
-        await reader.read()  # body to EOF
-        keep = False
-    return status, keep
-
-
-async def _load(job: dict[str, Any]) -> dict[str, Any]:
-    """Each connection sends the request, reads the answer, and again, until the window ends.
-    Throughput counts the answers that arrived inside the window (after the warm-up); latency is
-    that of every request sent inside it, waited for up to `grace` seconds after the window."""
-    request = base64.b64decode(job["request"])
-    expect = job["expect"]
-    statuses: dict[int, int] = {}
-    latencies: list[float] = []
-    done_in_window = 0
-    unfinished = 0
-    reconnects = 0
-    loop_start = time.perf_counter()
-    t0 = loop_start + job["warmup"]
-    t1 = t0 + job["duration"]
-    give_up = t1 + job["grace"]
-
-    async def one_connection() -> None:
-        nonlocal reconnects, done_in_window, unfinished
-        reader, writer = await asyncio.open_connection(job["host"], job["port"])
-        try:
-            while True:
-                start = time.perf_counter()
-                if start >= t1:
-                    return
-                writer.write(request)
-                try:
-                    status, keep = await asyncio.wait_for(_read_response(reader), give_up - start)
-                except TimeoutError:
-                    unfinished += 1
-                    return
-                end = time.perf_counter()
-                if start >= t0:
-                    latencies.append(end - start)
-                    statuses[status] = statuses.get(status, 0) + 1
-                if t0 <= end <= t1 and status == expect:
-                    done_in_window += 1
-                if not keep:
-                    writer.close()
-                    reconnects += 1
-                    reader, writer = await asyncio.open_connection(job["host"], job["port"])
-        finally:
-            writer.close()
-
-    await asyncio.gather(*(one_connection() for _ in range(job["concurrency"])))
-    latencies.sort()
-    n = len(latencies)
-
-    def pct(p: float) -> float:
-        return latencies[min(n - 1, int(p * n))] * 1000 if n else float("nan")
-
-    wrong = {str(k): v for k, v in statuses.items() if k != expect}
-    return {"requests": n, "ok": statuses.get(expect, 0), "wrong": wrong,
-            "unfinished": unfinished, "rps": done_in_window / job["duration"], "p50_ms": pct(0.50),
-            "p99_ms": pct(0.99), "reconnects": reconnects}
-
-
-def load_main() -> int:
-    job = json.loads(sys.stdin.read())
-    loop = _new_loop()
-    try:
-        print(json.dumps(loop.run_until_complete(_load(job))))
-    finally:
-        loop.close()
-    return 0
-
-
-def run_load(port: int, request: bytes, expect: int, args: argparse.Namespace) -> dict[str, Any]:
-    job = {"host": HOST, "port": port, "request": base64.b64encode(request).decode(), "expect": expect,
-           "concurrency": args.concurrency, "duration": args.duration, "warmup": WARMUP_S, "grace": GRACE_S}
-    proc = subprocess.run([sys.executable, str(HERE), "_load"], input=json.dumps(job), capture_output=True,
-                          text=True, timeout=args.duration + WARMUP_S + GRACE_S + 120)
-    if proc.returncode != 0:
-        raise RuntimeError(f"load generator failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-# --------------------------------------------------------------------------------------------
-# The baseline servers (child processes).
-# --------------------------------------------------------------------------------------------
-
-
-def bare_main(port: int, bodies_path: Path, options_path: Path) -> int:
-    """The bare FastAPI app, started by the service's own `serve` command with only the app swapped."""
-    bodies = {k: base64.b64decode(v) for k, v in json.loads(bodies_path.read_text()).items()}
-    app = FastAPI()
-
-    @app.post("/v1/{name}")
-    async def post(name: str, payload: Annotated[dict[str, Any], Body()]) -> Response:
-        return Response(bodies[name], media_type="application/json")
-
-    @app.get("/v1/artifacts/{key}")
-    async def get(key: str) -> Response:
-        return Response(bodies["artifact"], media_type="application/json")
-
-    import uvicorn
-
-    original = uvicorn.Config.__init__
-
-    def swapped(self: Any, target: Any, *rest: Any, **options: Any) -> None:
-        seen = {k: v for k, v in options.items() if isinstance(v, (str, int, float, bool, type(None)))}
-        seen["app"] = target if isinstance(target, str) else repr(target)
-        options_path.write_text(json.dumps(seen))
-        options["factory"] = False
-        options["workers"] = 1
-        original(self, app, *rest, **options)
-
-    uvicorn.Config.__init__ = swapped  # type: ignore[method-assign]
-    try:
-        from neffcache.service.__main__ import main as serve
-    except ImportError:  # no serve command: uvicorn's defaults, as it used to run
-        options_path.write_text(json.dumps({"fallback": True, "log_level": "info"}))
-        uvicorn.run(app, host=HOST, port=port, log_level="info")
-        return 0
-    return serve(["serve", "--host", HOST, "--port", str(port)])
-
-
-def raw_main(port: int, bodies_path: Path) -> int:
-    """A raw asyncio server answering every request with the lookup body: the generator's ceiling."""
-    body = base64.b64decode(json.loads(bodies_path.read_text())["lookup"])
-    answer = (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
-              + str(len(body)).encode() + b"\r\n\r\n" + body)
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                lower = head.lower()
-                at = lower.find(b"\r\ncontent-length:")
-                if at >= 0:
-                    end = lower.index(b"\r\n", at + 2)
-                    await reader.readexactly(int(lower[at + 17:end]))
-                writer.write(answer)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    async def serve() -> None:
-        server = await asyncio.start_server(handle, HOST, port, backlog=1024)
-        async with server:
-            await server.serve_forever()
-
-    loop = _new_loop()
-    loop.run_until_complete(serve())
-    return 0
-
-
-# --------------------------------------------------------------------------------------------
-# The benchmark.
-# --------------------------------------------------------------------------------------------
-
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -388,63 +193,6 @@ def events_of(url: str, token: str, key: str) -> int:
     return int(found.get("lookup_hits", 0)) + int(found.get("downloads", 0))
 
 
-def insert_history(db_url: str, spec: dict[str, Any], key: str, n: int) -> float:
-    """n earlier cache events of the key (hits and misses of each kind, over the past n seconds),
-    bulk-inserted into cache_events with SQL. Returns the seconds it took."""
-    start = time.perf_counter()
-    values = (key, spec.get("namespace", "default"), spec["target"], spec["compiler"]["name"],
-              spec["compiler"]["version"])
-    mod = "%" if db_url.startswith("sqlite:///") else "%%"  # psycopg's placeholders start with %
-    kind = f"CASE i {mod} 3 WHEN 0 THEN 'lookup' WHEN 1 THEN 'compile' ELSE 'download' END"
-    outcome = f"CASE WHEN i {mod} 10 = 0 THEN 'miss' ELSE 'hit' END"
-    saved = f"CASE WHEN i {mod} 10 = 0 THEN 0.0 ELSE 600.0 END"
-    columns = "at, kind, outcome, key, namespace, target, compiler_name, compiler_version, caller, saved_seconds"
-    if db_url.startswith("sqlite:///"):
-        con = sqlite3.connect(db_url[len("sqlite:///"):], timeout=60)
-        try:
-            with con:
-                con.execute(
-                    f"WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?) "
-                    f"INSERT INTO cache_events ({columns}) SELECT "
-                    f"strftime('%Y-%m-%d %H:%M:%S', 'now', '-' || (i + 60) || ' seconds') || '.000000', "
-                    f"{kind}, {outcome}, ?, ?, ?, ?, ?, 'bench-history', "
-                    f"{saved} FROM n", (n, *values))
-        finally:
-            con.close()
-    else:
-        import psycopg
-
-        with psycopg.connect(db_url, autocommit=False) as con:
-            con.execute(
-                f"INSERT INTO cache_events ({columns}) SELECT "
-                f"now() - make_interval(secs => i + 60), {kind}, {outcome}, %s, %s, %s, %s, %s, 'bench-history', "
-                f"{saved} FROM generate_series(1, %s) AS i", (*values, n))
-    return time.perf_counter() - start
-
-
-class PostgresDatabase:
-    """A database of our own on the given server: created here, dropped at the end."""
-
-    def __init__(self, server_url: str) -> None:
-        import psycopg
-
-        self.server_url = server_url
-        self.name = f"neffcache_bench_{secrets.token_hex(4)}"
-        with psycopg.connect(server_url, autocommit=True) as con:
-            con.execute(f'CREATE DATABASE "{self.name}"')
-        parts = urlsplit(server_url)
-        self.url = urlunsplit((parts.scheme, parts.netloc, "/" + self.name, parts.query, ""))
-
-    def drop(self) -> None:
-        import psycopg
-
-        with psycopg.connect(self.server_url, autocommit=True) as con:
-            try:
-                con.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
-            except psycopg.errors.SyntaxError:  # before PostgreSQL 13
-                con.execute(f'DROP DATABASE IF EXISTS "{self.name}"')
-
-
 def summarise(runs: list[float]) -> tuple[float, float, float]:
     return min(runs), statistics.median(runs), max(runs)
 
@@ -482,8 +230,8 @@ def bench_stack(label: str, db_url: str, work: Path, args: argparse.Namespace, o
         bodies = work / "bodies.json"
         bodies.write_text(json.dumps({k: base64.b64encode(v[1]).decode() for k, v in captured.items()}))
         options = work / "uvicorn-options.json"
-        bare = Server("bare", [sys.executable, str(HERE), "_bare", "--port", str(free_port()), "--bodies", str(bodies),
-                               "--options", str(options)], env, logs, f"/v1/artifacts/{key}")
+        bare = Server("bare", [sys.executable, str(BASELINES), "_bare", "--port", str(free_port()),
+                               "--bodies", str(bodies), "--options", str(options)], env, logs, f"/v1/artifacts/{key}")
         servers.append(bare)
         stack_out: dict[str, Any] = {"database": db_url.split("@")[-1], "key": key,
                                      "uvicorn_options": json.loads(options.read_text()) if options.exists() else None,
@@ -546,7 +294,7 @@ def measure_ceiling(work: Path, args: argparse.Namespace, out: dict[str, Any], s
     body = out["stacks"]["embedded"]["response_bytes"]["lookup"] if "embedded" in out["stacks"] else 1500
     bodies.write_text(json.dumps({"lookup": base64.b64encode(b"x" * body).decode()}))
     port = free_port()
-    raw = Server("raw", [sys.executable, str(HERE), "_raw", "--port", str(port), "--bodies", str(bodies)],
+    raw = Server("raw", [sys.executable, str(BASELINES), "_raw", "--port", str(port), "--bodies", str(bodies)],
                  dict(os.environ), work, "/")
     try:
         request = request_bytes("POST", "/v1/lookup", "x" * 40, b"{" + b"x" * 300 + b"}")
@@ -577,18 +325,6 @@ def print_summary(out: dict[str, Any], args: argparse.Namespace, say: Any) -> No
 
 
 def main() -> int:
-    if len(sys.argv) > 1 and sys.argv[1] in ("_load", "_bare", "_raw"):
-        mode = sys.argv[1]
-        if mode == "_load":
-            return load_main()
-        inner = argparse.ArgumentParser()
-        inner.add_argument("--port", type=int, required=True)
-        inner.add_argument("--bodies", type=Path, required=True)
-        inner.add_argument("--options", type=Path)
-        a = inner.parse_args(sys.argv[2:])
-        sys.path.insert(0, str(REPO))
-        return bare_main(a.port, a.bodies, a.options) if mode == "_bare" else raw_main(a.port, a.bodies)
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds measured per run")
