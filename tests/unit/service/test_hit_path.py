@@ -19,18 +19,14 @@ from neffcache.key import key_for_spec
 from neffcache.service.app import create_app
 from neffcache.service.context import ServiceContext
 from neffcache.spec import CompileSpec
+from tests.support.api import NEURON_COMPILER, NEURON_RUNTIME, neuron_spec
 from tests.support.in_process import service_settings
 
 MODEL = "sha256:" + "1" * 64
-SPEC: dict[str, Any] = {
-    "model": {"format": "hlo", "digest": MODEL},
-    "inputs": [{"name": "input_ids", "shape": [1, 128], "dtype": "int64"}],
-    "target": "trn1",
-    "compiler": {"name": "neuronx-cc", "version": "2.21.18209.0", "flags": ["-O2"]},
-    "runtime": {"name": "neuron-runtime", "version": "2.27.23.0"},
-    "namespace": "team-a",
-    "allow_toolchain_mismatch": True,
-}
+# A spec naming both versions: resolving it needs no registered worker.
+SPEC = neuron_spec(MODEL, namespace="team-a",
+                   compiler={"name": "neuronx-cc", "version": NEURON_COMPILER, "flags": ["-O2"]},
+                   runtime={"name": "neuron-runtime", "version": NEURON_RUNTIME})
 
 
 @dataclass
