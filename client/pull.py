@@ -27,15 +27,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from neffcache.client.api import NeffcacheClient
 from neffcache.client.lockfile import LockedArtifact
 from neffcache.client.runtime import RuntimeResolver
-from neffcache.client.specs import SpecEntry
 from neffcache.digests import is_bare_hex
 from neffcache.errors import IntegrityFailure, NotFound, OriginRefused, RuntimeMismatch, UsageError
 from neffcache.spec import check_file_name, check_unique_file_names
+
+if TYPE_CHECKING:  # client/specs.py (yaml) is imported only by commands that read spec files
+    from neffcache.client.specs import SpecEntry
 
 LNC_ENV = "NEURON_LOGICAL_NC_CONFIG"
 BY_NAME = "by-name"  # DEST/by-name/<name> -> ../<key>

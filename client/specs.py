@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,10 +27,10 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from neffcache.client.files import read_text
+from neffcache.client.files import read_text, write_atomically
 from neffcache.digests import DIGEST_FORM, digest_of, is_digest
 from neffcache.errors import UsageError
-from neffcache.spec import COMPILERS, CompileSpec
+from neffcache.spec import COMPILERS, FOLDER_FORMAT, CompileSpec
 from neffcache.toolchain import NEURON_TARGETS
 
 HASH_CHUNK = 1024 * 1024
@@ -148,7 +149,10 @@ def normalise(raw: Any, label: str, base_dir: Path | None) -> SpecEntry:
         model_path = Path(given).expanduser()
         if not model_path.is_absolute() and base_dir is not None:
             model_path = base_dir / model_path
-        if not model_path.is_file():
+        if model.get("format") == FOLDER_FORMAT:
+            if not model_path.is_dir():
+                raise UsageError(f"{label}: model.path {given!r}: no such checkpoint folder ({model_path})")
+        elif not model_path.is_file():
             raise UsageError(f"{label}: model.path {given!r}: no such file ({model_path})")
         model.setdefault("digest", _PLACEHOLDER_DIGEST)
     elif "digest" in model and isinstance(model["digest"], str) and not is_digest(model["digest"]):
@@ -181,15 +185,47 @@ def load_spec_files(paths: list[Path]) -> list[SpecEntry]:
 
 
 def hash_models(entries: list[SpecEntry]) -> None:
-    """Fill in model.digest for every spec that named a path (each file hashed once)."""
-    seen: dict[Path, str] = {}
+    """Fill in model.digest for every spec that named a path (each file hashed once). A checkpoint
+    folder (hf-checkpoint) is named by its index (checkpoint_index), which is what gets uploaded:
+    `model_path` then names a file holding it."""
+    seen: dict[Path, tuple[str, Path]] = {}
     for entry in entries:
         if entry.model_path is None:
             continue
         real = entry.model_path.resolve()
         if real not in seen:
             try:
-                seen[real] = sha256_file(real)
+                seen[real] = _index_blob(checkpoint_index(real)) if real.is_dir() else (sha256_file(real), real)
             except OSError as exc:
                 raise UsageError(f"{entry.label}: model.path {entry.model_path}: cannot read it ({exc})") from None
-        entry.spec["model"]["digest"] = seen[real]
+        entry.spec["model"]["digest"], entry.model_path = seen[real]
+
+
+# A Hugging Face checkpoint's files that decide what NxD Inference compiles: the model's
+# config.json and its weights (model.safetensors, sharded model-00001-of-00004.safetensors with
+# their index, pytorch_model*.bin, medusa_heads.pt). Tokenizer files, README and
+# generation_config.json change nothing compiled.
+CHECKPOINT_CONFIG = "config.json"
+CHECKPOINT_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".index.json")
+
+
+def checkpoint_index(folder: Path) -> bytes:
+    """The index of a checkpoint folder, the blob an hf-checkpoint model.digest names: canonical
+    JSON of its config.json and weight files, each with its sha256."""
+    if not (folder / CHECKPOINT_CONFIG).is_file():
+        raise UsageError(f"checkpoint folder {folder}: no {CHECKPOINT_CONFIG}")
+    files = {CHECKPOINT_CONFIG: sha256_file(folder / CHECKPOINT_CONFIG)}
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and path.name.endswith(CHECKPOINT_WEIGHT_SUFFIXES):
+            files[path.name] = sha256_file(path)
+    if len(files) == 1:
+        raise UsageError(f"checkpoint folder {folder}: no weight files (*{', *'.join(CHECKPOINT_WEIGHT_SUFFIXES)})")
+    return json.dumps({"checkpoint_index": 1, "files": files}, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _index_blob(index: bytes) -> tuple[str, Path]:
+    """The index's digest, and a file holding it (in the temp folder: it is uploaded from there)."""
+    digest = digest_of(hashlib.sha256(index).hexdigest())
+    path = Path(tempfile.gettempdir()) / f"neffcache-checkpoint-index-{digest[7:23]}.json"
+    write_atomically(path, index, "the checkpoint index")
+    return digest, path

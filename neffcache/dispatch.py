@@ -44,6 +44,29 @@ def dispatch(db: Database, redis: Any, queue: str, job_id: str, attempt: int) ->
     return True
 
 
+def send_created(db: Database, redis: Any, queue: str, job_id: str, marked_at: datetime) -> bool:
+    """Enqueue the first attempt of a job whose creating transaction (committed) already marked
+    it enqueued at `marked_at`: nothing is written after the send, so the worker that takes the
+    job claims it without waiting for the service's write (on SQLite, for its lock). If the send
+    fails the mark is taken back (guarded by `marked_at`, so a redelivery since is kept), and the
+    sweep enqueues the job as one whose enqueue failed; if the service dies in between, the mark
+    stays and the queue check (`not_held`, every queue_check_interval_s) finds the job missing
+    from Redis and sends it. True if it was sent."""
+    try:
+        enqueue_compile(redis, queue, job_id, 1)
+    except Exception as exc:  # noqa: BLE001 - any Redis failure: leave it to the sweep
+        log.warning("enqueue of job %s failed (%s); the sweep will retry", job_id, exc)
+        try:
+            with db.session() as session:
+                transition(session, job_id, Step.ENQUEUE, only_if=models.Job.enqueued_at <= marked_at,
+                           enqueued_at=None)
+        except Exception as unmark:  # noqa: BLE001 - the mark stays: the queue check finds the job
+            log.warning("could not take back job %s's enqueue mark (%s); the queue check will send it", job_id,
+                        unmark)
+        return False
+    return True
+
+
 class QueuedJob(NamedTuple):
     """A queued job as the database has it: enough to find its current attempt in Redis."""
 

@@ -33,6 +33,8 @@ from neffcache.toolchain import NEURON_TARGETS
 
 NEURONX_CC = "neuronx-cc"
 INDUCTOR = "inductor"
+# torch_neuronx.trace passes its `compiler_args` to neuronx-cc: the same rules, the same key.
+TORCH_NEURONX = "torch-neuronx"
 
 # --- entry points -----------------------------------------------------------------------------
 def canonical_flags_and_isa(
@@ -40,17 +42,18 @@ def canonical_flags_and_isa(
 ) -> CanonicalFlags:
     """Canonicalise `flags` for `compiler_name` compiling for `target`; split off the ISA.
 
-    neuronx-cc: isa is None. inductor: isa is the `cpp.march` level (DEFAULT_CPU_ISA when not
+    neuronx-cc and torch-neuronx (whose flags are neuronx-cc's `compiler_args`): isa is None.
+    inductor: isa is the `cpp.march` level (DEFAULT_CPU_ISA when not
     given) for target cpu, the `cuda.arch` as "sm_<digits>" for target cuda; either way the
     flag is removed from the list. Raises InvalidFlags naming the offending flag.
     """
-    if compiler_name == NEURONX_CC:
+    if compiler_name in (NEURONX_CC, TORCH_NEURONX):
         return CanonicalFlags(None, canonical_neuronx_cc_flags(flags, target))
     if compiler_name == INDUCTOR:
         return canonical_inductor(flags, target)
     raise InvalidFlags(
         f"compiler.name: {compiler_name!r}: no flag rules for this compiler "
-        f"(known: {NEURONX_CC}, {INDUCTOR})"
+        f"(known: {NEURONX_CC}, {INDUCTOR}, {TORCH_NEURONX})"
     )
 
 

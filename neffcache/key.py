@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from neffcache.errors import InvalidSpec
 from neffcache.flags import canonical_flags_and_isa
-from neffcache.toolchain import CPU_ISA_LEVELS, DEFAULT_CPU_ISA
+from neffcache.toolchain import CPU_ISA_LEVELS, DEFAULT_CPU_ISA, TORCH_NEURONX_PACKAGE
 
 __all__ = [
     "DEFAULT_CPU_ISA",
@@ -27,6 +29,7 @@ __all__ = [
     "aten_cpu_capability",
     "build_manifest",
     "cache_key",
+    "canonical_neuron_config",
     "canonical_json",
     "key_for_spec",
     "manifest_diff",
@@ -46,10 +49,60 @@ MANIFEST_FIELDS: tuple[str, ...] = (
     "runtime",
     "allow_toolchain_mismatch",
 )
+# torch-neuronx's compiler object also has these (and only its manifests have them, so the keys of
+# the other compilers are what they were): the versions its TorchScript module and NEFFs depend
+# on besides torch-neuronx's own, and the torch_neuronx.trace option that changes the output.
+TORCH_NEURONX_COMPILER_FIELDS: tuple[str, ...] = ("torch_version", "neuronx_cc_version", "inline_weights_to_neff")
+# torch_neuronx.trace's documented default: an absent option and an explicit default share a key.
+INLINE_WEIGHTS_TO_NEFF_DEFAULT = True
+# A spec with a `neuron_config` (an NxD Inference compiled-artifact folder, published with
+# `neffcache push --dir`) adds NxD Inference's version to the compiler object and the canonical
+# neuron config (canonical_neuron_config) to the manifest; specs without one hash as before.
+NXD_INFERENCE_COMPILER_FIELD = "nxd_inference_version"
+# NxD Inference NeuronConfig fields that change the compiled output, with the defaults its
+# documentation gives, so that an absent field and its documented default share a key. Fields
+# derived from another when absent (max_context_length from seq_len, the per-phase batch sizes
+# from batch_size) are in NEURON_CONFIG_DERIVED. Any other field is kept in the key as given: an
+# option this module does not know may well change the graph.
+NEURON_CONFIG_DEFAULTS: dict[str, Any] = {
+    "tp_degree": 1,
+    "batch_size": 1,
+    "seq_len": 128,
+    "torch_dtype": "bfloat16",
+    "enable_bucketing": False,
+    "context_encoding_buckets": None,  # None: NxD Inference derives them (with enable_bucketing)
+    "token_generation_buckets": None,
+    "is_continuous_batching": False,
+    "on_device_sampling_config": None,  # None: sampling runs on the host, not in the graph
+    "quantized": False,
+}
+NEURON_CONFIG_DERIVED: dict[str, str] = {
+    "max_context_length": "seq_len",
+    "ctx_batch_size": "batch_size",
+    "tkg_batch_size": "batch_size",
+    "max_batch_size": "batch_size",
+}
+# OnDeviceSamplingConfig's documented defaults: sampling parameters compiled into the graph.
+ON_DEVICE_SAMPLING_DEFAULTS: dict[str, Any] = {
+    "do_sample": False, "top_k": 1, "top_p": 1.0, "temperature": 1.0, "dynamic": False,
+    "deterministic": False, "global_topk": 256,
+}
+# Only with quantized: true (they mean nothing otherwise, so they do not split the key then).
+QUANTIZATION_DEFAULTS: dict[str, Any] = {"quantization_type": "per_tensor_symmetric", "quantization_dtype": "int8"}
+# Recorded in the folder's own neuron_config.json, never in the key: where a file lay on the
+# compiling host, and start-up behaviour of the loading process.
+NEURON_CONFIG_DROPPED: frozenset[str] = frozenset({"quantized_checkpoints_path", "skip_warmup"})
+# logical_nc_config has no default here: NxD Inference's depends on the instance (trn2: 2), so it is
+# kept as given, and absent is its own key.
+_POSITIVE_INTS = ("tp_degree", "batch_size", "seq_len", *NEURON_CONFIG_DERIVED)
+_BOOLS = ("enable_bucketing", "is_continuous_batching", "quantized")
+_TORCH_DTYPES = ("bfloat16", "float16", "float32")
+_NEURON_CONFIG_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _SUBFIELDS: dict[str, tuple[str, ...]] = {
     "model": ("format", "digest"),
-    "compiler": ("name", "version", "flags"),
+    "compiler": ("name", "version", "flags", *TORCH_NEURONX_COMPILER_FIELDS, NXD_INFERENCE_COMPILER_FIELD),
     "runtime": ("name", "version"),
+    "neuron_config": (*NEURON_CONFIG_DEFAULTS, *NEURON_CONFIG_DERIVED, *QUANTIZATION_DEFAULTS),
 }
 _INPUT_FIELDS: tuple[str, ...] = ("name", "shape", "dtype")
 
@@ -123,6 +176,8 @@ def build_manifest(spec: Mapping[str, Any]) -> dict[str, Any]:
             "name": compiler_name,
             "version": _field(spec, "compiler.version"),
             "flags": flags,
+            **(_torch_neuronx_fields(spec) if compiler_name == TORCH_NEURONX_PACKAGE else {}),
+            **(_nxd_inference_fields(spec) if spec.get("neuron_config") is not None else {}),
         },
         "runtime": {
             "name": _field(spec, "runtime.name"),
@@ -130,7 +185,102 @@ def build_manifest(spec: Mapping[str, Any]) -> dict[str, Any]:
         },
         # Always present (false when absent from the spec) so every manifest has one layout.
         "allow_toolchain_mismatch": bool(spec.get("allow_toolchain_mismatch", False)),
+        **({"neuron_config": canonical_neuron_config(spec["neuron_config"])}
+           if spec.get("neuron_config") is not None else {}),
     }
+
+
+def _nxd_inference_fields(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """A folder spec's compiler object also names the NxD Inference that compiled it."""
+    version = _field(spec, "compiler").get(NXD_INFERENCE_COMPILER_FIELD)
+    if not isinstance(version, str) or not version:
+        raise InvalidSpec(f"compiler.{NXD_INFERENCE_COMPILER_FIELD}: missing (a spec with a neuron_config needs it)")
+    return {NXD_INFERENCE_COMPILER_FIELD: version}
+
+
+def canonical_neuron_config(given: Any) -> dict[str, Any]:
+    """An NxD Inference neuron config as the key holds it: documented defaults filled in (a
+    field left out and its default share a key), derived fields made explicit, the quantization
+    fields only when quantized, fields that do not change the output dropped, every other field
+    kept as given. canonical_json sorts the keys. InvalidSpec names a field that is not valid."""
+    if not isinstance(given, Mapping):
+        raise InvalidSpec("neuron_config: must be an object")
+    for name, value in given.items():
+        if not isinstance(name, str) or not _NEURON_CONFIG_NAME.fullmatch(name):
+            raise InvalidSpec(f"neuron_config: field name {str(name)[:40]!r} must match {_NEURON_CONFIG_NAME.pattern}")
+        _check_json_value(f"neuron_config.{name}", value)
+    config = {k: v for k, v in given.items() if k not in NEURON_CONFIG_DROPPED}
+    for name, default in NEURON_CONFIG_DEFAULTS.items():
+        config.setdefault(name, default)
+    for name, source in NEURON_CONFIG_DERIVED.items():
+        config.setdefault(name, config[source])
+    for name in _POSITIVE_INTS:
+        _check(name, config[name], isinstance(config[name], int) and not isinstance(config[name], bool)
+               and config[name] >= 1, "a positive integer")
+    for name in _BOOLS:
+        _check(name, config[name], isinstance(config[name], bool), "true or false")
+    dtype = config["torch_dtype"]
+    if isinstance(dtype, str):
+        config["torch_dtype"] = dtype = dtype.removeprefix("torch.")
+    _check("torch_dtype", dtype, dtype in _TORCH_DTYPES, " or ".join(_TORCH_DTYPES))
+    for name in ("context_encoding_buckets", "token_generation_buckets"):
+        buckets = config[name]
+        _check(name, buckets, buckets is None or (isinstance(buckets, list) and bool(buckets) and all(
+            isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in buckets)),
+            "null or a non-empty list of positive integers")
+    config["on_device_sampling_config"] = _canonical_sampling(config["on_device_sampling_config"])
+    if config["quantized"]:
+        for name, default in QUANTIZATION_DEFAULTS.items():
+            config.setdefault(name, default)
+    else:
+        for name in QUANTIZATION_DEFAULTS:
+            config.pop(name, None)
+    return config
+
+
+def _canonical_sampling(given: Any) -> dict[str, Any] | None:
+    if given is None:
+        return None
+    _check("on_device_sampling_config", given, isinstance(given, Mapping), "null or an object")
+    sampling = {**ON_DEVICE_SAMPLING_DEFAULTS, **given}
+    for name in ("top_p", "temperature"):  # 1 and 1.0 are one value
+        value = sampling[name]
+        _check(f"on_device_sampling_config.{name}", value,
+               isinstance(value, int | float) and not isinstance(value, bool), "a number")
+        sampling[name] = float(value)
+    return sampling
+
+
+def _check(name: str, value: Any, ok: bool, wanted: str) -> None:
+    if not ok:
+        raise InvalidSpec(f"neuron_config.{name}: {value!r} is not {wanted}")
+
+
+def _check_json_value(where: str, value: Any) -> None:
+    """Plain JSON (no NaN or infinity: not JSON, and never equal to itself)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidSpec(f"{where}: {value!r} is not a finite number")
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise InvalidSpec(f"{where}: keys must be strings")
+            _check_json_value(f"{where}.{k}", v)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_json_value(f"{where}[{i}]", v)
+    elif value is not None and not isinstance(value, str | int | float | bool):
+        raise InvalidSpec(f"{where}: {type(value).__name__} is not a JSON value")
+
+
+def _torch_neuronx_fields(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """What a torch-neuronx manifest's compiler object has beyond name, version and flags."""
+    versions = {name: _field(spec, f"compiler.{name}") for name in ("torch_version", "neuronx_cc_version")}
+    for name, version in versions.items():
+        if not isinstance(version, str) or not version:
+            raise InvalidSpec(f"compiler.{name}: missing")
+    inline = _field(spec, "compiler").get("inline_weights_to_neff")
+    return {**versions,
+            "inline_weights_to_neff": INLINE_WEIGHTS_TO_NEFF_DEFAULT if inline is None else bool(inline)}
 
 
 def key_for_spec(spec: Mapping[str, Any]) -> tuple[dict[str, Any], str]:

@@ -25,9 +25,12 @@ which says whether it happened. So racing paths change a job once and the loser 
 two deliveries of one job (one claim wins), a cancel during a publish, a sweep reaping a job that
 has just finished (or that another worker has claimed again since).
 
-Who takes which step: the service creates and cancels; `neffcache.dispatch` enqueues (and
-enqueues again a queued job that Redis no longer holds: `redeliver`, an enqueue step guarded by
-the `enqueued_at` it was seen with, so concurrent sweeps send it once); a worker claims (or skips),
+Who takes which step: the service creates and cancels (a new job is inserted with its
+`enqueued_at` already set, and sent to Redis after the commit: nothing is written between the send
+and the claim; a send that fails takes the mark back, `dispatch.send_created`); `neffcache.dispatch`
+enqueues (and enqueues again a queued job that Redis no longer holds: `redeliver`, an enqueue step
+guarded by the `enqueued_at` it was seen with, so concurrent sweeps send it once); a worker claims
+(or skips: the claim's UPDATE is also conditional on the key having no artifact),
 heartbeats, publishes, and ends a failed attempt (`end_attempt`: fail, retry, or stop); a worker's
 sweep reaps the jobs of lost workers (`end_attempt` with `worker_lost`, guarded by the lost
 worker's id), and so does a forced compile request that finds its key's job on a lost worker.
@@ -37,17 +40,23 @@ database stores.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+import threading
+from collections.abc import Callable, Hashable, Mapping
+from concurrent.futures import Future
 from datetime import timedelta
 from enum import StrEnum
-from typing import Any, cast
+from typing import Any, Generic, TypeVar, cast
 
-from sqlalchemy import CursorResult, and_, select, update
+from sqlalchemy import CursorResult, Insert, Table, Update, and_, bindparam, exists, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from neffcache.db import models
+
+T = TypeVar("T")
 
 
 class JobState(StrEnum):
@@ -143,6 +152,15 @@ def transition(session: Session, job_id: str, step: Step, *, worker: str | None 
     """Take `step` if the job is in one of its source states (and, given `worker`, is that
     worker's; given `only_if`, matches it too): one conditional UPDATE setting `values` and the
     step's state. True if it did."""
+    query = _step_update(job_id, step, worker, only_if, values)
+    # an UPDATE's result is a CursorResult (Session.execute is typed as returning the base Result)
+    result = cast(CursorResult[Any], session.execute(query))
+    return result.rowcount == 1
+
+
+def _step_update(job_id: str, step: Step, worker: str | None, only_if: ColumnElement[bool] | None,
+                 values: dict[str, Any]) -> Update:
+    """The conditional UPDATE of `transition`."""
     sources, target = TRANSITIONS[step]
     if not sources:
         raise ValueError(f"{step} makes a new job: use create()")
@@ -154,10 +172,8 @@ def transition(session: Session, job_id: str, step: Step, *, worker: str | None 
     if only_if is not None:
         query = query.where(only_if)
     if target not in sources:
-        values["state"] = target.value
-    # an UPDATE's result is a CursorResult (Session.execute is typed as returning the base Result)
-    result = cast(CursorResult[Any], session.execute(query.values(**values)))
-    return result.rowcount == 1
+        values = {**values, "state": target.value}
+    return query.values(**values)
 
 
 def active_job(session: Session, key: str) -> models.Job | None:
@@ -182,26 +198,99 @@ def create(session: Session, job: models.Job) -> tuple[models.Job, bool]:
         return existing, False
 
 
+def create_for_new_key(session: Session, job: models.Job, model_digest: str) -> bool:
+    """Insert `job` (as queued) if its key has no job at all and its model's blob is stored, in
+    one statement (INSERT ... SELECT ... WHERE ... ON CONFLICT DO NOTHING): the first request of a
+    key reads nothing first. Whether it inserted it; if not (the key has jobs, the blob is not
+    stored, or a concurrent request inserted the key's job first: the one-active-job index
+    decides, the statement waits for it and inserts nothing), the caller reads what it needs and
+    calls `create`. `job` is not added to the session."""
+    job.state = TRANSITIONS[Step.CREATE][1].value
+    given = tuple(c.key for c in models.Job.__table__.columns if getattr(job, c.key) is not None)
+    statement = _insert_for_new_key(session.get_bind().dialect.name, given)
+    values = {f"new_{name}": getattr(job, name) for name in given}
+    return session.execute(statement, {**values, "model_digest": model_digest}).first() is not None
+
+
+@functools.cache
+def _insert_for_new_key(dialect: str, given: tuple[str, ...]) -> Insert:
+    """create_for_new_key's statement, for the columns it is given values of (built once: the
+    values are bound when it runs)."""
+    table = cast(Table, models.Job.__table__)
+    columns = [table.c[name] for name in given]
+    row = select(*[bindparam(f"new_{c.key}", type_=c.type) for c in columns]).where(
+        exists().where(models.Blob.digest == bindparam("model_digest")),
+        ~exists().where(table.c.key == bindparam("new_key", type_=table.c.key.type)))
+    # The two databases neffcache runs on; both spell "insert unless the unique index has it" so.
+    insert: Callable[[Table], postgresql.Insert | sqlite.Insert] = (
+        postgresql.insert if dialect == "postgresql" else sqlite.insert)
+    return insert(table).from_select(columns, row).on_conflict_do_nothing(
+        index_elements=[table.c.key], index_where=text(models.ACTIVE_JOB_PREDICATE)).returning(table.c.id)
+
+
+class SharedDecisions(Generic[T]):
+    """Create-or-join decisions a process is making, by name (a key): a request whose key's
+    decision another thread is making waits for it and answers from it, instead of asking the
+    database the same question again, as `create` joins the job a concurrent request inserted
+    first (500 identical requests at once make a few decisions, not 500). Only a decision in the
+    making is shared, never one already made: an answer is never older than its request by more
+    than the time of one decision. If that decision fails, each waiting request makes its own."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._making: dict[Hashable, Future[T]] = {}
+
+    def share(self, name: Hashable, decide: Callable[[], T]) -> tuple[T, bool]:
+        """(the decision, whether another request made it)."""
+        with self._lock:
+            making = self._making.get(name)
+            if making is None:
+                mine: Future[T] = Future()
+                self._making[name] = mine
+        if making is not None:
+            try:
+                return making.result(), True
+            except Exception:  # noqa: BLE001 - whatever failed it, this request asks on its own
+                return decide(), False
+        try:
+            decision = decide()
+        except BaseException as exc:
+            self._done(name)
+            mine.set_exception(exc)
+            raise
+        self._done(name)
+        mine.set_result(decision)
+        return decision, False
+
+    def _done(self, name: Hashable) -> None:
+        # Before the waiting requests are answered: a request arriving from now on decides anew.
+        with self._lock:
+            del self._making[name]
+
+
 def claim(session: Session, job_id: str, worker: str) -> models.Job | None:
     """queued -> running for `worker` (a new attempt), or None when the job is not its to run:
     not queued (claimed by another delivery, cancelled, finished), or already published, which
-    finishes it (skip)."""
+    finishes it (skip).
+
+    One statement when the job is claimed (the common case, on the path from a compile request
+    to its compile's start): the claim's UPDATE is also conditional on the key having no
+    artifact, and returns the claimed row. Only when it claims nothing is the job read, to tell
+    a published key (skipped here) from a job that is not queued."""
+    unpublished = ~exists().where(models.Artifact.key == models.Job.key)
+    claimed = session.scalars(_step_update(
+        job_id, Step.CLAIM, None, unpublished,
+        {"attempts": models.Job.attempts + 1, "worker_id": worker, "started_at": models.utcnow(),
+         "finished_at": None,
+         # The log is the last attempt's: a retry starts a new one.
+         "log_digest": None, "log_tail": None, "log_bytes": 0},
+    ).returning(models.Job), execution_options={"synchronize_session": False, "populate_existing": True}).one_or_none()
+    if claimed is not None:
+        return claimed
     job = session.get(models.Job, job_id)
-    if job is None or job.state != JobState.QUEUED:
-        return None
-    if session.get(models.Artifact, job.key) is not None:
+    if job is not None and job.state == JobState.QUEUED and session.get(models.Artifact, job.key) is not None:
         transition(session, job_id, Step.SKIP, finished_at=models.utcnow(), message="already published")
-        return None
-    claimed = transition(
-        session, job_id, Step.CLAIM,
-        attempts=models.Job.attempts + 1, worker_id=worker, started_at=models.utcnow(), finished_at=None,
-        # The log is the last attempt's: a retry starts a new one.
-        log_digest=None, log_tail=None, log_bytes=0,
-    )
-    if not claimed:
-        return None
-    session.refresh(job)
-    return job
+    return None
 
 
 def retry_delay(backoff_s: float, attempt: int, cap_s: float | None = None) -> float:

@@ -8,6 +8,7 @@ never imports the workers.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,24 +17,39 @@ from neffcache.toolchain import release_version
 
 COMPILE_TASK = "neffcache.workers.tasks.run_compile_job"
 NEURON_FAMILY = "neuron"
+# Compilers that build every Neuron target on any compile host that has them.
+NEURON_COMPILERS = ("neuronx-cc", "torch-neuronx")
 # RQ's names: a job's hash, a queue's list, and the statuses of a job not yet ended.
 RQ_JOB_KEY = "rq:job:{}"
 RQ_QUEUE_KEY = "rq:queue:{}"
 RQ_WAITING = ("queued", "deferred", "scheduled")
 RQ_STARTED = "started"
+# The other packages a compiler's output loads only with, as (manifest field, package): they
+# name its queue too, so a job reaches only a host that has every one of those versions.
+QUEUED_PACKAGES: dict[str, tuple[tuple[str, str], ...]] = {
+    "torch-neuronx": (("torch_version", "torch"), ("neuronx_cc_version", "neuronx-cc")),
+}
 
 
 def _queue(prefix: str, compiler: str, version: str, target: str, isa: str | None) -> str:
-    if compiler == "neuronx-cc":
+    if compiler in NEURON_COMPILERS:
         # Any compile host with this compiler builds every Neuron target.
         return f"{prefix}:{compiler}:{version}:{NEURON_FAMILY}"
     # Inductor builds for the host it runs on: the target and ISA pick the host.
     return f"{prefix}:{compiler}:{version}:{target}:{isa}"
 
 
+def _with_packages(compiler_name: str, version: str, package_versions: Sequence[str]) -> str:
+    """A compiler's version as its queue names it: with the versions of QUEUED_PACKAGES."""
+    packages = QUEUED_PACKAGES.get(compiler_name, ())
+    return version + "".join(f"+{package}={v}" for (_, package), v in zip(packages, package_versions, strict=True))
+
+
 def queue_for_manifest(prefix: str, manifest: Mapping[str, Any]) -> str:
     compiler = manifest["compiler"]
-    return _queue(prefix, compiler["name"], compiler["version"], manifest["target"], manifest.get("isa"))
+    packages = [compiler[field] for field, _ in QUEUED_PACKAGES.get(compiler["name"], ())]
+    version = _with_packages(compiler["name"], compiler["version"], packages)
+    return _queue(prefix, compiler["name"], version, manifest["target"], manifest.get("isa"))
 
 
 def queues_for_toolchain(
@@ -42,13 +58,21 @@ def queues_for_toolchain(
     compiler_version: str,
     targets: Iterable[str],
     isas: Iterable[str],
+    packages: Mapping[str, str] | None = None,
 ) -> list[str]:
-    """Every queue a worker with this toolchain serves: its exact version and its release."""
+    """Every queue a worker with this toolchain serves: its exact version and its release, and
+    so for the versions of its QUEUED_PACKAGES (`packages`, by package name)."""
     # A spec may name a release without its build ("2.27.5334.0"): serve that queue too.
-    versions = dict.fromkeys([compiler_version, release_version(compiler_version)])
+    def both(version: str) -> list[str]:
+        return list(dict.fromkeys([version, release_version(version)]))
+
+    wanted = [(packages or {})[package] for _, package in QUEUED_PACKAGES.get(compiler_name, ())]
+    versions = [_with_packages(compiler_name, version, chosen)
+                for version in both(compiler_version)
+                for chosen in itertools.product(*(both(v) for v in wanted))]
     names: list[str] = []
     for version in versions:
-        if compiler_name == "neuronx-cc":
+        if compiler_name in NEURON_COMPILERS:
             names.append(_queue(prefix, compiler_name, version, NEURON_FAMILY, None))
             continue
         for target in targets:
@@ -70,7 +94,11 @@ def rq_job_id(job_id: str, attempt: int) -> str:
 
 def enqueue_compile(redis: Any, queue_name: str, job_id: str, attempt: int) -> None:
     """Put one attempt of a job on its queue. The RQ id names the attempt; a duplicate delivery
-    is harmless because the worker's claim is conditional on the job's state."""
+    is harmless because the worker's claim is conditional on the job's state.
+
+    One round trip to Redis: RQ's own enqueue sends the queue's registration and the job in two;
+    given a pipeline it sends both in one transaction (MULTI/EXEC), so a worker sees the job
+    whole, as before."""
     from rq import Queue  # imported here: the client never needs rq
 
     queue = Queue(queue_name, connection=redis)
@@ -81,7 +109,9 @@ def enqueue_compile(redis: Any, queue_name: str, job_id: str, attempt: int) -> N
         "failure_ttl": 7 * 24 * 3600,
         "description": f"compile job {job_id} attempt {attempt}",
     }
-    queue.enqueue(COMPILE_TASK, job_id, **kwargs)
+    with redis.pipeline() as pipe:
+        queue.enqueue(COMPILE_TASK, job_id, pipeline=pipe, **kwargs)
+        pipe.execute()
 
 
 @dataclass(frozen=True)

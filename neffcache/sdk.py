@@ -19,7 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from neffcache.toolchain import COMPILER_PACKAGE, RUNTIME_PACKAGE, release_version, version_key
+from neffcache.toolchain import (
+    COMPILER_PACKAGE,
+    RUNTIME_PACKAGE,
+    TORCH_NEURONX_PACKAGE,
+    release_version,
+    version_key,
+)
 
 DATA_PATH = Path(__file__).parent / "data" / "sdk_releases.json"
 KEPT_PACKAGES = (
@@ -34,11 +40,26 @@ class SdkRelease:
     compilers: tuple[str, ...]
     runtimes: tuple[str, ...]
     instances: tuple[str, ...]
+    # torch-neuronx (torch_neuronx.trace); none in a release that ships no PyTorch package.
+    torch_neuronx: tuple[str, ...] = ()
 
 
 class SdkTable:
     def __init__(self, releases: Iterable[SdkRelease]) -> None:
         self.releases = sorted(releases, key=lambda r: version_key(r.sdk), reverse=True)
+        # The SDK releases (newest first) by compiler and by runtime release: every compile
+        # request and lookup asks `paired`, so it is a dictionary read, not a scan of the table.
+        self._by_compiler: dict[str, list[str]] = {}
+        self._by_runtime: dict[str, list[str]] = {}
+        for release in self.releases:
+            for version in release.compilers:
+                self._by_compiler.setdefault(version, []).append(release.sdk)
+            for version in release.runtimes:
+                self._by_runtime.setdefault(version, []).append(release.sdk)
+        self._by_torch_neuronx: dict[str, list[str]] = {}
+        for release in self.releases:
+            for version in release.torch_neuronx:
+                self._by_torch_neuronx.setdefault(version, []).append(release.sdk)
 
     @classmethod
     def from_data(cls, data: Mapping[str, Any]) -> SdkTable:
@@ -48,6 +69,7 @@ class SdkTable:
                 compilers=tuple(r["packages"].get(COMPILER_PACKAGE, ())),
                 runtimes=tuple(r["packages"].get(RUNTIME_PACKAGE, ())),
                 instances=tuple(r.get("instances", ())),
+                torch_neuronx=tuple(r["packages"].get(TORCH_NEURONX_PACKAGE, ())),
             )
             for r in data["releases"]
         )
@@ -58,10 +80,14 @@ class SdkTable:
 
     def with_compiler(self, version: str) -> list[str]:
         """SDK releases that ship this neuronx-cc (newest first)."""
-        return [r.sdk for r in self.releases if release_version(version) in r.compilers]
+        return list(self._by_compiler.get(release_version(version), ()))
 
     def with_runtime(self, version: str) -> list[str]:
-        return [r.sdk for r in self.releases if release_version(version) in r.runtimes]
+        return list(self._by_runtime.get(release_version(version), ()))
+
+    def with_torch_neuronx(self, version: str) -> list[str]:
+        """SDK releases that ship this torch-neuronx (newest first)."""
+        return list(self._by_torch_neuronx.get(release_version(version), ()))
 
     def compilers_for_runtime(self, runtime: str) -> set[str]:
         return {c for r in self.releases if release_version(runtime) in r.runtimes for c in r.compilers}
@@ -72,10 +98,28 @@ class SdkTable:
     def paired(self, compiler: str, runtime: str) -> bool | None:
         """True when some release ships both; False when both are known but never together;
         None when the table does not know one of them (newer than the table, say)."""
-        with_compiler, with_runtime = set(self.with_compiler(compiler)), set(self.with_runtime(runtime))
-        if not with_compiler or not with_runtime:
-            return None
-        return bool(with_compiler & with_runtime)
+        return _shipped_together(self.with_compiler(compiler), self.with_runtime(runtime))
+
+    def torch_neuronx_paired(self, torch_neuronx: str, runtime: str) -> bool | None:
+        """`paired` for a torch-neuronx and a runtime."""
+        return _shipped_together(self.with_torch_neuronx(torch_neuronx), self.with_runtime(runtime))
+
+
+def sdk_releases_of(table: SdkTable, compiler_name: str, version: str) -> list[str]:
+    """The SDK releases (newest first) that ship this version of a Neuron compiler: neuronx-cc or
+    torch-neuronx (each named by its package); none for any other compiler."""
+    if compiler_name == COMPILER_PACKAGE:
+        return table.with_compiler(version)
+    if compiler_name == TORCH_NEURONX_PACKAGE:
+        return table.with_torch_neuronx(version)
+    return []
+
+
+def _shipped_together(releases: list[str], others: list[str]) -> bool | None:
+    """Whether two packages' releases meet: None when either is in none the table knows."""
+    if not releases or not others:
+        return None
+    return bool(set(releases) & set(others))
 
 
 def convert_n2_manifest(manifest: Mapping[str, Any]) -> dict[str, Any]:
@@ -117,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {len(table['releases'])} releases to {args.out}")
         return 0
     for r in SdkTable.load().releases:
-        print(f"{r.sdk:<8} neuronx-cc {', '.join(r.compilers):<14} runtime {', '.join(r.runtimes)}")
+        print(f"{r.sdk:<8} neuronx-cc {', '.join(r.compilers):<14} runtime {', '.join(r.runtimes):<12} "
+              f"torch-neuronx {', '.join(r.torch_neuronx) or '-'}")
     return 0
 
 

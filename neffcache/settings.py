@@ -63,6 +63,11 @@ class Settings(BaseSettings):
     # toolchains, artifact rows, usage counts) before asking the database again: how long a
     # revoked token or another process's counts can be stale (service.memo). 0: not at all.
     hot_cache_s: float = Field(default=5.0, ge=0, le=300)
+    # Threads an API process runs requests that use the database in (a warm hit uses none), and
+    # so the database connections it keeps: one per thread, plus the event writer's and a few
+    # for a thread that nests a second session. Postgres must allow that many per API process
+    # (README, "Sizing"): 32 threads keep at most 42 connections open.
+    api_threads: int = Field(default=32, ge=1, le=1000)
 
     # --- the worker ---
     worker_backend: str = "inductor"  # inductor | neuronx-cc

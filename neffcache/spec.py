@@ -12,26 +12,45 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from neffcache.digests import DIGEST_PATTERN, is_digest  # noqa: F401 - the spec's digest rule, named with the schema
+from neffcache.errors import InvalidSpec
+from neffcache.key import canonical_neuron_config
 from neffcache.toolchain import (
     INDUCTOR_TARGETS,
     NEURON_RUNTIME,
     NEURON_TARGETS,
     RUNTIME_NAMES,
     TARGETS,
+    TORCH_NEURONX_PACKAGE,
     TORCH_RUNTIME,
     VERSION_PATTERN,
 )
+
+TORCH_NEURONX = TORCH_NEURONX_PACKAGE  # the compiler's name is its package's
 
 DTYPES = (
     "float32", "float16", "bfloat16", "float64",
     "float8_e4m3fn", "float8_e5m2",
     "int8", "int16", "int32", "int64", "uint8", "bool",
 )
-# Which model format, targets and runtime each compiler goes with.
+# Which model formats (the first is the default), targets and runtime each compiler goes with.
 COMPILERS: dict[str, dict[str, Any]] = {
-    "neuronx-cc": {"format": "hlo", "targets": NEURON_TARGETS, "runtime": NEURON_RUNTIME},
-    "inductor": {"format": "torch-export", "targets": INDUCTOR_TARGETS, "runtime": TORCH_RUNTIME},
+    "neuronx-cc": {"format": "hlo", "formats": ("hlo",), "targets": NEURON_TARGETS, "runtime": NEURON_RUNTIME},
+    "inductor": {"format": "torch-export", "formats": ("torch-export",), "targets": INDUCTOR_TARGETS,
+                 "runtime": TORCH_RUNTIME},
+    # torch_neuronx.trace: a PyTorch model in, a TorchScript module with its NEFFs inside out.
+    # hf-checkpoint: an NxD Inference compiled-artifact folder, published with `push --dir`
+    # (the spec then has a neuron_config; see FOLDER_FORMAT).
+    TORCH_NEURONX: {"format": "torch-export", "formats": ("torch-export", "torchscript", "hf-checkpoint"),
+                    "targets": NEURON_TARGETS, "runtime": NEURON_RUNTIME},
 }
+# CompilerSpec fields only torch-neuronx has: the versions its output also depends on, and the
+# torch_neuronx.trace option that changes the output. Left out of a dump while unset, so the
+# specs of other compilers read (and hash) as before.
+TORCH_NEURONX_FIELDS = ("torch_version", "neuronx_cc_version", "inline_weights_to_neff", "nxd_inference_version")
+# The model of a compiled-artifact folder (NxD Inference's compiled_model_path): a Hugging Face
+# checkpoint, named by the digest of its index (config.json and every weight file with its sha256,
+# client/specs.py). Such a spec has a neuron_config and compiler.nxd_inference_version, and no inputs.
+FOLDER_FORMAT = "hf-checkpoint"
 NAMESPACE_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 INPUT_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.:-]{0,127}$"
 MAX_FLAGS = 64
@@ -89,7 +108,7 @@ class _Strict(BaseModel):
 
 
 class ModelRef(_Strict):
-    format: Literal["hlo", "torch-export"]
+    format: Literal["hlo", "torch-export", "torchscript", "hf-checkpoint"]
     digest: str = Field(pattern=DIGEST_PATTERN, description="sha256:<64 lowercase hex> of the uploaded blob")
 
 
@@ -107,10 +126,26 @@ class InputSpec(_Strict):
         return shape
 
 
+def _unset(value: Any) -> bool:
+    return value is None
+
+
 class CompilerSpec(_Strict):
-    name: Literal["neuronx-cc", "inductor"]
+    name: Literal["neuronx-cc", "inductor", "torch-neuronx"]
     version: str | None = Field(default=None, pattern=VERSION_PATTERN)
     flags: list[str] = Field(default_factory=list, max_length=MAX_FLAGS)
+    # torch-neuronx only (TORCH_NEURONX_FIELDS): filled in from the registered workers when left out.
+    torch_version: str | None = Field(default=None, pattern=VERSION_PATTERN, exclude_if=_unset)
+    neuronx_cc_version: str | None = Field(default=None, pattern=VERSION_PATTERN, exclude_if=_unset)
+    inline_weights_to_neff: bool | None = Field(
+        default=None, exclude_if=_unset,
+        description="torch_neuronx.trace's inline_weights_to_neff (default true): the weights "
+                    "inside the NEFF, or kept in the TorchScript module beside it",
+    )
+    nxd_inference_version: str | None = Field(
+        default=None, pattern=VERSION_PATTERN, exclude_if=_unset,
+        description="the neuronx-distributed-inference that compiled a folder (a spec with a neuron_config)",
+    )
 
     @field_validator("flags")
     @classmethod
@@ -136,6 +171,21 @@ class CompileSpec(_Strict):
     runtime: RuntimeSpec | None = None
     namespace: str = Field(default="default", pattern=NAMESPACE_PATTERN)
     allow_toolchain_mismatch: bool = False
+    neuron_config: dict[str, Any] | None = Field(
+        default=None, exclude_if=_unset,
+        description="NxD Inference's NeuronConfig of a compiled-artifact folder; canonicalised into the key "
+                    "(neffcache.key.canonical_neuron_config)",
+    )
+
+    @field_validator("neuron_config")
+    @classmethod
+    def _neuron_config_canonical(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            try:
+                canonical_neuron_config(value)
+            except InvalidSpec as exc:
+                raise ValueError(exc.detail) from None
+        return value
 
     @model_validator(mode="before")
     @classmethod
@@ -151,15 +201,19 @@ class CompileSpec(_Strict):
     @model_validator(mode="after")
     def _consistent(self) -> CompileSpec:
         rules = COMPILERS[self.compiler.name]
+        if self.compiler.name != TORCH_NEURONX:
+            given = [f for f in TORCH_NEURONX_FIELDS if getattr(self.compiler, f) is not None]
+            if given:
+                raise ValueError(f"compiler.{given[0]}: only compiler {TORCH_NEURONX!r} takes it")
         if self.target not in rules["targets"]:
             raise ValueError(
                 f"target {self.target!r} is not built by compiler {self.compiler.name!r} "
                 f"(it builds {', '.join(rules['targets'])})"
             )
-        if self.model.format != rules["format"]:
+        if self.model.format not in rules["formats"]:
             raise ValueError(
                 f"model.format {self.model.format!r} does not fit compiler {self.compiler.name!r} "
-                f"(it takes {rules['format']!r})"
+                f"(it takes {' or '.join(repr(f) for f in rules['formats'])})"
             )
         assert self.runtime is not None
         if self.runtime.name != rules["runtime"]:
@@ -167,15 +221,32 @@ class CompileSpec(_Strict):
                 f"runtime.name {self.runtime.name!r} does not fit compiler {self.compiler.name!r} "
                 f"(its output runs on {rules['runtime']!r})"
             )
-        if not self.inputs and self.model.format != "hlo":
+        self._folder_consistent()
+        if not self.inputs and self.model.format not in ("hlo", FOLDER_FORMAT):
             raise ValueError(f"inputs: at least one input is required for model.format {self.model.format!r}")
         names = [i.name for i in self.inputs]
         if len(set(names)) != len(names):
             raise ValueError(f"inputs: names must be unique, got {names}")
         return self
 
+    def _folder_consistent(self) -> None:
+        """model.format hf-checkpoint, a neuron_config and compiler.nxd_inference_version go together."""
+        folder = {"model.format hf-checkpoint": self.model.format == FOLDER_FORMAT,
+                  "neuron_config": self.neuron_config is not None,
+                  "compiler.nxd_inference_version": self.compiler.nxd_inference_version is not None}
+        if any(folder.values()) and not all(folder.values()):
+            given = [k for k, v in folder.items() if v]
+            missing = [k for k, v in folder.items() if not v]
+            raise ValueError(f"{missing[0]}: required with {given[0]} (a compiled-artifact folder's spec has "
+                             f"{', '.join(folder)})")
+        if self.neuron_config is not None and self.inputs:
+            raise ValueError("inputs: a compiled-artifact folder's shapes are its neuron_config's")
+
     def is_resolved(self) -> bool:
-        return bool(self.compiler.version and self.runtime and self.runtime.version)
+        versions = [self.compiler.version, self.runtime and self.runtime.version]
+        if self.compiler.name == TORCH_NEURONX:
+            versions += [self.compiler.torch_version, self.compiler.neuronx_cc_version]
+        return all(versions)
 
 
 ANNOTATION_KEY_PATTERN = r"^[a-z][a-z0-9_.-]{0,63}$"
@@ -232,25 +303,70 @@ def check_file_name(name: str) -> str:
 
 def check_unique_file_names(names: list[str]) -> list[str]:
     """`names` itself when no two of them are one file on a case-insensitive file system (macOS,
-    Windows), else ValueError."""
-    if len({n.lower() for n in names}) != len(names):
-        raise ValueError(f"file names must be unique (ignoring case), got {names}")
+    Windows), and no file's path is also another's folder ('weights' and 'weights/tp0.safetensors'),
+    else ValueError."""
+    lowered = [n.lower() for n in names]
+    if len(set(lowered)) != len(names):
+        seen: dict[str, str] = {}
+        same = next((seen[low], name) for name, low in zip(names, lowered, strict=True)
+                    if seen.setdefault(low, name) is not name)
+        raise ValueError(f"file names must be unique (ignoring case), got {same[0]!r} and {same[1]!r}")
+    folders = {path.rsplit("/", depth)[0] for path in lowered for depth in range(1, path.count("/") + 1)}
+    both = sorted(n for n in names if n.lower() in folders)
+    if both:
+        raise ValueError(f"{both[0]!r} is both a file and a folder of other files")
     return names
 
 
+# A published file's relative path, for an artifact that is a folder (`neffcache push --dir`):
+# '/'-separated components, each a safe file name (FILE_NAME_PATTERN), so no '..', '.', empty
+# component, absolute path or backslash; at most MAX_FILE_PATH characters in all (the database
+# column's size). A plain file name is a path of one component, so every name valid before is
+# valid as a path.
+MAX_FILE_PATH = 255
+_PATH_COMPONENT = (
+    r"(?![.-])"
+    r"(?!(?:[Cc][Oo][Nn]|[Pp][Rr][Nn]|[Aa][Uu][Xx]|[Nn][Uu][Ll]|[Cc][Oo][Mm][0-9]|[Ll][Pp][Tt][0-9])(?:[./]|$))"
+    r"[A-Za-z0-9_.-]{0,127}[A-Za-z0-9_-]"
+)
+FILE_PATH_PATTERN = rf"^(?=.{{1,{MAX_FILE_PATH}}}$){_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*$"
+FILE_PATH_RULE = (f"a relative path of at most {MAX_FILE_PATH} characters whose '/'-separated components are each "
+                  f"a safe file name ({FILE_NAME_RULE})")
+
+
+def check_file_path(path: str) -> str:
+    """`path` itself when it is a safe relative file path (FILE_PATH_PATTERN), else ValueError
+    naming the component at fault. The service checks it at publish, `neffcache pull --into` again
+    before writing anything."""
+    if len(path) > MAX_FILE_PATH:
+        raise ValueError(f"{path[:40]!r}... is longer than {MAX_FILE_PATH} characters")
+    for component in path.split("/"):
+        try:
+            check_file_name(component)
+        except ValueError:
+            raise ValueError(f"{path[:80]!r} is not a safe relative path: component {component[:40]!r} is not "
+                             f"a safe file name ({FILE_NAME_RULE}; no empty component, '.' or '..')") from None
+    return path
+
+
 class PublishedFileRef(_Strict):
-    name: str = Field(description=f"the file's name: {FILE_NAME_RULE}",
-                      json_schema_extra={"pattern": FILE_NAME_PATTERN})
+    name: str = Field(description=f"the file's name, or its path in a folder artifact: {FILE_PATH_RULE}",
+                      json_schema_extra={"pattern": FILE_PATH_PATTERN})
     digest: str = Field(pattern=DIGEST_PATTERN, description="an uploaded blob (PUT /v1/blobs first)")
 
-    _name_ok = field_validator("name")(check_file_name)
+    _name_ok = field_validator("name")(check_file_path)
+
+
+# A folder (NxD Inference's: model.pt, neuron_config.json, one weight shard per rank of up to 64
+# or 128 ranks, a NEFF per bucket) has more files than a single compile's outputs.
+MAX_PUBLISHED_FILES = 1024
 
 
 class PublishRequest(_Strict):
     """An artifact compiled elsewhere (a host's libneuronxla cache), published as it is."""
 
     spec: CompileSpec
-    files: list[PublishedFileRef] = Field(min_length=1, max_length=32)
+    files: list[PublishedFileRef] = Field(min_length=1, max_length=MAX_PUBLISHED_FILES)
     compile_seconds: float = Field(default=0.0, ge=0, allow_inf_nan=False)
     annotations: dict[str, str] = Annotations
 

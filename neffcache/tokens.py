@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from neffcache import invalidation
 from neffcache.db.models import ApiToken, utcnow
 from neffcache.errors import InvalidParameter, NotFound
 from neffcache.spec import NAMESPACE_PATTERN
@@ -113,7 +114,9 @@ def create_token(session: Session, name: str, scope: str, expires_in: timedelta 
     return token
 
 
-def revoke_token(session: Session, name: str) -> None:
+def revoke_token(session: Session, name: str, announce: invalidation.Announce) -> None:
+    """Revoke the token named `name`. Once the session commits, every API process is told to drop
+    the grant it keeps in memory, through `announce` (neffcache.invalidation)."""
     row = session.get(ApiToken, name)
     if row is None and name == BOOTSTRAP_ADMIN:
         raise NotFound(f"{BOOTSTRAP_ADMIN!r} is NEFFCACHE_BOOTSTRAP_ADMIN_TOKEN, not a database token: "
@@ -121,6 +124,8 @@ def revoke_token(session: Session, name: str) -> None:
     if row is None or row.revoked_at is not None:
         raise NotFound(f"no active token named {name!r}")
     row.revoked_at = utcnow()
+    invalidation.after_commit(session, invalidation.Invalidation.grant(row.token_sha256),
+                              announce)
 
 
 def list_tokens(session: Session) -> list[ApiToken]:

@@ -24,6 +24,8 @@ RUNTIME_NAMES = (NEURON_RUNTIME, TORCH_RUNTIME)
 
 # --- Neuron packages ---------------------------------------------------------------------------
 COMPILER_PACKAGE = "neuronx-cc"  # pip package of the compiler
+TORCH_NEURONX_PACKAGE = "torch-neuronx"  # pip package of torch_neuronx.trace (the torch-neuronx backend)
+TORCH_PACKAGE = "torch"
 RUNTIME_PACKAGE = "aws-neuronx-runtime-lib"  # Debian package of the Neuron runtime
 # Asks dpkg for the installed runtime's version (Debian form: pass it to debian_upstream_version).
 RUNTIME_DPKG_QUERY = ("dpkg-query", "-W", "-f=${Version}", RUNTIME_PACKAGE)

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from neffcache import tokens
+from neffcache import invalidation, tokens
 from neffcache.db.models import ApiToken, utcnow
 from neffcache.db.session import Database
 from neffcache.errors import InvalidParameter, NeffcacheError
@@ -76,8 +76,9 @@ def _where(namespaces: list[str]) -> str:
 @token_app.command("revoke")
 def revoke(name: str) -> None:
     """Revoke a token: requests with it are refused (401) from now on."""
-    with _database().session() as session:
-        tokens.revoke_token(session, name)
+    settings = Settings()
+    with Database(settings.database_url).session() as session:
+        tokens.revoke_token(session, name, invalidation.publisher(settings.redis_url, settings.queue_prefix))
     print(f"revoked token {name!r}")
 
 

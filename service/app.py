@@ -7,11 +7,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from anyio import to_thread
 from fastapi import FastAPI
 
 from neffcache import errors as domain
 from neffcache.service import errors
 from neffcache.service.context import ServiceContext
+from neffcache.service.hit_lane import HitLane
 from neffcache.service.routes import artifacts, blobs, compile, health, jobs, stats, tokens, toolchains, workers
 from neffcache.settings import Settings
 
@@ -59,7 +61,10 @@ def create_app(settings: Settings | None = None, ctx: ServiceContext | None = No
         if not settings.auth_required:
             log.warning("AUTHENTICATION IS OFF (NEFFCACHE_AUTH_REQUIRED=false): anyone who can reach "
                         "this port can compile, download and cancel. Use this only on a single-user machine.")
+        # As many request threads as the database pool has connections for them (settings.api_threads).
+        to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
         context.events.start()
+        context.invalidations.start()
         yield
         context.close()
 
@@ -74,6 +79,7 @@ def create_app(settings: Settings | None = None, ctx: ServiceContext | None = No
         redirect_slashes=False,
     )
     app.state.ctx = context
+    app.add_middleware(HitLane, ctx=context)  # innermost: inside the error catcher and the version header
     errors.install(app)
     app.add_middleware(ServiceHeader, version=app.version)
     for module in (blobs, compile, jobs, artifacts, stats, workers, toolchains, tokens, health):

@@ -49,9 +49,12 @@ class Grant:
     def every_namespace(self) -> bool:
         return tokens.ALL_NAMESPACES in self.namespaces
 
+    def allows(self, namespace: str) -> bool:
+        return tokens.namespace_allows(self.namespaces, namespace)
+
     def check(self, namespace: str) -> None:
         """Returns if the token may act in `namespace`; else 403 naming it."""
-        if not tokens.namespace_allows(self.namespaces, namespace):
+        if not self.allows(namespace):
             raise Forbidden(f"namespace {namespace!r}: token {self.caller!r} may act only in "
                             f"{', '.join(repr(n) for n in self.namespaces)}", namespace=namespace)
 
@@ -119,12 +122,28 @@ def _checked(remembered: Remembered, now: datetime) -> Grant:
 
 
 def _remembered(ctx: Any, token: str) -> Remembered | None:
-    """A database token's grant read in the last hot_cache_s (service.memo), by its sha256: a
-    token revoked meanwhile is still taken that long by this process. Never the bootstrap token."""
+    """A database token's grant read in the last hot_cache_s (service.memo), by its sha256. A
+    revocation drops it in every API process at once (service.invalidation); hot_cache_s is how
+    long it is still taken when that announcement is lost. Never the bootstrap token."""
     if tokens.matches(token, ctx.settings.bootstrap_admin_token):
         return None
     remembered: Remembered | None = ctx.grants.get(tokens.hash_token(token))
     return remembered
+
+
+def grant_in_memory(ctx: Any, token: str | None, scope: str) -> Grant | None:
+    """The grant `require(scope)` gives, when that needs neither the database nor a refusal:
+    authentication off, or a remembered token that has not expired and holds `scope`. None:
+    the route's own dependency decides (and says why it refuses)."""
+    if not ctx.settings.auth_required:
+        return UNRESTRICTED
+    remembered = _remembered(ctx, token) if token else None
+    if remembered is None:
+        return None
+    found, expires_at = remembered
+    if (expires_at is not None and expires_at <= utcnow()) or not tokens.scope_allows(found.scope, scope):
+        return None
+    return found
 
 
 def _identify(request: Request, token: str) -> Grant:
@@ -136,6 +155,7 @@ def _identify(request: Request, token: str) -> Grant:
         with ctx.db.session() as session:
             _bootstrap(request).check(session)
         return Grant(BOOTSTRAP_ADMIN, "admin", (tokens.ALL_NAMESPACES,))
+    read_in = ctx.grants.epoch  # a revocation announced while this reads: not kept
     with ctx.db.session() as session:
         row = tokens.find_token(session, token)
         if row is None:
@@ -143,7 +163,7 @@ def _identify(request: Request, token: str) -> Grant:
         remembered = (Grant(row.name, row.scope, tuple(row.namespaces)), row.expires_at)
         if not tokens.expired(row, now):
             tokens.record_use(row, now)  # committed as the session ends
-    ctx.grants.put(tokens.hash_token(token), remembered)
+    ctx.grants.put(tokens.hash_token(token), remembered, read_in)
     return _checked(remembered, now)
 
 

@@ -12,22 +12,30 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import case, select
 from sqlalchemy.orm import Session
 
 from neffcache import dispatch as dispatching
 from neffcache import lifecycle
 from neffcache.db.models import Artifact, ArtifactUsage, Blob, Job, utcnow
 from neffcache.dispatch import dispatch
-from neffcache.errors import BlobMissing, NotFound, ToolchainAmbiguous, ToolchainUnavailable
+from neffcache.errors import (
+    BlobMissing,
+    InvalidSpec,
+    NeffcacheError,
+    NotFound,
+    ToolchainAmbiguous,
+    ToolchainUnavailable,
+)
 from neffcache.key import key_for_spec, manifest_diff
-from neffcache.lifecycle import REMEMBERED_FAILURES, FailureClass, JobState
+from neffcache.lifecycle import ACTIVE_STATES, REMEMBERED_FAILURES, FailureClass, JobState
 from neffcache.queue import queue_for_manifest
 from neffcache.service.auth import Grant
 from neffcache.service.context import ServiceContext
-from neffcache.service.toolchains import resolve_spec
+from neffcache.service.events import UsageSnapshot
+from neffcache.service.toolchains import RegisteredToolchain, resolve_spec
 from neffcache.service.views import artifact_view, job_view
-from neffcache.spec import CompileSpec
+from neffcache.spec import FOLDER_FORMAT, CompileSpec
 
 NEAREST_LIMIT = 5
 NEAREST_SCAN = 200
@@ -50,6 +58,68 @@ def resolve_key(ctx: ServiceContext, spec: CompileSpec) -> tuple[CompileSpec, di
         resolved = resolve_spec(ctx.registered_toolchains, spec, ctx.sdk)
     manifest, key = key_for_spec(resolved.model_dump(mode="json"))
     return resolved, manifest, key
+
+
+class _NotInMemory(Exception):
+    """What the warm path needs is not in memory: the request takes the database path."""
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A spec resolved from memory: both versions filled in, its manifest and key."""
+
+    spec: CompileSpec
+    manifest: dict[str, Any]
+    key: str
+    # The registered toolchains it was resolved against; None when the spec named both versions
+    # and needed none. The resolution holds while ctx.toolchains holds that same list.
+    toolchains: list[RegisteredToolchain] | None
+
+    def holds(self, ctx: ServiceContext) -> bool:
+        return self.toolchains is None or ctx.toolchains.get(ctx.ALL_TOOLCHAINS) is self.toolchains
+
+
+def resolve_in_memory(ctx: ServiceContext, spec: CompileSpec) -> Resolved | None:
+    """resolve_key without the database, or None when it would need it, or refuse the spec
+    (the database path then answers, and says why)."""
+    consulted: list[list[RegisteredToolchain]] = []
+
+    def toolchains() -> list[RegisteredToolchain]:
+        found = ctx.toolchains.get(ctx.ALL_TOOLCHAINS)
+        if found is None:
+            raise _NotInMemory
+        consulted.append(found)
+        return found
+
+    try:
+        resolved = resolve_spec(toolchains, spec, ctx.sdk)
+    except (_NotInMemory, NeffcacheError):
+        return None
+    manifest, key = key_for_spec(resolved.model_dump(mode="json"))
+    return Resolved(resolved, manifest, key, consulted[0] if consulted else None)
+
+
+def warm_hit(ctx: ServiceContext, kind: str, resolved: Resolved, caller: str | None,
+             source: str = "memory") -> Outcome | None:
+    """The hit answered from memory alone (no database, no thread: called in the event loop), or
+    None when anything it needs is not in memory or the key is not a hit: the database path
+    then answers. `source` names who answered, for the metrics (the route or the hit lane)."""
+    artifact = ctx.artifacts.get(resolved.key)
+    snapshot = ctx.usage.get(resolved.key) if artifact is not None else None
+    if artifact is None or snapshot is None:
+        return None
+    return _hit(ctx, kind, resolved.spec, resolved.manifest, artifact, caller, snapshot, source)
+
+
+def _hit(ctx: ServiceContext, kind: str, resolved: CompileSpec, manifest: dict[str, Any], artifact: Artifact,
+         caller: str | None, snapshot: UsageSnapshot | None = None, source: str = "memory") -> Outcome:
+    """A hit's answer, for lookup and compile alike, its event recorded first (the counts it
+    shows include it); with the usage `snapshot` in memory it asks the database nothing."""
+    _record(ctx, kind, manifest, artifact.key, artifact, caller)
+    ctx.metrics.hit_served(kind, "database" if snapshot is None else source)
+    usage = artifact_hits(ctx, artifact.key) if snapshot is None else _usage_now(ctx, artifact.key, snapshot)
+    return Outcome(200, {"status": "hit", "key": artifact.key, "spec": resolved.model_dump(mode="json"),
+                         "artifact": artifact_view(artifact, usage)})
 
 
 def published(ctx: ServiceContext, session: Session, key: str) -> Artifact | None:
@@ -77,16 +147,37 @@ def _record(ctx: ServiceContext, kind: str, manifest: dict[str, Any], key: str, 
     ctx.metrics.cache_request(kind, outcome, manifest["target"])
 
 
+def usage_in_memory(ctx: ServiceContext, key: str) -> dict[str, int] | None:
+    """artifact_hits when its written counts were read in the last hot_cache_s; else None."""
+    snapshot = ctx.usage.get(key)
+    return None if snapshot is None else _usage_now(ctx, key, snapshot)
+
+
+def _usage_now(ctx: ServiceContext, key: str, snapshot: UsageSnapshot) -> dict[str, int]:
+    lookups, downloads = snapshot.now(ctx.events.recorded_usage(key))
+    return {"lookup_hits": lookups, "downloads": downloads}
+
+
+def warm_artifact(ctx: ServiceContext, key: str, grant: Grant, source: str = "memory") -> dict[str, Any] | None:
+    """An artifact's view (with its counts) from memory alone, by its whole key; None when
+    either is not in memory or the token may not see it (the database path refuses it)."""
+    artifact = ctx.artifacts.get(key)
+    usage = usage_in_memory(ctx, key) if artifact is not None else None
+    if artifact is None or usage is None or not grant.allows(artifact.namespace):
+        return None
+    ctx.metrics.hit_served("artifact", source)
+    return artifact_view(artifact, usage)
+
+
 def artifact_hits(ctx: ServiceContext, key: str) -> dict[str, int]:
     """How often an artifact was used, as two counts named apart (the same two /v1/stats gives):
-    Called with no session open: it may wait for a flush, which on SQLite waits for readers.
-
     `lookup_hits`, the lookups and compile requests it answered, and `downloads` of its files.
+    Called with no session open: it may wait for a flush, which on SQLite waits for readers.
 
     The written counts (one row, by key) as read at most hot_cache_s ago, plus every event this
     process recorded since that read: exact for this process's own events, and at most
     hot_cache_s behind for other processes'."""
-    def read() -> Any:
+    def read() -> UsageSnapshot:
         def written() -> tuple[int, int]:
             with ctx.db.session() as session:
                 row = session.get(ArtifactUsage, key)
@@ -96,30 +187,36 @@ def artifact_hits(ctx: ServiceContext, key: str) -> dict[str, int]:
 
     snapshot = ctx.usage.get_or_load(key, read)
     assert snapshot is not None
-    lookups, downloads = snapshot.now(ctx.events.recorded_usage(key))
-    return {"lookup_hits": lookups, "downloads": downloads}
+    return _usage_now(ctx, key, snapshot)
 
 
 def latest_job(session: Session, key: str) -> Job | None:
-    return session.scalar(select(Job).where(Job.key == key).order_by(Job.created_at.desc()).limit(1))
+    """The key's active job if it has one (at most one: the database sees to it), else its
+    newest: one query answers both what a request joins and what failure it may remember."""
+    active_first = case((Job.state.in_([s.value for s in ACTIVE_STATES]), 0), else_=1)
+    return session.scalar(select(Job).where(Job.key == key).order_by(active_first, Job.created_at.desc()).limit(1))
 
 
-def _create_or_join(session: Session, ctx: ServiceContext, manifest: dict[str, Any], key: str,
-                    caller: str | None, annotations: dict[str, str]) -> tuple[Job, bool]:
-    """Insert the key's job, or join the one a concurrent request just inserted."""
-    job = Job(
+def _new_job(ctx: ServiceContext, manifest: dict[str, Any], key: str, caller: str | None,
+             annotations: dict[str, str]) -> Job:
+    """The key's job, to insert. It is inserted marked enqueued (`dispatch.send_created` sends it
+    after the commit, and takes the mark back if it cannot): nothing is written between the send
+    and the worker's claim."""
+    now = utcnow()
+    return Job(
         id=str(uuid.uuid4()),
         key=key,
         manifest=manifest,
+        namespace=manifest["namespace"],
         queue=queue_for_manifest(ctx.settings.queue_prefix, manifest),
         attempts=0,
         max_attempts=ctx.settings.max_attempts,
         requested_by=caller,
         cancel_requested=False,
         annotations=annotations or None,
-        created_at=utcnow(),
+        created_at=now,
+        enqueued_at=now,
     )
-    return lifecycle.create(session, job)
 
 
 def _reconcile_stale(ctx: ServiceContext, session: Session, job: Job
@@ -156,48 +253,91 @@ def submit_compile(ctx: ServiceContext, spec: CompileSpec, force: bool, caller: 
     """A hit, a remembered failure, the key's active job to join, or a new job. With `force` a
     remembered failure is compiled again, and an active job that will never finish by itself
     (`dispatch.stale_reason`) is reconciled first: the answer then says `reconciled`."""
-    created: Job | None = None
-    send: Callable[[], Any] | None = None
     resolved, manifest, key = resolve_key(ctx, spec)
     spec_out = resolved.model_dump(mode="json")
     with ctx.db.session() as session:  # no connection is taken unless a query needs one
         artifact = published(ctx, session, key)
     if artifact is not None:  # a hit needs no model: it is compiled already
-        _record(ctx, "compile", manifest, key, artifact, caller)
-        return Outcome(200, {"status": "hit", "key": key, "spec": spec_out,
-                             "artifact": artifact_view(artifact, artifact_hits(ctx, key))})
+        return _hit(ctx, "compile", resolved, manifest, artifact, caller)
+    if resolved.model.format == FOLDER_FORMAT:
+        raise InvalidSpec(f"spec.model.format: {FOLDER_FORMAT} folders are compiled by NxD Inference on a Neuron "
+                          "host, not by the farm: publish the folder with `neffcache push --dir DIR --spec SPEC` "
+                          "(a compile request of its spec is a hit once it is pushed)")
+
+    def decide() -> Outcome:
+        return _decide(ctx, resolved.model.digest, manifest, key, spec_out, force, caller, annotations or {})
+
+    # A forced request acts on its key's job (reconciles it): it decides alone. Any other shares
+    # the decision this process is making for its key, if it is making one (a storm of requests).
+    outcome, shared = (decide(), False) if force else _deciding.share((id(ctx), key), decide)
+    _record(ctx, "compile", manifest, key, None, caller)
+    return _as_joined(outcome, spec_out) if shared else outcome
+
+
+def _decide(ctx: ServiceContext, model_digest: str, manifest: dict[str, Any], key: str, spec_out: dict[str, Any],
+            force: bool, caller: str | None, annotations: dict[str, str]) -> Outcome:
+    """The answer to a compile request that is not a hit: one transaction (the model's blob, the
+    key's job: joined, remembered as failed, or made), then, after its commit, what goes to Redis."""
+    job = _new_job(ctx, manifest, key, caller, annotations)
+    created: Job | None
     with ctx.db.session() as session:
-        if session.get(Blob, resolved.model.digest) is None:
-            raise BlobMissing(
-                f"spec.model.digest: blob {resolved.model.digest} has not been uploaded "
-                f"(PUT /v1/blobs/{resolved.model.digest} first)"
-            )
-        _record(ctx, "compile", manifest, key, None, caller)
-        running = lifecycle.active_job(session, key)
-        reconciled: dict[str, str] = {}
-        if running is not None and force:
-            stale_id = running.id
-            running, reason, send = _reconcile_stale(ctx, session, running)
-            if reason is not None:
-                reconciled = {"reconciled": reason, "stale_job": stale_id}
-        if running is not None:
-            body = {"status": "queued", "key": key, "spec": spec_out, "job": job_view(running),
-                    "deduplicated": True, **reconciled}
+        # The first request of a key (no job yet, its model uploaded) takes one statement; any
+        # other request the reads it needs.
+        if lifecycle.create_for_new_key(session, job, model_digest):
+            outcome, send, created = _queued(key, spec_out, job, deduplicated=False), None, job
         else:
-            last = latest_job(session, key)
-            if (not force and last is not None and last.state == JobState.FAILED
-                    and last.failure_class in REMEMBERED_FAILURES):
-                return Outcome(200, {"status": "failed", "key": key, "spec": spec_out, "job": job_view(last)})
-            job, created_now = _create_or_join(session, ctx, manifest, key, caller, annotations or {})
-            if created_now:
-                created = job
-            body = {"status": "queued", "key": key, "spec": spec_out, "job": job_view(job),
-                    "deduplicated": not created_now, **reconciled}
+            outcome, send, created = _read_and_decide(ctx, session, job, model_digest, spec_out, force)
     if send is not None:
         send()
     if created is not None:
-        dispatch(ctx.db, ctx.redis, created.queue, created.id, attempt=1)
-    return Outcome(202, body)
+        assert created.enqueued_at is not None
+        dispatching.send_created(ctx.db, ctx.redis, created.queue, created.id, created.enqueued_at)
+    return outcome
+
+
+def _read_and_decide(ctx: ServiceContext, session: Session, new: Job, model_digest: str, spec_out: dict[str, Any],
+                     force: bool) -> tuple[Outcome, Callable[[], Any] | None, Job | None]:
+    """_decide for a key that has jobs (or a model not uploaded): (the answer, what to send to
+    Redis after the commit, the job it made)."""
+    if session.get(Blob, model_digest) is None:
+        raise BlobMissing(f"spec.model.digest: blob {model_digest} has not been uploaded "
+                          f"(PUT /v1/blobs/{model_digest} first)")
+    current = latest_job(session, new.key)
+    active = current if current is not None and current.state in ACTIVE_STATES else None
+    send: Callable[[], Any] | None = None
+    reconciled: dict[str, str] = {}
+    if current is not None and active is not None and force:
+        active, reason, send = _reconcile_stale(ctx, session, active)
+        if reason is not None:
+            reconciled = {"reconciled": reason, "stale_job": current.id}
+    if active is not None:
+        return _queued(new.key, spec_out, active, deduplicated=True, **reconciled), send, None
+    if (not force and current is not None and current.state == JobState.FAILED
+            and current.failure_class in REMEMBERED_FAILURES):
+        failed = {"status": "failed", "key": new.key, "spec": spec_out, "job": job_view(current)}
+        return Outcome(200, failed), None, None
+    job, created_now = lifecycle.create(session, new)
+    return (_queued(new.key, spec_out, job, deduplicated=not created_now, **reconciled), send,
+            job if created_now else None)
+
+
+def _queued(key: str, spec_out: dict[str, Any], job: Job, deduplicated: bool, **reconciled: str) -> Outcome:
+    return Outcome(202, {"status": "queued", "key": key, "spec": spec_out, "job": job_view(job),
+                         "deduplicated": deduplicated, **reconciled})
+
+
+def _as_joined(outcome: Outcome, spec_out: dict[str, Any]) -> Outcome:
+    """Another request's answer (never a forced one's) as this request's: with its own spec (the
+    same key, maybe spelled otherwise), and the job it names joined, not made."""
+    body = {**outcome.body, "spec": spec_out}
+    if "deduplicated" in body:
+        body["deduplicated"] = True
+    return Outcome(outcome.status_code, body)
+
+
+# The compile decisions this process is making, by (the context's id, the key): contexts of one
+# process (tests) share nothing.
+_deciding: lifecycle.SharedDecisions[Outcome] = lifecycle.SharedDecisions()
 
 
 def lookup(ctx: ServiceContext, spec: CompileSpec, grant: Grant) -> Outcome:
@@ -206,10 +346,9 @@ def lookup(ctx: ServiceContext, spec: CompileSpec, grant: Grant) -> Outcome:
     with ctx.db.session() as session:  # no connection is taken unless a query needs one
         artifact = published(ctx, session, key)
         nearest = nearest_manifests(session, manifest, grant) if artifact is None else []
-    _record(ctx, "lookup", manifest, key, artifact, grant.caller)
     if artifact is not None:
-        return Outcome(200, {"status": "hit", "key": key, "spec": resolved.model_dump(mode="json"),
-                             "artifact": artifact_view(artifact, artifact_hits(ctx, key))})
+        return _hit(ctx, "lookup", resolved, manifest, artifact, grant.caller)
+    _record(ctx, "lookup", manifest, key, None, grant.caller)
     raise NotFound(
         f"no artifact for key {key}" + (f"; {len(nearest)} published for the same model differ" if nearest else
                                        "; nothing is published for this model"),

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, ClassVar
 
 from neffcache.db.models import Artifact
 from neffcache.db.session import Database
 from neffcache.queue import connect_redis
 from neffcache.sdk import SdkTable
 from neffcache.service.events import EventRecorder
+from neffcache.service.invalidation import Listener
 from neffcache.service.memo import TtlCache
 from neffcache.service.metrics import ServiceMetrics
 from neffcache.service.toolchains import RegisteredToolchain, registered_toolchains
@@ -33,6 +34,11 @@ class ServiceContext:
     toolchains: TtlCache[str, list[RegisteredToolchain]] = field(init=False)
     artifacts: TtlCache[str, Artifact] = field(init=False)
     usage: TtlCache[str, Any] = field(init=False)
+    # Request bodies the routes answered as warm hits, for the hit lane (service.hit_lane).
+    warm_bodies: TtlCache[tuple[str, bytes], Any] = field(init=False)
+    # Drops those entries when what they show changes, told by any process (service.invalidation).
+    invalidations: Listener = field(init=False)
+    ALL_TOOLCHAINS: ClassVar[str] = "all"  # the one entry of `toolchains`
 
     def __post_init__(self) -> None:
         self.metrics = ServiceMetrics(self.db, self.settings)
@@ -40,6 +46,8 @@ class ServiceContext:
         ttl = self.settings.hot_cache_s
         self.grants, self.toolchains, self.artifacts, self.usage = (TtlCache(ttl), TtlCache(ttl), TtlCache(ttl),
                                                                     TtlCache(ttl))
+        self.warm_bodies = TtlCache(ttl, max_entries=4096)
+        self.invalidations = Listener(self, self.settings)
 
     def registered_toolchains(self) -> list[RegisteredToolchain]:
         """The toolchains of live workers (service.toolchains), read at most every hot_cache_s."""
@@ -47,7 +55,7 @@ class ServiceContext:
             with self.db.session() as session:
                 return registered_toolchains(session, self.settings.toolchain_ttl_s)
 
-        return self.toolchains.get_or_load("all", load) or []
+        return self.toolchains.get_or_load(self.ALL_TOOLCHAINS, load) or []
 
     @cached_property
     def redis(self) -> Any:
@@ -56,9 +64,12 @@ class ServiceContext:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ServiceContext:
-        return cls(settings=settings, db=Database(settings.database_url), store=open_store(settings))
+        # A connection per request thread, and two for the event writer and /metrics' collector.
+        database = Database(settings.database_url, pool_size=settings.api_threads + 2)
+        return cls(settings=settings, db=database, store=open_store(settings))
 
     def close(self) -> None:
+        self.invalidations.stop()
         self.events.stop()  # flushes what is pending
         self.db.dispose()
         if "redis" in self.__dict__:

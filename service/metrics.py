@@ -83,6 +83,13 @@ class ServiceMetrics:
             "neffcache_cache_requests", "Lookups, compile requests and downloads by outcome",
             ["kind", "outcome", "target"], registry=self.registry,
         )
+        # Hits (and artifact views) by where their answer came from: `lane` (service.hit_lane,
+        # before routing), `memory` (the route, from memory: no database, no thread) or
+        # `database` (something it needed was not in memory; see README, "The hit path").
+        self.hits_served = Counter(
+            "neffcache_hits_served", "Cache hits and artifact views answered, by where the answer came from",
+            ["kind", "source"], registry=self.registry,
+        )
         # Stored objects this process found not to hash to their digest, by what was reading them
         # (`blob`, `artifact_file`, `job_log`: a download or log the service streamed; `upload`: a
         # re-upload that replaced the corrupt copy). Workers report theirs in the job's message.
@@ -111,6 +118,9 @@ class ServiceMetrics:
 
     def cache_request(self, kind: str, outcome: str, target: str) -> None:
         self.cache_requests.labels(kind, outcome, target).inc()
+
+    def hit_served(self, kind: str, source: str) -> None:
+        self.hits_served.labels(kind, source).inc()
 
     def corrupt_object(self, found_by: str) -> None:
         self.corrupt_objects.labels(found_by).inc()

@@ -18,7 +18,7 @@ from neffcache.lifecycle import heard_since
 from neffcache.queue import version_matches
 from neffcache.sdk import SdkTable
 from neffcache.spec import CompileSpec
-from neffcache.toolchain import release_version
+from neffcache.toolchain import COMPILER_PACKAGE, TORCH_NEURONX_PACKAGE, TORCH_PACKAGE, release_version
 
 
 @dataclass(frozen=True)
@@ -28,12 +28,20 @@ class RegisteredToolchain:
     runtime_name: str
     runtime_version: str
     targets: tuple[str, ...]
+    # (package, version) of the other packages the output depends on (torch-neuronx: torch, neuronx-cc).
+    packages: tuple[tuple[str, str], ...] = ()
+
+    def package(self, name: str) -> str:
+        return dict(self.packages).get(name, "")
 
     def describe(self) -> dict[str, str]:
-        return {
+        described = {
             "compiler": f"{self.compiler_name}=={self.compiler_version}",
             "runtime": f"{self.runtime_name}=={self.runtime_version}",
         }
+        if self.packages:
+            described["packages"] = ", ".join(f"{name}=={version}" for name, version in self.packages)
+        return described
 
 
 def registered_toolchains(session: Session, ttl_s: float) -> list[RegisteredToolchain]:
@@ -46,6 +54,7 @@ def registered_toolchains(session: Session, ttl_s: float) -> list[RegisteredTool
             w.runtime_name,
             w.runtime_version,
             tuple(w.toolchain.get("targets", ())),
+            tuple(sorted((w.toolchain.get("packages") or {}).items())),
         )
         for w in rows
     }
@@ -80,6 +89,8 @@ def resolve_spec(toolchains: Callable[[], list[RegisteredToolchain]], spec: Comp
     spec sets `allow_toolchain_mismatch` (which the key then records).
     """
     assert spec.runtime is not None  # the schema fills in the runtime name
+    if spec.compiler.name == TORCH_NEURONX_PACKAGE:
+        return resolve_torch_neuronx(toolchains, spec, sdk)
     compiler_version = spec.compiler.version
     runtime_version = spec.runtime.version
     if spec.compiler.name == "inductor":
@@ -117,17 +128,100 @@ def resolve_spec(toolchains: Callable[[], list[RegisteredToolchain]], spec: Comp
                          f"(python -m neffcache.sdk refresh) and no live worker has it" if unknown else "",
             )
     if neuron and not spec.allow_toolchain_mismatch and sdk.paired(compiler_version, runtime_version) is False:
-        raise ToolchainMismatch(
-            f"spec.runtime.version: neuronx-cc {compiler_version} ships in SDK "
-            f"{', '.join(sdk.with_compiler(compiler_version))} and runtime {runtime_version} in SDK "
-            f"{', '.join(sdk.with_runtime(runtime_version))}; a NEFF from one may not load on the other "
-            f"(set allow_toolchain_mismatch to build it anyway)",
-            compiler_releases=sdk.with_compiler(compiler_version),
-            runtime_releases=sdk.with_runtime(runtime_version),
-        )
+        raise _unpaired(COMPILER_PACKAGE, compiler_version, sdk.with_compiler(compiler_version), runtime_version, sdk)
     return spec.model_copy(
         update={
             "compiler": spec.compiler.model_copy(update={"version": compiler_version}),
             "runtime": spec.runtime.model_copy(update={"version": runtime_version}),
         }
     )
+
+
+def _unpaired(package: str, version: str, releases: list[str], runtime_version: str,
+              sdk: SdkTable) -> ToolchainMismatch:
+    """The refusal of a package and a runtime that no SDK release ships together."""
+    return ToolchainMismatch(
+        f"spec.runtime.version: {package} {version} ships in SDK {', '.join(releases)} and runtime "
+        f"{runtime_version} in SDK {', '.join(sdk.with_runtime(runtime_version))}; a NEFF from one may not "
+        f"load on the other (set allow_toolchain_mismatch to build it anyway)",
+        compiler_releases=releases,
+        runtime_releases=sdk.with_runtime(runtime_version),
+    )
+
+
+# torch-neuronx's versions, in the order they are filled in: spec field -> the package a
+# registered toolchain names it by ("" for its own compiler version).
+_TORCH_NEURONX_VERSIONS = (
+    ("compiler.version", ""),
+    ("compiler.torch_version", TORCH_PACKAGE),
+    ("compiler.neuronx_cc_version", COMPILER_PACKAGE),
+)
+
+
+def _offered(toolchain: RegisteredToolchain, package: str) -> str:
+    return toolchain.package(package) if package else toolchain.compiler_version
+
+
+def _offers(toolchain: RegisteredToolchain, versions: dict[str, str | None]) -> bool:
+    """Whether the toolchain has every version named (None: not named)."""
+    return all(
+        version_matches(wanted, _offered(toolchain, package))
+        for field, package in _TORCH_NEURONX_VERSIONS
+        if (wanted := versions[field]) is not None
+    )
+
+
+def resolve_torch_neuronx(toolchains: Callable[[], list[RegisteredToolchain]], spec: CompileSpec,
+                          sdk: SdkTable) -> CompileSpec:
+    """resolve_spec for torch-neuronx: torch-neuronx, torch, neuronx-cc and runtime versions.
+
+    Each left out is taken from the registered torch-neuronx workers for the target that have the
+    versions the spec names (for a named runtime, those whose neuronx-cc ships with it); the
+    runtime, from the SDK releases that ship the neuronx-cc. Unless the spec sets
+    `allow_toolchain_mismatch`, a neuronx-cc or torch-neuronx from another SDK release than the
+    runtime, or a torch that is not the one torch-neuronx is built for, is refused."""
+    assert spec.runtime is not None
+    compiler = spec.compiler
+    versions: dict[str, str | None] = {
+        "compiler.version": compiler.version, "compiler.torch_version": compiler.torch_version,
+        "compiler.neuronx_cc_version": compiler.neuronx_cc_version,
+    }
+    runtime_version = spec.runtime.version
+    if not (all(versions.values()) and runtime_version):
+        candidates = [t for t in toolchains() if t.compiler_name == TORCH_NEURONX_PACKAGE and spec.target in t.targets
+                      and _offers(t, versions)]
+        if runtime_version and versions["compiler.neuronx_cc_version"] is None:
+            same_release = sdk.compilers_for_runtime(runtime_version)
+            candidates = [t for t in candidates if (release_version(t.package(COMPILER_PACKAGE)) in same_release
+                                                    if same_release else t.runtime_version == runtime_version)]
+        for field, package in _TORCH_NEURONX_VERSIONS:
+            if versions[field] is None:
+                versions[field] = _pick(field, {_offered(t, package) for t in candidates}, spec, candidates)
+            candidates = [t for t in candidates if version_matches(str(versions[field]), _offered(t, package))]
+        if runtime_version is None:
+            paired = sdk.runtimes_for_compiler(str(versions["compiler.neuronx_cc_version"]))
+            runtime_version = _pick("runtime.version", paired or {t.runtime_version for t in candidates},
+                                    spec, candidates)
+    version, torch_version, cc_version = (str(versions[f]) for f, _ in _TORCH_NEURONX_VERSIONS)
+    if not spec.allow_toolchain_mismatch:
+        _check_torch_neuronx_pairs(version, torch_version, cc_version, runtime_version, sdk)
+    return spec.model_copy(update={
+        "compiler": compiler.model_copy(update={
+            "version": version, "torch_version": torch_version, "neuronx_cc_version": cc_version}),
+        "runtime": spec.runtime.model_copy(update={"version": runtime_version}),
+    })
+
+
+def _check_torch_neuronx_pairs(version: str, torch_version: str, cc_version: str, runtime_version: str,
+                               sdk: SdkTable) -> None:
+    if sdk.paired(cc_version, runtime_version) is False:
+        raise _unpaired(COMPILER_PACKAGE, cc_version, sdk.with_compiler(cc_version), runtime_version, sdk)
+    if sdk.torch_neuronx_paired(version, runtime_version) is False:
+        raise _unpaired(TORCH_NEURONX_PACKAGE, version, sdk.with_torch_neuronx(version), runtime_version, sdk)
+    # torch-neuronx's version starts with the torch release it is built for: 2.9.0.2.15.32035 is torch 2.9.0.
+    built_for = ".".join(release_version(version).split(".")[:3])
+    if release_version(torch_version) != built_for:
+        raise ToolchainMismatch(
+            f"spec.compiler.torch_version: torch-neuronx {version} is built for torch {built_for}, not "
+            f"{torch_version} (set allow_toolchain_mismatch to build it anyway)"
+        )

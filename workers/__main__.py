@@ -32,7 +32,7 @@ def build_context(settings: Settings) -> context.WorkerContext:
     worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     queues = queues_for_toolchain(
         settings.queue_prefix, toolchain.compiler_name, toolchain.compiler_version,
-        toolchain.targets, toolchain.isas,
+        toolchain.targets, toolchain.isas, toolchain.packages,
     )
     return context.WorkerContext(
         settings=settings,

@@ -38,12 +38,13 @@ from typing import Any
 from sqlalchemy import and_, delete, exists, or_, select, text
 
 from neffcache import dispatch as dispatching
+from neffcache import invalidation
 from neffcache.db.models import Job, Worker, utcnow
 from neffcache.db.session import DATABASE_UNAVAILABLE
 from neffcache.dispatch import QueuedJob, dispatch
 from neffcache.errors import StorageError
 from neffcache.lifecycle import FailureClass, JobState, WorkerState
-from neffcache.sdk import SdkTable
+from neffcache.sdk import SdkTable, sdk_releases_of
 from neffcache.workers import context, jobs
 from neffcache.workers.context import WorkerContext
 
@@ -75,8 +76,8 @@ def register(ctx: WorkerContext) -> None:
                 runtime_name=t.runtime_name,
                 runtime_version=t.runtime_version,
                 # Which SDK releases ship this compiler: shown by /v1/toolchains and the CLI.
-                toolchain={**t.as_dict(), "sdk_releases": SdkTable.load().with_compiler(t.compiler_version)
-                           if t.compiler_name == "neuronx-cc" else []},
+                toolchain={**t.as_dict(), "sdk_releases": sdk_releases_of(SdkTable.load(), t.compiler_name,
+                                                                          t.compiler_version)},
                 queues=ctx.queues,
                 state=WorkerState.DEGRADED if ctx.worker_id in _problems else WorkerState.IDLE,
                 current_job=_running.get(ctx.worker_id),
@@ -325,6 +326,9 @@ def mark_stopped(ctx: WorkerContext) -> None:
         worker = session.get(Worker, ctx.worker_id)
         if worker is not None:
             worker.state, worker.current_job, worker.last_heartbeat = WorkerState.STOPPED, None, utcnow()
+    # Its toolchain is out of service now: the API processes drop their view of the registered
+    # toolchains at once, not up to hot_cache_s later (neffcache.invalidation).
+    invalidation.announce(ctx.redis, ctx.settings.queue_prefix, invalidation.Invalidation.toolchains())
 
 
 class Heartbeat(threading.Thread):

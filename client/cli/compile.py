@@ -19,7 +19,6 @@ from neffcache.client.cli.options import (
     spec_options,
 )
 from neffcache.client.cli.progress import follow, status_text, upload_missing
-from neffcache.client.specs import hash_models
 from neffcache.errors import NeffcacheError, NotFound, UsageError
 
 
@@ -54,6 +53,8 @@ def compile_cmd(
         push.compile_from_neuron_cache(from_neuron_cache, a.target, a.runtime_version, a.namespace, force, wait,
                                        timeout, interval, json_out, url, token)
         return
+    from neffcache.client.specs import hash_models  # imported when needed: see the package docstring
+
     entries = a.entries()
     hash_models(entries)
     with session.open_client(url, token) as client:
@@ -87,6 +88,8 @@ def lookup_cmd(
     token: TokenOpt = None,
 ) -> None:
     """Hit or miss per spec; a miss shows the nearest published manifests and the fields that differ."""
+    from neffcache.client.specs import hash_models  # imported when needed: see the package docstring
+
     entries = spec_args.entries()
     hash_models(entries)
     results = []

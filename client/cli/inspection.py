@@ -11,7 +11,6 @@ from neffcache.client import output
 from neffcache.client.cli import session
 from neffcache.client.cli.compile import usage_counts
 from neffcache.client.cli.options import JsonOpt, LimitOpt, TokenOpt, UrlOpt
-from neffcache.client.specs import sha256_file
 from neffcache.digests import is_digest
 from neffcache.errors import UsageError
 
@@ -35,6 +34,8 @@ def ls_cmd(
         path = Path(model)
         if not path.is_file():
             raise UsageError(f"--model {model!r} is neither a sha256:<hex> digest nor a file")
+        from neffcache.client.specs import sha256_file  # imported when needed: see the package docstring
+
         model = sha256_file(path)
     with session.open_client(url, token) as client:
         body = client.artifacts(model=model, target=target, compiler=compiler, limit=limit, cursor=cursor)
@@ -194,13 +195,13 @@ def toolchains_cmd(json_out: JsonOpt = False, url: UrlOpt = None, token: TokenOp
         output.print_json(body)
         return
     releases = body.get("releases", [])
-    output.table("SDK releases", ["sdk", "neuronx-cc", "runtime", "live workers"],
+    output.table("SDK releases", ["sdk", "neuronx-cc", "runtime", "torch-neuronx", "live workers"],
                  [[r.get("sdk"), ", ".join(r.get("neuronx_cc", [])), ", ".join(r.get("runtime", [])),
-                   r.get("live_workers") or ""] for r in releases])
+                   ", ".join(r.get("torch_neuronx", [])), r.get("live_workers") or ""] for r in releases])
     live = body.get("live", [])
     if not live:
         output.say("no live workers")
         return
-    output.table("live toolchains", ["compiler", "runtime", "workers", "SDK releases"],
-                 [[t.get("compiler"), t.get("runtime"), t.get("workers"), ", ".join(t.get("sdk_releases") or [])]
-                  for t in live])
+    output.table("live toolchains", ["compiler", "runtime", "with", "workers", "SDK releases"],
+                 [[t.get("compiler"), t.get("runtime"), t.get("packages") or "", t.get("workers"),
+                   ", ".join(t.get("sdk_releases") or [])] for t in live])

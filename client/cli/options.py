@@ -12,20 +12,16 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from neffcache.client.config import DEFAULT_URL
-from neffcache.client.specs import (
-    SpecEntry,
-    default_compiler,
-    load_spec_files,
-    normalise,
-    parse_input,
-)
 from neffcache.digests import is_digest
 from neffcache.errors import UsageError
+
+if TYPE_CHECKING:
+    from neffcache.client.specs import SpecEntry
 
 # --- every command -----------------------------------------------------------------------------
 UrlOpt = Annotated[str | None, typer.Option("--url", metavar="URL", help=f"Service URL [env NEFFCACHE_URL; default "
@@ -81,6 +77,9 @@ class SpecArgs:
 
     def entries(self) -> list[SpecEntry]:
         """The specs to send: from --spec files, or one built from MODEL and the flags."""
+        # imported when needed: see the package docstring
+        from neffcache.client.specs import default_compiler, load_spec_files, normalise, parse_input
+
         from_flags = any(getattr(self, f.name) for f in fields(self) if f.name != "spec")
         if self.spec and from_flags:
             raise UsageError("give either --spec FILE or a MODEL with --input/--target/... flags, not both")

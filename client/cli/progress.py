@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.live import Live
 from rich.table import Table
@@ -14,8 +14,10 @@ from rich.text import Text
 
 from neffcache.client import output
 from neffcache.client.api import NeffcacheClient
-from neffcache.client.specs import SpecEntry
 from neffcache.errors import NotFound, Unreachable
+
+if TYPE_CHECKING:
+    from neffcache.client.specs import SpecEntry
 
 FINAL_STATES = ("succeeded", "failed", "cancelled")
 UNREACHABLE_FOR_S = 120  # the service may restart while we wait; longer than this ends the wait

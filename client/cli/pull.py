@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -20,9 +20,10 @@ from neffcache.client.lockfile import (
     read_lock,
     write_lock,
 )
-from neffcache.client.neuron_cache_restore import CacheRestore, plan_neuron_cache, restore_into_neuron_cache
 from neffcache.client.pull import (
     LNC_ENV,
+    PullPlan,
+    Wanted,
     check_file_names,
     check_lnc,
     check_origin,
@@ -32,8 +33,12 @@ from neffcache.client.pull import (
     resolve_locked,
 )
 from neffcache.client.runtime import RuntimeResolver
-from neffcache.client.specs import hash_models, load_spec_files
-from neffcache.errors import UsageError
+from neffcache.errors import IntegrityFailure, UsageError
+
+if TYPE_CHECKING:
+    from neffcache.client.api import NeffcacheClient
+    from neffcache.client.neuron_cache_restore import CacheRestore
+    from neffcache.client.specs import SpecEntry
 
 
 class Origin(StrEnum):
@@ -55,6 +60,9 @@ def pull_cmd(
         "--into-neuron-cache", metavar="DIR", help="Restore each artifact as a libneuronxla cache entry instead: "
         "DIR/neuronxcc-<version>/MODULE_*/ with model.neff, compile_flags.json, the HLO, and model.done last.",
         show_default=False)] = None,
+    into: Annotated[Path | None, typer.Option(
+        "--into", metavar="DIR", help="Restore one folder artifact (push --dir) as DIR itself, atomically; a DIR "
+        "that holds it already is left alone.", show_default=False)] = None,
     spec: SpecOpt = None,
     lock: Annotated[Path | None, typer.Option("--lock", metavar="FILE", help="Pull exactly what this lock file "
                                                  "(neffcache lock) names: no key is computed, every digest must match.",
@@ -77,23 +85,23 @@ def pull_cmd(
     NEURON_LOGICAL_NC_CONFIG set, a NEFF built for another number of logical NeuronCores; with
     --require-origin farm, an artifact pushed from elsewhere instead of compiled by the farm.
     """
-    if dest is None and into_neuron_cache is None:
-        raise UsageError("--dest DIR (or --into-neuron-cache DIR) is required")
-    if dest is not None and into_neuron_cache is not None:
-        raise UsageError("give --dest DIR or --into-neuron-cache DIR, not both")
+    given = [o for o, p in (("--dest", dest), ("--into", into), ("--into-neuron-cache", into_neuron_cache))
+             if p is not None]
+    if not given:
+        raise UsageError("--dest DIR (or --into DIR, --into-neuron-cache DIR) is required")
+    if len(given) > 1:
+        raise UsageError(f"give one of --dest DIR, --into DIR and --into-neuron-cache DIR, not {' and '.join(given)}")
     if lock is not None and (keys or spec):
         raise UsageError("--lock FILE pulls exactly what the lock names: give it without KEYs or --spec")
     if not keys and not spec and lock is None:
         raise UsageError("nothing to pull: give artifact KEYs, --spec FILE or --lock FILE")
     session.check_keys(keys)
-    folder = dest if dest is not None else into_neuron_cache
+    folder = dest if dest is not None else into if into is not None else into_neuron_cache
     assert folder is not None
-    option = "--dest" if dest is not None else "--into-neuron-cache"
     if folder.exists() and not folder.is_dir():
-        raise UsageError(f"{option} {folder} exists and is not a folder")
+        raise UsageError(f"{given[0]} {folder} exists and is not a folder")
     locked = read_lock(lock) if lock is not None else None
-    entries = load_spec_files(spec) if spec else []
-    hash_models(entries)  # hashed only: a lookup does not need the model uploaded
+    entries = _spec_entries(spec)  # hashed only: a lookup does not need the model uploaded
     resolver = RuntimeResolver(runtime_version or [], session.settings(url, token).runtime_version)
     lock_path = dest / LOCK_FILE_NAME if dest is not None else None
     with session.open_client(url, token, max_connections=max(parallel * 2, 8)) as client:
@@ -105,7 +113,13 @@ def pull_cmd(
         check_origin(wanted, require_origin.value if require_origin is not None else None)
         check_runtimes(wanted, resolver)
         check_lnc(wanted, os.environ.get(LNC_ENV))
+        if into is not None:
+            _pull_folder(client, wanted, into, parallel, json_out)
+            return
         if into_neuron_cache is not None:
+            # imported when needed: see the package docstring
+            from neffcache.client.neuron_cache_restore import plan_neuron_cache, restore_into_neuron_cache
+
             restores = plan_neuron_cache(client, wanted, into_neuron_cache)
             total = sum(r.neff.size + r.hlo.size for r in restores)
             with output.transfer_progress() as progress:
@@ -114,7 +128,7 @@ def pull_cmd(
                 restore_into_neuron_cache(client, restores, parallel, lambda n: progress.advance(task, n))
         else:
             assert dest is not None and lock_path is not None
-            files = plan(wanted, dest)
+            files = _plan_dest(wanted, dest)
             with output.transfer_progress() as progress:
                 task = progress.add_task(f"pull {len(files)} file(s)", total=sum(f.size for f in files))
                 # All or nothing: the files, then the lock file recording them.
@@ -143,6 +157,65 @@ def pull_cmd(
         fetched = sum(1 for f in files if f.status == "downloaded")
         output.say(f"pulled {len(wanted)} artifact(s) into {dest}: {fetched} file(s) downloaded, "
                    f"{len(files) - fetched} already present; recorded in {lock_path}")
+
+
+def _pull_folder(client: NeffcacheClient, wanted: list[Wanted], into: Path, parallel: int, json_out: bool) -> None:
+    """`pull --into DIR`: one artifact, restored as DIR (client/folders.py)."""
+    from neffcache.client.folders import pull_into  # imported when needed: see the package docstring
+
+    if len(wanted) != 1:
+        raise UsageError(f"--into DIR restores one artifact, and {len(wanted)} were named; nothing was pulled")
+    item = wanted[0]
+    with output.transfer_progress() as progress:
+        task = progress.add_task(f"pull {into}", total=sum(int(f["size"]) for f in item.artifact["files"]))
+        files = pull_into(client, item, into, parallel, lambda n: progress.advance(task, n))
+    fetched = sum(1 for f in files if f.status == "downloaded")
+    if json_out:
+        output.print_json({"into": str(into), "key": item.key, "requested_as": item.requested_as,
+                           "runtime": item.artifact["manifest"]["runtime"],
+                           "files": [{"name": str(f.path.relative_to(into).as_posix()), "sha256": f.sha256,
+                                      "size": f.size, "status": f.status} for f in files]})
+        return
+    output.say(f"pulled artifact {item.key} into {into}: {fetched} file(s) downloaded, "
+               f"{len(files) - fetched} already present, every sha256 verified")
+
+
+def check_locked_names(item: Wanted) -> None:
+    """Every file name of an artifact `neffcache lock` records safe where it is pulled: a folder
+    artifact's paths under --into DIR, any other's names under DEST/<key>/ (exit 5 otherwise)."""
+    from neffcache.client.folders import is_folder_artifact, tree_files
+
+    if is_folder_artifact(item.artifact):
+        tree_files(item, Path(), "nothing was written")
+    else:
+        check_file_names(item, "nothing was written")
+
+
+def _plan_dest(wanted: list[Wanted], dest: Path) -> PullPlan:
+    """`plan`; a folder artifact's paths are refused there like any name with a separator (exit 5),
+    and the refusal then says where such an artifact goes."""
+    try:
+        return plan(wanted, dest)
+    except IntegrityFailure as exc:
+        from neffcache.client.folders import is_folder_artifact
+
+        folders = [w.key for w in wanted if is_folder_artifact(w.artifact)]
+        if folders:
+            exc.detail += f"; artifact {folders[0]} is a folder (published with push --dir): pull it with --into DIR"
+            exc.args = (exc.detail,)
+        raise
+
+
+def _spec_entries(spec: list[Path] | None) -> list[SpecEntry]:
+    """The --spec files' entries, their models hashed; none without --spec, and then client/specs.py
+    is not even imported (see the package docstring)."""
+    if not spec:
+        return []
+    from neffcache.client.specs import hash_models, load_spec_files
+
+    entries = load_spec_files(spec)
+    hash_models(entries)
+    return entries
 
 
 def _report_neuron_cache_pull(root: Path, restores: list[CacheRestore], lock: Path | None, json_out: bool) -> None:
@@ -189,13 +262,12 @@ def lock_cmd(
     session.check_keys(keys)
     if output_file is not None and output_file.exists() and output_file.is_dir():
         raise UsageError(f"--output {output_file} is a folder")
-    entries = load_spec_files(spec) if spec else []
-    hash_models(entries)
+    entries = _spec_entries(spec)
     with session.open_client(url, token) as client:
         # Keys may be prefixes: the lock records the whole key the service answered with.
         wanted = resolve(client, list(dict.fromkeys(keys or [])), entries, "nothing was written")
         for item in wanted:  # names `pull --lock` would refuse are not locked (exit 5)
-            check_file_names(item, "nothing was written")
+            check_locked_names(item)
         doc: dict[str, Any] = lock_document(client.url, wanted)
     if output_file is None:
         output.write(dump(doc))

@@ -5,28 +5,30 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from neffcache import errors, neff
+from neffcache import errors
 from neffcache.client import neuron_cache, output
 from neffcache.client.cli import session
 from neffcache.client.cli.exits import conclude
-from neffcache.client.cli.options import JsonOpt, NamespaceOpt, TokenOpt, UrlOpt
+from neffcache.client.cli.options import JsonOpt, NamespaceOpt, SpecOpt, TokenOpt, UrlOpt
 from neffcache.client.cli.progress import (
     follow,
     status_text,
     upload_files,
     upload_missing,
 )
-from neffcache.client.specs import SpecEntry, hash_models, normalise, sha256_file
 from neffcache.errors import (
     EXIT_UNAVAILABLE,
     ArtifactExists,
     NeffcacheError,
     UsageError,
 )
+
+if TYPE_CHECKING:
+    from neffcache.client.specs import SpecEntry
 
 UNFINISHED = "model.neff without model.done (a compile in progress, or interrupted)"
 
@@ -41,6 +43,8 @@ def _cache_entries(root: Path) -> list[neuron_cache.CacheEntry]:
 def _cache_spec(entry: neuron_cache.CacheEntry, target: str | None, runtime_version: str | None,
                 namespace: str | None) -> SpecEntry:
     """The entry's spec, checked locally (a bad one is a usage error naming the entry)."""
+    from neffcache.client.specs import normalise  # imported when needed: see the package docstring
+
     return normalise(neuron_cache.entry_spec(entry, target, runtime_version, namespace), entry.label, None)
 
 
@@ -72,6 +76,8 @@ def _say_skipped(skipped: list[dict[str, str]]) -> None:
 def compile_from_neuron_cache(root: Path, target: str | None, runtime_version: str | None, namespace: str | None,
                               force: bool, wait: bool, timeout: float | None, interval: float, json_out: bool,
                               url: str | None, token: str | None) -> None:
+    from neffcache.client.specs import hash_models  # imported when needed: see the package docstring
+
     entries = _cache_entries(root)
     todo = [e for e in entries if not e.has_neff]
     skipped = _skipped(entries, todo, lambda e: "already compiled (model.neff and model.done)" if e.has_done
@@ -115,9 +121,13 @@ def compile_from_neuron_cache(root: Path, target: str | None, runtime_version: s
 
 
 def push_cmd(
-    from_neuron_cache: Annotated[Path, typer.Option(
+    from_neuron_cache: Annotated[Path | None, typer.Option(
         "--from-neuron-cache", metavar="DIR", help="A libneuronxla cache folder: every entry holding model.neff and "
-        "model.done is validated and published.", show_default=False)],
+        "model.done is validated and published.", show_default=False)] = None,
+    folder: Annotated[Path | None, typer.Option(
+        "--dir", metavar="DIR", help="A compiled-artifact folder (NxD Inference's compiled_model_path): published "
+        "whole, paths kept, under the key of --spec.", show_default=False)] = None,
+    spec: SpecOpt = None,
     target: Annotated[str | None, typer.Option("--target", metavar="TARGET", help="trn1 trn1n inf2 trn2 trn3 "
                                                   "(default: the --target in each entry's compile_flags.json).",
                                                   show_default=False)] = None,
@@ -129,12 +139,26 @@ def push_cmd(
     url: UrlOpt = None,
     token: TokenOpt = None,
 ) -> None:
-    """Publish the NEFFs a host already compiled into its libneuronxla cache.
+    """Publish the NEFFs a host already compiled into its libneuronxla cache, or (--dir DIR --spec FILE)
+    a whole compiled-artifact folder.
 
-    Each entry becomes the artifact of the spec `compile --from-neuron-cache` would send (same key,
+    Each cache entry becomes the artifact of the spec `compile --from-neuron-cache` would send (same key,
     same annotations). An invalid NEFF is reported and not sent; the valid ones are still published,
     and the command then exits 5. A key already published (by the farm or another host) is left as it is.
     """
+    if folder is not None or spec:
+        if from_neuron_cache is not None or target is not None or runtime_version is not None:
+            raise UsageError("--dir DIR --spec FILE publishes a folder under the spec's key: give it without "
+                             "--from-neuron-cache, --target or --runtime-version (the spec names them)")
+        if folder is None or not spec:
+            raise UsageError("--dir DIR and --spec FILE go together")
+        push_folder(folder, spec, namespace, json_out, url, token)
+        return
+    if from_neuron_cache is None:
+        raise UsageError("nothing to push: give --from-neuron-cache DIR, or --dir DIR --spec FILE")
+    from neffcache import neff  # imported when needed: see the package docstring
+    from neffcache.client.specs import hash_models, sha256_file
+
     root = from_neuron_cache
     entries = _cache_entries(root)
     ready = [e for e in entries if e.has_neff_and_done]
@@ -185,6 +209,41 @@ def push_cmd(
     else:
         _print_pushed(root, results, skipped)
     conclude(results)
+
+
+def push_folder(folder: Path, spec_files: list[Path], namespace: str | None, json_out: bool, url: str | None,
+                token: str | None) -> None:
+    """`push --dir`: every file checked and hashed here, uploaded unless the service has it, and
+    published in one request; the service validates every NEFF and publishes nothing if one is
+    not valid (exit 5). A key published already with these files is a success; with others, exit 5."""
+    # imported when needed: see the package docstring
+    from neffcache.client.folders import check_neffs, digest_files, published_names, scan_folder
+    from neffcache.client.specs import hash_models, load_spec_files
+
+    entries = load_spec_files(spec_files)
+    if len(entries) != 1:
+        raise UsageError(f"--spec: a folder is published under one spec, the file(s) hold {len(entries)}")
+    entry = entries[0]
+    if namespace is not None:
+        entry.spec["namespace"] = namespace
+    scanned = scan_folder(folder)
+    check_neffs(scanned)
+    files = digest_files(scanned)
+    hash_models(entries)
+    with session.open_client(url, token) as client:
+        upload_files(client, ([(entry.digest, entry.model_path)] if entry.model_path is not None else [])
+                     + [(digest, f.local) for f, digest in files])
+        try:
+            body = client.publish(entry.spec, published_names(files))
+        except NeffcacheError as exc:
+            raise session.with_label(entry, exc) from None
+    size = sum(f.size for f, _ in files)
+    if json_out:
+        output.print_json({"dir": str(folder), "key": body["key"], "status": body["status"],
+                           "files": [{"name": f.path, "digest": d, "size": f.size} for f, d in files]})
+        return
+    verb = "published" if body["status"] == "published" else "already published with these files"
+    output.say(f"{folder}: {len(files)} file(s), {output.human_bytes(size)}, {verb} as {body['key']}")
 
 
 def _print_pushed(root: Path, results: list[dict[str, Any]], skipped: list[dict[str, str]]) -> None:

@@ -8,12 +8,15 @@ so that the run can say at the end which service answered (`service_note`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from neffcache.client.api import NeffcacheClient
 from neffcache.client.config import ClientSettings, load_settings
-from neffcache.client.specs import SpecEntry
 from neffcache.digests import is_key_prefix
 from neffcache.errors import NeffcacheError, UsageError
+
+if TYPE_CHECKING:
+    from neffcache.client.specs import SpecEntry
 
 
 @dataclass

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from neffcache.db.models import ORIGINS, Artifact
 from neffcache.digests import DIGEST_PATTERN, bare_hex, is_bare_hex
@@ -76,16 +77,27 @@ def list_artifacts(
         return {"artifacts": [artifact_view(a) for a in rows], "next_cursor": cursor_out}
 
 
-@router.get("/{key}", dependencies=[READ], responses=error_responses(*NAMED_ERRORS))
-def get_artifact(key: KeyInPath, request: Request) -> dict[str, Any]:
+@router.get("/{key}", dependencies=[READ], response_model=dict[str, Any],
+            responses=error_responses(*NAMED_ERRORS))
+async def get_artifact(key: KeyInPath, request: Request) -> JSONResponse:
     """One artifact, by its key or a unique prefix of it (8 hex characters at least)."""
-    with context(request).db.session() as session:
+    # Warm (a whole key whose artifact and counts are in memory): answered in the event loop.
+    view = cache.warm_artifact(context(request), key.lower(), grant(request))
+    if view is None:
+        return await run_in_threadpool(_artifact_from_database, key, request)
+    return JSONResponse(view)
+
+
+def _artifact_from_database(key: str, request: Request) -> JSONResponse:
+    ctx = context(request)
+    with ctx.db.session() as session:
         artifact = _get(request, session, key)
-    return artifact_view(artifact, cache.artifact_hits(context(request), artifact.key))
+    ctx.metrics.hit_served("artifact", "database")
+    return JSONResponse(artifact_view(artifact, cache.artifact_hits(ctx, artifact.key)))
 
 
 @router.get(
-    "/{key}/files/{name}",
+    "/{key}/files/{name:path}",  # a file of a folder artifact is named by its relative path
     dependencies=[READ],
     responses=error_responses(*NAMED_ERRORS, *STORE_ERRORS, into={
         307: {"description": "redirect to a presigned URL (S3)"},

@@ -6,13 +6,14 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from neffcache.errors import BlobMissing, Forbidden, NotFound
-from neffcache.service import cache
+from neffcache.service import cache, hit_lane
 from neffcache.service.auth import READ, WRITE, grant
 from neffcache.service.errors import KEY_ERRORS, error_responses
 from neffcache.service.routes.deps import caller, context
-from neffcache.spec import CompileRequest, LookupRequest
+from neffcache.spec import CompileRequest, CompileSpec, LookupRequest
 
 router = APIRouter(prefix="/v1", tags=["cache"])
 
@@ -28,13 +29,31 @@ router = APIRouter(prefix="/v1", tags=["cache"])
         },
     ),
 )
-def compile_spec(body: CompileRequest, request: Request) -> JSONResponse:
+async def compile_spec(body: CompileRequest, request: Request) -> JSONResponse:
     grant(request).check(body.spec.namespace)
-    outcome = cache.submit_compile(context(request), body.spec, body.force, caller(request), body.annotations)
+    outcome = await _warm_hit(request, "compile", body.spec)
+    if outcome is None:
+        outcome = await run_in_threadpool(cache.submit_compile, context(request), body.spec, body.force,
+                                          caller(request), body.annotations)
     return JSONResponse(outcome.body, status_code=outcome.status_code)
 
 
-@router.post("/lookup", dependencies=[READ], responses=error_responses(NotFound, Forbidden, *KEY_ERRORS))
-def lookup_spec(body: LookupRequest, request: Request) -> dict[str, Any]:
+@router.post("/lookup", dependencies=[READ], response_model=dict[str, Any],
+             responses=error_responses(NotFound, Forbidden, *KEY_ERRORS))
+async def lookup_spec(body: LookupRequest, request: Request) -> JSONResponse:
     grant(request).check(body.spec.namespace)
-    return cache.lookup(context(request), body.spec, grant(request)).body
+    outcome = await _warm_hit(request, "lookup", body.spec)
+    if outcome is None:
+        outcome = await run_in_threadpool(cache.lookup, context(request), body.spec, grant(request))
+    return JSONResponse(outcome.body, status_code=outcome.status_code)
+
+
+async def _warm_hit(request: Request, kind: str, spec: CompileSpec) -> cache.Outcome | None:
+    """A hit answered from memory, here in the event loop (service.cache.warm_hit), its body then
+    remembered for the hit lane; None: the database path answers, in a thread."""
+    ctx = context(request)
+    resolved = cache.resolve_in_memory(ctx, spec)
+    outcome = cache.warm_hit(ctx, kind, resolved, caller(request)) if resolved is not None else None
+    if outcome is not None and resolved is not None:
+        hit_lane.remember(ctx, kind, await request.body(), spec.namespace, resolved)
+    return outcome

@@ -97,19 +97,21 @@ class Stack:
         env.update(extra or {})
         return env
 
-    def start_server(self, timeout_s: float = 60) -> str:
+    def start_server(self, timeout_s: float = 60, name: str = "server") -> str:
+        """Start an API process and return its URL; the first one's is the stack's (`url`)."""
         port = free_port()
-        proc = Process("server", [sys.executable, "-m", "neffcache.service", "serve", "--port", str(port)],
+        proc = Process(name, [sys.executable, "-m", "neffcache.service", "serve", "--port", str(port)],
                        self.env(), self.log_dir)
         self.processes.append(proc)
-        self.url = f"http://127.0.0.1:{port}"
+        url = f"http://127.0.0.1:{port}"
+        self.url = self.url or url
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if not proc.alive():
                 raise RuntimeError(f"service exited:\n{proc.log_tail()}")
             try:
-                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
-                    return self.url
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    return url
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)

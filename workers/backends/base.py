@@ -7,7 +7,7 @@ the caller creates and deletes; nothing it does may outlive the job or write out
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,9 +29,12 @@ class Toolchain:
     targets: tuple[str, ...]  # targets this host can compile for
     # cpu: the x86-64 levels this host builds for; cuda: "sm_<major><minor>" of its GPU.
     isas: tuple[str, ...] = ()
+    # Other packages whose versions the compiler's output depends on, by package name (torch-neuronx:
+    # torch and neuronx-cc). Empty for a compiler that is all of its own toolchain.
+    packages: Mapping[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "compiler_name": self.compiler_name,
             "compiler_version": self.compiler_version,
             "runtime_name": self.runtime_name,
@@ -39,6 +42,9 @@ class Toolchain:
             "targets": list(self.targets),
             "isas": list(self.isas),
         }
+        if self.packages:  # only where there are any: the others' records are as they were
+            data["packages"] = dict(self.packages)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Toolchain:
@@ -49,6 +55,7 @@ class Toolchain:
             runtime_version=str(data["runtime_version"]),
             targets=tuple(data.get("targets", ())),
             isas=tuple(data.get("isas", ())),
+            packages={str(k): str(v) for k, v in (data.get("packages") or {}).items()},
         )
 
 
@@ -60,7 +67,8 @@ class CompileOutcome:
     failure_class: FailureClass | None
     # One readable line: "neuronx-cc exited with 70: ERROR 70: ...", "timed out after 3.0 s".
     message: str
-    # Output file name -> path, only when ok: neuronx-cc {"model.neff"}, inductor {"model.pt2"}.
+    # Output file name -> path, only when ok: neuronx-cc {"model.neff"}, inductor {"model.pt2"},
+    # torch-neuronx {"model.pt", one "<name>.neff" per NEFF}.
     files: dict[str, Path] = field(default_factory=dict)
     # The captured compiler log (stdout+stderr); always exists, possibly empty.
     log_path: Path = Path()

@@ -90,7 +90,7 @@ def run_process(
                     break
         finally:
             # Also on a normal exit (stray children) and when should_cancel raised.
-            _kill_group(proc.pid)
+            _kill_group(proc.pid, wait_s=GROUP_GONE_WAIT_S)
             if proc.returncode is None:
                 proc.wait()
             marker.unlink(missing_ok=True)  # the group is gone: nothing left to reap
@@ -140,11 +140,35 @@ def _start_supervised(argv: Sequence[str], cwd: Path, env: Mapping[str, str], lo
     return proc
 
 
-def _kill_group(pgid: int) -> None:
+# How long a killed group may take to be gone before the run is reported over anyway.
+GROUP_GONE_WAIT_S = 5.0
+
+
+def _kill_group(pgid: int, wait_s: float = 0.0) -> None:
+    """SIGKILL the process group; with `wait_s`, return once none of it runs (zombies aside) or
+    after `wait_s`: SIGKILL takes effect asynchronously, and on a loaded host a member can still
+    be running right after killpg returns, so a run must not be reported over (its scratch dir
+    removed, the next job started) while part of it may still write."""
     try:
         os.killpg(pgid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
-        pass
+        return
+    deadline = time.monotonic() + wait_s
+    while wait_s and _group_runs(pgid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def _group_runs(pgid: int) -> bool:
+    """Whether a process of group `pgid` still runs (not a zombie), as /proc shows it; False
+    where there is no /proc."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            return True
+    return False
 
 
 def _record_run(marker: Path, pgid: int) -> None:

@@ -10,15 +10,18 @@ from neffcache.settings import Settings
 from neffcache.workers.backends.base import Backend
 from neffcache.workers.backends.inductor import InductorBackend
 from neffcache.workers.backends.neuronx_cc import NeuronxCcBackend
+from neffcache.workers.backends.torch_neuronx import TorchNeuronxBackend
 
 # NEFFCACHE_WORKER_BACKEND -> backend class, by each backend's own name.
-BACKENDS: dict[str, type[Backend]] = {cls.name: cls for cls in (InductorBackend, NeuronxCcBackend)}
+BACKENDS: dict[str, type[Backend]] = {
+    cls.name: cls for cls in (InductorBackend, NeuronxCcBackend, TorchNeuronxBackend)
+}
 # Other spellings accepted for a backend's name.
-ALIASES: dict[str, str] = {"neuronx_cc": "neuronx-cc", "neuronxcc": "neuronx-cc"}
+ALIASES: dict[str, str] = {"neuronx_cc": "neuronx-cc", "neuronxcc": "neuronx-cc", "torch_neuronx": "torch-neuronx"}
 
 
 def load_backend(settings: Settings) -> Backend:
-    """The backend `settings.worker_backend` names: "inductor" or "neuronx-cc"."""
+    """The backend `settings.worker_backend` names: "inductor", "neuronx-cc" or "torch-neuronx"."""
     name = settings.worker_backend.strip().lower()
     cls = BACKENDS.get(ALIASES.get(name, name))
     if cls is None:

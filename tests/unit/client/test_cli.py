@@ -261,7 +261,8 @@ def test_logs_cut_short_otherwise_or_unreachable_exit_6() -> None:
 
 
 # --- locks of unsafe file names ----------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["..", "-rf", "CON", "nul.neff", "a/b", "/etc/passwd", "a\\b", "a\x00b"])
+# ("a/b" is a folder artifact's path, locked for pull --into: tests/stack/test_cli_folders.py)
+@pytest.mark.parametrize("name", ["..", "-rf", "CON", "nul.neff", "a//b", "/etc/passwd", "a\\b", "a\x00b"])
 def test_a_lock_of_an_artifact_whose_file_name_is_unsafe_exits_5_and_writes_nothing(tmp_path: Path,
                                                                                     name: str) -> None:
     lock = tmp_path / "deploy.lock.json"

@@ -11,7 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from neffcache.spec import (
-    FILE_NAME_PATTERN,
+    FILE_PATH_PATTERN,
     CompileRequest,
     PublishRequest,
     check_file_name,
@@ -103,7 +103,7 @@ SAFE = ["model.neff", "compile.log", "model.pt2", "model.hlo_module.pb", "compil
 UNSAFE = [
     ("", "empty"), (".", "the folder itself"), ("..", "the parent folder"), ("...", "only dots"),
     (".hidden", "hidden"), ("-rf", "an option"), ("-", "an option"), ("model.", "Windows drops the dot"),
-    ("a/b", "a separator"), ("a\\b", "a Windows separator"), ("/etc/passwd", "absolute"),
+    ("a//b", "a separator, around an empty component"), ("a\\b", "a Windows separator"), ("/etc/passwd", "absolute"),
     ("a\x00b", "NUL"), ("a\nb", "newline"), ("model.neff\n", "trailing newline"), ("a\tb", "tab"),
     ("a b", "space"), ("a:b", "a drive or a stream (Windows)"), ("a*b", "a glob"), ("ü.neff", "not ASCII"),
     ("x" * 129, "too long"),
@@ -130,7 +130,7 @@ def test_the_file_name_pattern_in_the_schema_is_the_rule() -> None:
     import re
 
     schema = PublishRequest.model_json_schema()["$defs"]["PublishedFileRef"]["properties"]["name"]
-    assert schema["pattern"] == FILE_NAME_PATTERN
+    assert schema["pattern"] == FILE_PATH_PATTERN  # a name, or a folder artifact's path of names
     for name in SAFE:
         assert re.search(schema["pattern"], name), name
     for name, _ in UNSAFE:

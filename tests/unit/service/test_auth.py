@@ -15,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from neffcache import tokens
+from neffcache import invalidation, tokens
 from neffcache.db.models import ApiToken, Job, utcnow
 from neffcache.db.session import Database
 from neffcache.errors import Forbidden
@@ -83,7 +83,7 @@ def test_the_bootstrap_token_is_refused_once_an_admin_token_exists(
     assert status == 200 and [t["name"] for t in body["tokens"]] == ["ops", "pods"]
     # Revoking the admin token does not bring the bootstrap token back.
     with service.db.session() as session:
-        tokens.revoke_token(session, "ops")
+        tokens.revoke_token(session, "ops", invalidation.nobody)
     assert service.get("/v1/tokens", admin)[0] == 401
     assert service.get("/v1/tokens", BOOTSTRAP)[0] == 401
 
@@ -179,7 +179,7 @@ def test_a_revoked_token_is_refused_once_its_grant_leaves_memory(tmp_path: Path)
 
             assert status(token) == 200 and status(expiring) == 200
             with db.session() as session:
-                tokens.revoke_token(session, "ci")
+                tokens.revoke_token(session, "ci", invalidation.nobody)
                 session.get(ApiToken, "soon").expires_at = utcnow() - timedelta(seconds=1)  # type: ignore[union-attr]
             assert status(token) == 200, "still in memory"
             assert status(expiring) == 200, "its expiry as it was read: in an hour"

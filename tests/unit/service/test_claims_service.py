@@ -23,7 +23,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
-from neffcache import tokens
+from neffcache import invalidation, tokens
 from neffcache.db.session import Database
 from neffcache.service.app import create_app
 from neffcache.storage.scrub import scrub
@@ -119,7 +119,7 @@ def test_the_bootstrap_token_stays_refused_after_the_revoked_admin_tokens_name_i
         with db.session() as session:
             tokens.create_token(session, "ops", "admin")
         with db.session() as session:
-            tokens.revoke_token(session, "ops")
+            tokens.revoke_token(session, "ops", invalidation.nobody)
         with db.session() as session:
             tokens.create_token(session, "ops", "read")  # the name again, for a token of another scope
     finally:

@@ -40,8 +40,8 @@ def _body(blobs: dict[str, str], *names: str, shape: int = 4) -> dict[str, Any]:
     return {"spec": spec, "files": [{"name": n, "digest": blobs["package"]} for n in names]}
 
 
-@pytest.mark.parametrize("name", [".", "..", "...", ".hidden", "-rf", "a/b", "..\\x", "model.", "NUL", "con.pt2",
-                                  "a\x00b", "a\nb", "", "x" * 129])
+@pytest.mark.parametrize("name", [".", "..", "...", ".hidden", "-rf", "a//b", "a/../b", "/abs", "a/", "..\\x",
+                                  "model.", "NUL", "con.pt2", "a\x00b", "a\nb", "", "x" * 129])
 def test_an_unsafe_file_name_is_422_and_nothing_is_published(app: TestClient, blobs: dict[str, str],
                                                              name: str) -> None:
     body = error_body(app.post("/v1/artifacts", json=_body(blobs, name)), 422, "invalid_spec", "files[0].name")
