@@ -66,9 +66,10 @@ class _NotInMemory(Exception):
 
 @dataclass(frozen=True)
 class Resolved:
-    """A spec resolved from memory: both versions filled in, its manifest and key."""
+    """A spec resolved from memory: both versions filled in (as the answer shows it), its
+    manifest and key."""
 
-    spec: CompileSpec
+    spec: dict[str, Any]
     manifest: dict[str, Any]
     key: str
     # The registered toolchains it was resolved against; None when the spec named both versions
@@ -95,8 +96,9 @@ def resolve_in_memory(ctx: ServiceContext, spec: CompileSpec) -> Resolved | None
         resolved = resolve_spec(toolchains, spec, ctx.sdk)
     except (_NotInMemory, NeffcacheError):
         return None
-    manifest, key = key_for_spec(resolved.model_dump(mode="json"))
-    return Resolved(resolved, manifest, key, consulted[0] if consulted else None)
+    spec_out = resolved.model_dump(mode="json")
+    manifest, key = key_for_spec(spec_out)
+    return Resolved(spec_out, manifest, key, consulted[0] if consulted else None)
 
 
 def warm_hit(ctx: ServiceContext, kind: str, resolved: Resolved, caller: str | None,
@@ -111,14 +113,14 @@ def warm_hit(ctx: ServiceContext, kind: str, resolved: Resolved, caller: str | N
     return _hit(ctx, kind, resolved.spec, resolved.manifest, artifact, caller, snapshot, source)
 
 
-def _hit(ctx: ServiceContext, kind: str, resolved: CompileSpec, manifest: dict[str, Any], artifact: Artifact,
+def _hit(ctx: ServiceContext, kind: str, spec_out: dict[str, Any], manifest: dict[str, Any], artifact: Artifact,
          caller: str | None, snapshot: UsageSnapshot | None = None, source: str = "memory") -> Outcome:
     """A hit's answer, for lookup and compile alike, its event recorded first (the counts it
     shows include it); with the usage `snapshot` in memory it asks the database nothing."""
     _record(ctx, kind, manifest, artifact.key, artifact, caller)
     ctx.metrics.hit_served(kind, "database" if snapshot is None else source)
     usage = artifact_hits(ctx, artifact.key) if snapshot is None else _usage_now(ctx, artifact.key, snapshot)
-    return Outcome(200, {"status": "hit", "key": artifact.key, "spec": resolved.model_dump(mode="json"),
+    return Outcome(200, {"status": "hit", "key": artifact.key, "spec": spec_out,
                          "artifact": artifact_view(artifact, usage)})
 
 
@@ -258,7 +260,7 @@ def submit_compile(ctx: ServiceContext, spec: CompileSpec, force: bool, caller: 
     with ctx.db.session() as session:  # no connection is taken unless a query needs one
         artifact = published(ctx, session, key)
     if artifact is not None:  # a hit needs no model: it is compiled already
-        return _hit(ctx, "compile", resolved, manifest, artifact, caller)
+        return _hit(ctx, "compile", spec_out, manifest, artifact, caller)
     if resolved.model.format == FOLDER_FORMAT:
         raise InvalidSpec(f"spec.model.format: {FOLDER_FORMAT} folders are compiled by NxD Inference on a Neuron "
                           "host, not by the farm: publish the folder with `neffcache push --dir DIR --spec SPEC` "
@@ -269,7 +271,7 @@ def submit_compile(ctx: ServiceContext, spec: CompileSpec, force: bool, caller: 
 
     # A forced request acts on its key's job (reconciles it): it decides alone. Any other shares
     # the decision this process is making for its key, if it is making one (a storm of requests).
-    outcome, shared = (decide(), False) if force else _deciding.share((id(ctx), key), decide)
+    outcome, shared = (decide(), False) if force else ctx.compile_decisions.share(key, decide)
     _record(ctx, "compile", manifest, key, None, caller)
     return _as_joined(outcome, spec_out) if shared else outcome
 
@@ -335,11 +337,6 @@ def _as_joined(outcome: Outcome, spec_out: dict[str, Any]) -> Outcome:
     return Outcome(outcome.status_code, body)
 
 
-# The compile decisions this process is making, by (the context's id, the key): contexts of one
-# process (tests) share nothing.
-_deciding: lifecycle.SharedDecisions[Outcome] = lifecycle.SharedDecisions()
-
-
 def lookup(ctx: ServiceContext, spec: CompileSpec, grant: Grant) -> Outcome:
     """A hit, or NotFound with the nearest published manifests the token may see."""
     resolved, manifest, key = resolve_key(ctx, spec)
@@ -347,7 +344,7 @@ def lookup(ctx: ServiceContext, spec: CompileSpec, grant: Grant) -> Outcome:
         artifact = published(ctx, session, key)
         nearest = nearest_manifests(session, manifest, grant) if artifact is None else []
     if artifact is not None:
-        return _hit(ctx, "lookup", resolved, manifest, artifact, grant.caller)
+        return _hit(ctx, "lookup", resolved.model_dump(mode="json"), manifest, artifact, grant.caller)
     _record(ctx, "lookup", manifest, key, None, grant.caller)
     raise NotFound(
         f"no artifact for key {key}" + (f"; {len(nearest)} published for the same model differ" if nearest else

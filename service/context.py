@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 
 from neffcache.db.models import Artifact
 from neffcache.db.session import Database
+from neffcache.lifecycle import SharedDecisions
 from neffcache.queue import connect_redis
 from neffcache.sdk import SdkTable
 from neffcache.service.events import EventRecorder
@@ -36,6 +37,9 @@ class ServiceContext:
     usage: TtlCache[str, Any] = field(init=False)
     # Request bodies the routes answered as warm hits, for the hit lane (service.hit_lane).
     warm_bodies: TtlCache[tuple[str, bytes], Any] = field(init=False)
+    # The compile decisions (create or join a key's job) this process is making, by key: a storm
+    # of identical requests waits for one instead of each asking the database (service.cache).
+    compile_decisions: SharedDecisions[Any] = field(init=False, default_factory=SharedDecisions)
     # Drops those entries when what they show changes, told by any process (service.invalidation).
     invalidations: Listener = field(init=False)
     ALL_TOOLCHAINS: ClassVar[str] = "all"  # the one entry of `toolchains`

@@ -19,15 +19,16 @@ What this trades, on purpose:
 from __future__ import annotations
 
 import logging
+import operator
 import threading
 from collections import Counter as Tally
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import insert
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
 
 from neffcache.db.models import ArtifactUsage, CacheEvent, utcnow
 
@@ -77,6 +78,27 @@ class UsageSnapshot:
     def now(self, recorded: tuple[int, int]) -> tuple[int, int]:
         return (self.lookup_hits + recorded[0] - self.recorded_then[0],
                 self.downloads + recorded[1] - self.recorded_then[1])
+
+
+EVENT_COLUMNS = tuple(f.name for f in fields(Event))
+_event_values = operator.attrgetter(*EVENT_COLUMNS)
+# The driver's placeholder, by DB-API paramstyle (sqlite3: qmark; psycopg: format or pyformat).
+_PLACEHOLDERS = {"qmark": "?", "format": "%s", "pyformat": "%s"}
+
+
+def _insert_events(session: Session, batch: list[Event]) -> None:
+    """One INSERT of the whole batch through the driver's executemany, each value converted by
+    its column's type as the ORM would: the ORM's own bulk insert spent about 35 µs of CPU per
+    event building statements, which, every flush, held the interpreter from the requests."""
+    connection = session.connection()
+    dialect = connection.dialect
+    table = CacheEvent.__table__
+    convert = [table.c[name].type.bind_processor(dialect) for name in EVENT_COLUMNS]
+    rows = [tuple(c(v) if c else v for c, v in zip(convert, _event_values(e), strict=True)) for e in batch]
+    mark = _PLACEHOLDERS[dialect.paramstyle]
+    statement = (f"INSERT INTO {CacheEvent.__tablename__} ({', '.join(EVENT_COLUMNS)}) "
+                 f"VALUES ({', '.join(mark for _ in EVENT_COLUMNS)})")
+    connection.exec_driver_sql(statement, rows)
 
 
 class EventRecorder:
@@ -149,7 +171,7 @@ class EventRecorder:
 
     def _write(self, batch: list[Event], usage: dict[str, Tally[str]]) -> None:
         with self.db.session() as session:
-            session.execute(insert(CacheEvent), [asdict(e) for e in batch])
+            _insert_events(session, batch)
             dialect = session.get_bind().dialect.name
             upsert = (postgresql if dialect == "postgresql" else sqlite).insert(ArtifactUsage)
             for key, counts in sorted(usage.items()):  # sorted: concurrent flushes lock rows in one order
