@@ -1,11 +1,14 @@
-"""The databases bench/hit_path.py measures against: a PostgreSQL database of its own (created
-and dropped on a given server) and `insert_history`, bulk-inserted earlier cache events."""
+"""The databases the benchmarks measure against (`each_database`: the embedded SQLite and a
+PostgreSQL database of their own, created and dropped on a given server) and `insert_history`,
+bulk-inserted earlier cache events."""
 
 from __future__ import annotations
 
 import secrets
 import sqlite3
 import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -65,3 +68,19 @@ class PostgresDatabase:
                 con.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
             except psycopg.errors.SyntaxError:  # before PostgreSQL 13
                 con.execute(f'DROP DATABASE IF EXISTS "{self.name}"')
+
+
+def each_database(work: Path, postgres: str | None, say: Callable[[str], None]) -> Iterator[tuple[str, str, Path]]:
+    """(label, database URL, work folder) of each stack a benchmark measures: the embedded one
+    (SQLite in `work`) and, given a PostgreSQL server's URL, one on a database of our own there,
+    created when its turn comes and dropped once the caller is done with it, or failed."""
+    yield "embedded", f"sqlite:///{work / 'embedded' / 'neffcache.db'}", work / "embedded"
+    if postgres:
+        database = PostgresDatabase(postgres)
+        say(f"\ncreated database {database.name} on {urlsplit(postgres).hostname}")
+        try:
+            yield "postgres", database.url, work / "postgres"
+        finally:
+            database.drop()
+            say(f"dropped database {database.name}")
+

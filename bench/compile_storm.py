@@ -39,9 +39,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-from bench_databases import PostgresDatabase  # bench/, this script's folder
+from bench_databases import each_database  # bench/, this script's folder
 from hit_path import BASELINES, COMPILER, REPO, Server, free_port, make_token, prepare_stack, request_bytes, summarise
 from http_load import HOST, _new_loop, _read_response
 
@@ -244,14 +243,9 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     say(f"compile storm: {args.rounds} rounds of {args.requests} simultaneous identical compiles, work folder {work}")
     stacks: dict[str, Any] = {}
-    pg: PostgresDatabase | None = None
     try:
-        stacks["embedded"] = bench_stack("embedded", f"sqlite:///{work / 'embedded' / 'neffcache.db'}",
-                                         work / "embedded", args, say)
-        if args.postgres:
-            pg = PostgresDatabase(args.postgres)
-            say(f"\ncreated database {pg.name} on {urlsplit(args.postgres).hostname}")
-            stacks["postgres"] = bench_stack("postgres", pg.url, work / "postgres", args, say)
+        for label, db_url, folder in each_database(work, args.postgres, say):
+            stacks[label] = bench_stack(label, db_url, folder, args, say)
         say(f"\nsummary: median of {args.rounds} rounds of {args.requests} simultaneous identical compiles; "
             "ratio = ours / bare p99 per round (1.0 = as fast as the framework)")
         say(f"{'stack':<9} {'ours p99 ms':>11} {'bare p99 ms':>11}  p99 ratio min / median / max  checks")
@@ -263,9 +257,6 @@ def main() -> int:
             print(json.dumps({"requests": args.requests, "rounds": args.rounds, "stacks": stacks}, indent=2))
         return 0 if all(s["ok"] for s in stacks.values()) else 1
     finally:
-        if pg is not None:
-            pg.drop()
-            say(f"dropped database {pg.name}")
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
 

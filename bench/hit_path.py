@@ -51,9 +51,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-from bench_databases import PostgresDatabase, insert_history  # bench/, this script's folder
+from bench_databases import each_database, insert_history  # bench/, this script's folder
 from http_load import GRACE_S, HOST, run_load
 
 REPO = Path(__file__).resolve().parents[1]
@@ -364,15 +363,11 @@ def main() -> int:
     say(f"hit path: {args.rounds} rounds x {args.duration:g} s, {args.concurrency} connections, "
         f"{os.cpu_count()} CPUs, work folder {work}")
     ok = True
-    pg: PostgresDatabase | None = None
     try:
-        ok &= bench_stack("embedded", f"sqlite:///{work / 'embedded' / 'neffcache.db'}", work / "embedded", args,
-                          out, say)
-        measure_ceiling(work, args, out, say)
-        if args.postgres:
-            pg = PostgresDatabase(args.postgres)
-            say(f"\ncreated database {pg.name} on {urlsplit(args.postgres).hostname}")
-            ok &= bench_stack("postgres", pg.url, work / "postgres", args, out, say)
+        for label, db_url, folder in each_database(work, args.postgres, say):
+            ok &= bench_stack(label, db_url, folder, args, out, say)
+            if label == "embedded":
+                measure_ceiling(work, args, out, say)
         print_summary(out, args, say)
         if args.json:
             print(json.dumps(out, indent=2))
@@ -380,9 +375,6 @@ def main() -> int:
             say("some requests got a wrong status (see !! above)")
         return 0 if ok else 1
     finally:
-        if pg is not None:
-            pg.drop()
-            say(f"dropped database {pg.name}")
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
 

@@ -39,9 +39,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-from bench_databases import PostgresDatabase  # bench/, this script's folder
+from bench_databases import each_database  # bench/, this script's folder
 from hit_path import COMPILER, REPO, RUNTIME, Server, free_port, make_token, prepare_stack, summarise
 from http_load import HOST
 
@@ -214,14 +213,9 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     say(f"submit latency: {args.rounds} rounds of {args.samples} submits each, work folder {work}")
     stacks: dict[str, Any] = {}
-    pg: PostgresDatabase | None = None
     try:
-        stacks["embedded"] = bench_stack("embedded", f"sqlite:///{work / 'embedded' / 'neffcache.db'}",
-                                         work / "embedded", args, say)
-        if args.postgres:
-            pg = PostgresDatabase(args.postgres)
-            say(f"\ncreated database {pg.name} on {urlsplit(args.postgres).hostname}")
-            stacks["postgres"] = bench_stack("postgres", pg.url, work / "postgres", args, say)
+        for label, db_url, folder in each_database(work, args.postgres, say):
+            stacks[label] = bench_stack(label, db_url, folder, args, say)
         say(f"\nsummary: median of {args.rounds} rounds of {args.samples} submits; ratio = ours / bare RQ p50 "
             "per round (1.0 = as fast as bare RQ)")
         say(f"{'stack':<9} {'ours p50':>9} {'ours p90':>9} {'bare p50':>9} {'bare p90':>9}  "
@@ -235,9 +229,6 @@ def main() -> int:
             print(json.dumps({"samples": args.samples, "rounds": args.rounds, "stacks": stacks}, indent=2))
         return 1 if any(s["problems"] for s in stacks.values()) else 0
     finally:
-        if pg is not None:
-            pg.drop()
-            say(f"dropped database {pg.name}")
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
 
