@@ -48,7 +48,8 @@ class Outcome:
     body: dict[str, Any]
 
 
-def resolve_key(ctx: ServiceContext, spec: CompileSpec) -> tuple[CompileSpec, dict[str, Any], str]:
+def resolve_key(ctx: ServiceContext, spec: CompileSpec) -> tuple[CompileSpec, dict[str, Any], dict[str, Any], str]:
+    """(the spec with both versions filled in, that spec as answers show it, its manifest, its key)."""
     try:
         resolved = resolve_spec(ctx.registered_toolchains, spec, ctx.sdk)
     except (ToolchainUnavailable, ToolchainAmbiguous):
@@ -56,8 +57,14 @@ def resolve_key(ctx: ServiceContext, spec: CompileSpec) -> tuple[CompileSpec, di
         # refusing, so a new worker's toolchain is never refused for being new.
         ctx.toolchains.clear()
         resolved = resolve_spec(ctx.registered_toolchains, spec, ctx.sdk)
-    manifest, key = key_for_spec(resolved.model_dump(mode="json"))
-    return resolved, manifest, key
+    return (resolved, *_keyed(resolved))
+
+
+def _keyed(resolved: CompileSpec) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """A resolved spec as answers show it, and its manifest and key (computed from that)."""
+    spec_out = resolved.model_dump(mode="json")
+    manifest, key = key_for_spec(spec_out)
+    return spec_out, manifest, key
 
 
 class _NotInMemory(Exception):
@@ -96,9 +103,7 @@ def resolve_in_memory(ctx: ServiceContext, spec: CompileSpec) -> Resolved | None
         resolved = resolve_spec(toolchains, spec, ctx.sdk)
     except (_NotInMemory, NeffcacheError):
         return None
-    spec_out = resolved.model_dump(mode="json")
-    manifest, key = key_for_spec(spec_out)
-    return Resolved(spec_out, manifest, key, consulted[0] if consulted else None)
+    return Resolved(*_keyed(resolved), consulted[0] if consulted else None)
 
 
 def warm_hit(ctx: ServiceContext, kind: str, resolved: Resolved, caller: str | None,
@@ -255,8 +260,7 @@ def submit_compile(ctx: ServiceContext, spec: CompileSpec, force: bool, caller: 
     """A hit, a remembered failure, the key's active job to join, or a new job. With `force` a
     remembered failure is compiled again, and an active job that will never finish by itself
     (`dispatch.stale_reason`) is reconciled first: the answer then says `reconciled`."""
-    resolved, manifest, key = resolve_key(ctx, spec)
-    spec_out = resolved.model_dump(mode="json")
+    resolved, spec_out, manifest, key = resolve_key(ctx, spec)
     with ctx.db.session() as session:  # no connection is taken unless a query needs one
         artifact = published(ctx, session, key)
     if artifact is not None:  # a hit needs no model: it is compiled already
@@ -339,12 +343,12 @@ def _as_joined(outcome: Outcome, spec_out: dict[str, Any]) -> Outcome:
 
 def lookup(ctx: ServiceContext, spec: CompileSpec, grant: Grant) -> Outcome:
     """A hit, or NotFound with the nearest published manifests the token may see."""
-    resolved, manifest, key = resolve_key(ctx, spec)
+    _, spec_out, manifest, key = resolve_key(ctx, spec)
     with ctx.db.session() as session:  # no connection is taken unless a query needs one
         artifact = published(ctx, session, key)
         nearest = nearest_manifests(session, manifest, grant) if artifact is None else []
     if artifact is not None:
-        return _hit(ctx, "lookup", resolved.model_dump(mode="json"), manifest, artifact, grant.caller)
+        return _hit(ctx, "lookup", spec_out, manifest, artifact, grant.caller)
     _record(ctx, "lookup", manifest, key, None, grant.caller)
     raise NotFound(
         f"no artifact for key {key}" + (f"; {len(nearest)} published for the same model differ" if nearest else

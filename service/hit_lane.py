@@ -16,7 +16,7 @@ would give the same answer without the database:
 Anything else, including every refusal, goes on to the routes unchanged (the body it read is
 handed on), so there is one place that decides and explains each refusal. The answer is the
 route's own: the same functions build it (service.cache), and tests/unit/service/test_hit_lane.py
-checks both give the same bytes.
+checks both give the same answer (but for the count that includes the request itself).
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ def _neff_summary(ctx: ServiceContext, name: str, digest: str) -> dict[str, Any]
 def publish(ctx: ServiceContext, request: PublishRequest, caller: str | None) -> Outcome:
     wanted = {f.name: f.digest for f in request.files}
     with ctx.db.session() as session:
-        resolved, manifest, key = resolve_key(ctx, request.spec)
+        resolved, spec_out, manifest, key = resolve_key(ctx, request.spec)
         for label, digest in [("spec.model.digest", resolved.model.digest), *wanted.items()]:
             if session.get(Blob, digest) is None:
                 raise BlobMissing(f"{label}: blob {digest} has not been uploaded (PUT /v1/blobs/{digest} first)")
@@ -67,7 +67,7 @@ def publish(ctx: ServiceContext, request: PublishRequest, caller: str | None) ->
             winner = session.get(Artifact, key)
     if winner is not None:
         return _existing(ctx, winner, wanted, key)
-    return Outcome(201, {"status": "published", "key": key, "spec": resolved.model_dump(mode="json"),
+    return Outcome(201, {"status": "published", "key": key, "spec": spec_out,
                          "artifact": artifact_view(artifact, {"lookup_hits": 0, "downloads": 0})})
 
 
