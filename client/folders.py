@@ -32,7 +32,7 @@ from pathlib import Path
 
 from neffcache.client.api import NeffcacheClient
 from neffcache.client.download import download_all
-from neffcache.client.pull import FileResult, Wanted
+from neffcache.client.pull import FileResult, Wanted, safe_file_name
 from neffcache.digests import digest_of, is_bare_hex
 from neffcache.errors import IntegrityFailure, InvalidNeff, UsageError
 from neffcache.spec import MAX_PUBLISHED_FILES, check_file_path, check_unique_file_names
@@ -100,14 +100,7 @@ def tree_files(item: Wanted, dest: Path, outcome: str = "nothing was pulled") ->
         raise IntegrityFailure(f"the service named an artifact key {item.key!r} that is not 64 hex characters")
     files = []
     for f in item.artifact["files"]:
-        name = f.get("name")
-        try:
-            if not isinstance(name, str):
-                raise ValueError(f"{name!r} is not a file path")
-            check_file_path(name)
-        except ValueError as exc:
-            raise IntegrityFailure(f"artifact {item.key} names a file that would be unsafe on disk, {outcome}: "
-                                   f"{exc}", file=str(name), key=item.key) from None
+        name = safe_file_name(f.get("name"), item.key, outcome, check_file_path)
         sha = str(f.get("sha256", "")).lower()
         if not is_bare_hex(sha):
             raise IntegrityFailure(f"artifact {item.key} file {name}: sha256 {sha!r} is not a digest")

@@ -25,6 +25,7 @@ Order of events, so that a pod never starts with a wrong or missing NEFF:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -72,14 +73,16 @@ class FileResult:
     stage: Path | None = None  # where a pull into DEST downloads it to, until everything is verified
 
 
-def safe_file_name(name: Any, key: str, outcome: str = "nothing was pulled") -> str:
+def safe_file_name(name: Any, key: str, outcome: str = "nothing was pulled",
+                   rule: Callable[[str], str] = check_file_name) -> str:
     """A file name from the service becomes a path under DEST: refused unless it is one the
-    service takes at publish (neffcache.spec.check_file_name, the same rule): no '.', '..',
-    separator, NUL, leading '.' or '-', Windows device name, ... `outcome` ends the message."""
+    service takes at publish (neffcache.spec.check_file_name, the same rule; a folder artifact's
+    paths: `rule` check_file_path): no '.', '..', separator, NUL, leading '.' or '-', Windows
+    device name, ... `outcome` ends the message."""
     try:
         if not isinstance(name, str):
             raise ValueError(f"{name!r} is not a file name")
-        return check_file_name(name)
+        return rule(name)
     except ValueError as exc:
         raise IntegrityFailure(f"artifact {key} names a file that would be unsafe on disk, {outcome}: "
                                f"{exc}", file=str(name), key=key) from None
