@@ -6,8 +6,15 @@ Every field is an environment variable with the NEFFCACHE_ prefix (NEFFCACHE_DAT
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Annotated
+
+from pydantic import BeforeValidator, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from neffcache.sizes import parse_size
+
+# A byte count given as a number or with a unit: 500GiB, 2TB, 1048576.
+ByteCount = Annotated[int, BeforeValidator(parse_size), Field(ge=0)]
 
 
 class Settings(BaseSettings):
@@ -69,6 +76,34 @@ class Settings(BaseSettings):
     # (README, "Sizing"): 32 threads keep at most 42 connections open.
     api_threads: int = Field(default=32, ge=1, le=1000)
 
+    # --- keeping the cache within bounds (neffcache.gc; README "Quota, eviction and GC") ---
+    # Artifact bytes (the sum of their files' sizes) the deployment keeps; the GC evicts the
+    # least recently used unpinned artifacts beyond it. None: no quota.
+    gc_quota_bytes: ByteCount | None = None
+    # The same per namespace, as JSON: {"team-a": "200GiB"}.
+    gc_namespace_quota_bytes: dict[str, ByteCount] = Field(default_factory=dict)
+    # Unpinned artifacts unused (no hit, no download) for this long are evicted. None: off.
+    gc_ttl_s: float | None = Field(default=None, gt=0)
+    # How often the workers run the GC (one of them at a time: a lease); 0: never (use
+    # `neffcache-admin gc` from cron instead).
+    gc_interval_s: float = Field(default=3600.0, ge=0)
+    # Between marking an object (its artifact evicted, its blob unused, an orphan) and deleting
+    # it: a presigned URL handed out before the mark keeps working for its whole life, and a
+    # download in flight finishes. At least presign_expiry_s + 60 (checked below).
+    gc_grace_s: float = Field(default=3600.0, gt=0)
+    # A blob (an uploaded model) that no artifact and no active job names is swept once it has
+    # not been uploaded or compiled for this long.
+    gc_blob_ttl_s: float = Field(default=7 * 24 * 3600.0, gt=0)
+    # Finished jobs whose key has no artifact (failures, cancellations; their logs) are deleted
+    # this long after they finished.
+    gc_job_retention_s: float = Field(default=90 * 24 * 3600.0, gt=0)
+    # Raw cache events are kept this long, then rolled up into hourly counts (cache_event_hours).
+    event_retention_s: float = Field(default=30 * 24 * 3600.0, gt=0)
+    # A remembered compile failure (compile_error, invalid_input, invalid_output) is answered
+    # from memory for this long after it failed; the next request after that compiles again.
+    # None: remembered until a request forces a retry.
+    failure_ttl_s: float | None = Field(default=7 * 24 * 3600.0, gt=0)
+
     # --- the worker ---
     worker_backend: str = "inductor"  # inductor | neuronx-cc
     neuronx_cc_path: str = "neuronx-cc"
@@ -77,3 +112,12 @@ class Settings(BaseSettings):
     # `cuda` is served only where a GPU is present; this forces it off or on.
     worker_cuda: bool | None = None
     work_dir: str | None = None  # parent of the per-job temp dirs; the system temp dir if unset
+
+    @model_validator(mode="after")
+    def _grace_outlives_presigned_urls(self) -> Settings:
+        if self.gc_grace_s < self.presign_expiry_s + 60:
+            raise ValueError(
+                f"gc_grace_s ({self.gc_grace_s:g}) must be at least presign_expiry_s + 60 "
+                f"({self.presign_expiry_s + 60}): a presigned URL handed out before an object is marked "
+                "must keep working until it expires")
+        return self

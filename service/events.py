@@ -3,7 +3,7 @@
 A hit is a read: nothing about it needs a synchronous write. A request only appends its event
 to this process's pending list; a thread flushes the list every `event_flush_s` in one
 transaction: one multi-row INSERT into cache_events, and one upsert per key into
-artifact_usage, the running counts an artifact's view shows (so a view costs one primary-key
+artifact_usage, the running counts an artifact's view shows and its last use, the GC's LRU order (so a view costs one primary-key
 read however long the history, instead of a COUNT over every event of the key).
 
 What this trades, on purpose:
@@ -27,6 +27,7 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy import case, or_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -108,6 +109,8 @@ class EventRecorder:
         self.flush_interval_s = flush_interval_s
         self._pending: list[Event] = []
         self._pending_usage: dict[str, Tally[str]] = {}
+        # The newest hit or download of each key among the pending events: its last use.
+        self._pending_last_use: dict[str, datetime] = {}
         # Every event's usage this process recorded, by key, never reset (UsageSnapshot).
         self._recorded_usage: dict[str, tuple[int, int]] = {}
         self._lock = threading.Lock()  # the pending list and counts
@@ -126,6 +129,7 @@ class EventRecorder:
                 counts = self._pending_usage.setdefault(key, Tally())
                 counts["lookup_hits"] += lookups
                 counts["downloads"] += downloads
+                self._pending_last_use[key] = event.at
                 total = self._recorded_usage.get(key, (0, 0))
                 self._recorded_usage[key] = (total[0] + lookups, total[1] + downloads)
 
@@ -157,33 +161,43 @@ class EventRecorder:
             with self._lock:
                 batch, self._pending = self._pending, []
                 usage, self._pending_usage = self._pending_usage, {}
+                last_use, self._pending_last_use = self._pending_last_use, {}
             if not batch:
                 return 0
             try:
-                self._write(batch, usage)
+                self._write(batch, usage, last_use)
             except Exception as exc:  # noqa: BLE001 - the database down: keep them for the next flush
-                self._put_back(batch, usage)
+                self._put_back(batch, usage, last_use)
                 log.warning("cache events: flush of %d failed, kept for the next one: %s", len(batch), exc)
                 self.metrics.event_flush_failed()
                 return 0
             self.metrics.events_flushed(len(batch), (utcnow() - batch[0].at).total_seconds())
             return len(batch)
 
-    def _write(self, batch: list[Event], usage: dict[str, Tally[str]]) -> None:
+    def _write(self, batch: list[Event], usage: dict[str, Tally[str]], last_use: dict[str, datetime]) -> None:
         with self.db.session() as session:
             _insert_events(session, batch)
             dialect = session.get_bind().dialect.name
             upsert = (postgresql if dialect == "postgresql" else sqlite).insert(ArtifactUsage)
             for key, counts in sorted(usage.items()):  # sorted: concurrent flushes lock rows in one order
-                hits, downloads = counts["lookup_hits"], counts["downloads"]
-                session.execute(upsert.values(key=key, lookup_hits=hits, downloads=downloads).on_conflict_do_update(
+                hits, downloads, used = counts["lookup_hits"], counts["downloads"], last_use.get(key)
+                # The last use only moves forward (another process may have flushed a newer one).
+                newest = ArtifactUsage.last_used_at if used is None else case(
+                    (or_(ArtifactUsage.last_used_at.is_(None), ArtifactUsage.last_used_at < used), used),
+                    else_=ArtifactUsage.last_used_at)
+                session.execute(upsert.values(key=key, lookup_hits=hits, downloads=downloads, last_used_at=used)
+                                .on_conflict_do_update(
                     index_elements=[ArtifactUsage.key],
                     set_={"lookup_hits": ArtifactUsage.lookup_hits + hits,
-                          "downloads": ArtifactUsage.downloads + downloads}))
+                          "downloads": ArtifactUsage.downloads + downloads,
+                          "last_used_at": newest}))
 
-    def _put_back(self, batch: list[Event], usage: dict[str, Tally[str]]) -> None:
+    def _put_back(self, batch: list[Event], usage: dict[str, Tally[str]], last_use: dict[str, datetime]) -> None:
         with self._lock:
             self._pending[:0] = batch
+            for key, at in last_use.items():
+                newer = self._pending_last_use.get(key)
+                self._pending_last_use[key] = at if newer is None else max(at, newer)
             for key, counts in usage.items():
                 self._pending_usage.setdefault(key, Tally()).update(counts)
             dropped = len(self._pending) - MAX_PENDING

@@ -22,6 +22,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -64,6 +65,9 @@ class Blob(Base):
     digest: Mapped[str] = mapped_column(String(71), primary_key=True)  # "sha256:<hex>"
     size: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Its last upload, or the last job made for it (NULL: created_at): an unused blob is swept
+    # only once this is older than NEFFCACHE_GC_BLOB_TTL_S (neffcache.gc).
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 # The one-active-job-per-key index's predicate, as migration 0001 created it.
@@ -88,7 +92,7 @@ class Job(Base):
     failure_class: Mapped[str | None] = mapped_column(String(32))
     message: Mapped[str | None] = mapped_column(Text)
     log_tail: Mapped[str | None] = mapped_column(Text)
-    log_digest: Mapped[str | None] = mapped_column(String(71))
+    log_digest: Mapped[str | None] = mapped_column(String(71), index=True)
     # Bytes the current attempt's log has (so far, while it runs): where `log_tail` ends.
     log_bytes: Mapped[int | None] = mapped_column(BigInteger)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -175,7 +179,7 @@ class ArtifactFile(Base):
     __tablename__ = "artifact_files"
     artifact_key: Mapped[str] = mapped_column(ForeignKey("artifacts.key", ondelete="CASCADE"), primary_key=True)
     name: Mapped[str] = mapped_column(String(255), primary_key=True)
-    digest: Mapped[str] = mapped_column(String(71))
+    digest: Mapped[str] = mapped_column(String(71), index=True)
     size: Mapped[int] = mapped_column(BigInteger)
     # For a NEFF: the header fields a runtime cares about (neffcache.neff.NeffHeader.summary).
     neff: Mapped[dict[str, Any] | None] = mapped_column(JSON)
@@ -210,6 +214,101 @@ class ArtifactUsage(Base):
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     lookup_hits: Mapped[int] = mapped_column(BigInteger)
     downloads: Mapped[int] = mapped_column(BigInteger)
+    # The newest hit or download among the flushed events (NULL: never used): the GC's LRU order.
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Pin(Base):
+    """A named set of artifacts that the GC never evicts (a deployment's lock file): `neffcache pin`."""
+
+    __tablename__ = "pins"
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    owner: Mapped[str | None] = mapped_column(String(128))  # the token that made it
+    note: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Protects nothing from then on (the GC deletes it); None: until removed.
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    entries: Mapped[list[PinnedArtifact]] = relationship(
+        back_populates="pin", order_by="PinnedArtifact.artifact_key", lazy="selectin", cascade="all, delete-orphan",
+        passive_deletes=True,
+    )
+
+
+class PinnedArtifact(Base):
+    __tablename__ = "pinned_artifacts"
+    pin_name: Mapped[str] = mapped_column(ForeignKey("pins.name", ondelete="CASCADE"), primary_key=True)
+    artifact_key: Mapped[str] = mapped_column(String(64), primary_key=True, index=True)
+    pin: Mapped[Pin] = relationship(back_populates="entries")
+
+
+class ObjectDeletion(Base):
+    """An object marked for deletion (bare sha256 hex), deleted by the GC once `marked_at` is older
+    than the grace period and no row references it. `deleting_since` is set while the GC deletes
+    it: a writer that found the object already stored checks again after its own commit
+    (neffcache.object_deletion)."""
+
+    __tablename__ = "object_deletions"
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size: Mapped[int | None] = mapped_column(BigInteger)
+    reason: Mapped[str] = mapped_column(String(32))  # evicted | blob | job_log | orphan
+    marked_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    deleting_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class CacheEventHour(Base):
+    """Cache events older than NEFFCACHE_EVENT_RETENTION_S, counted per hour and per everything a
+    stat groups by ('' for a caller or namespace that was not recorded)."""
+
+    __tablename__ = "cache_event_hours"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    hour: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    outcome: Mapped[str] = mapped_column(String(8))
+    key: Mapped[str] = mapped_column(String(64), index=True)
+    namespace: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(String(16))
+    compiler_name: Mapped[str] = mapped_column(String(32))
+    compiler_version: Mapped[str] = mapped_column(String(64))
+    caller: Mapped[str] = mapped_column(String(128))
+    count: Mapped[int] = mapped_column(BigInteger)
+    saved_seconds: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (
+        UniqueConstraint("hour", "kind", "outcome", "key", "namespace", "target", "compiler_name",
+                         "compiler_version", "caller", name="uq_cache_event_hours_bucket"),
+    )
+
+
+class MaintenanceLease(Base):
+    """Who runs a maintenance pass (the GC) until when: one at a time across every host."""
+
+    __tablename__ = "maintenance_leases"
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(255))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class GcRun(Base):
+    """What one GC pass found and did (neffcache.gc): the metrics and stats read these."""
+
+    __tablename__ = "gc_runs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    holder: Mapped[str] = mapped_column(String(255))
+    stored_bytes: Mapped[int] = mapped_column(BigInteger)
+    pinned_bytes: Mapped[int] = mapped_column(BigInteger)
+    evicted_artifacts: Mapped[int] = mapped_column(Integer)
+    evicted_bytes: Mapped[int] = mapped_column(BigInteger)
+    blobs_deleted: Mapped[int] = mapped_column(Integer)
+    jobs_deleted: Mapped[int] = mapped_column(Integer)
+    objects_marked: Mapped[int] = mapped_column(Integer)
+    objects_deleted: Mapped[int] = mapped_column(Integer)
+    bytes_deleted: Mapped[int] = mapped_column(BigInteger)
+    events_rolled_up: Mapped[int] = mapped_column(BigInteger)
+    # Why eviction stopped short of the quota (pinned artifacts alone exceed it), else None.
+    blocked: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
 
 
 class Worker(Base):

@@ -18,7 +18,8 @@ from neffcache.db import migrate
 from neffcache.db.models import Base
 from neffcache.db.session import normalise_url
 
-TABLES = {"blobs", "jobs", "artifacts", "artifact_files", "cache_events", "workers", "api_tokens", "artifact_usage"}
+TABLES = {"blobs", "jobs", "artifacts", "artifact_files", "cache_events", "workers", "api_tokens", "artifact_usage",
+          "pins", "pinned_artifacts", "object_deletions", "cache_event_hours", "maintenance_leases", "gc_runs"}
 
 
 def _databases() -> list[str]:
