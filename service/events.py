@@ -3,8 +3,9 @@
 A hit is a read: nothing about it needs a synchronous write. A request only appends its event
 to this process's pending list; a thread flushes the list every `event_flush_s` in one
 transaction: one multi-row INSERT into cache_events, and one upsert per key into
-artifact_usage, the running counts an artifact's view shows and its last use, the GC's LRU order (so a view costs one primary-key
-read however long the history, instead of a COUNT over every event of the key).
+artifact_usage, the running counts an artifact's view shows and its last use, the GC's LRU
+order (so a view costs one primary-key read however long the history, instead of a COUNT over
+every event of the key).
 
 What this trades, on purpose:
 - A crash (SIGKILL, power) loses the events of at most one flush interval; a clean stop
