@@ -18,6 +18,9 @@ EXIT_TIMEOUT = 3
 EXIT_MISS = 4
 EXIT_INTEGRITY = 5
 EXIT_UNAVAILABLE = 6
+# `neffcache-admin gc` only: the pass ran, but a quota cannot be met because pinned artifacts
+# alone exceed it (nothing pinned was evicted; README, "Quota, eviction and GC").
+EXIT_QUOTA_BLOCKED = 7
 
 
 class NeffcacheError(Exception):

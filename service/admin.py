@@ -13,7 +13,7 @@ import typer
 from neffcache import invalidation, tokens
 from neffcache.db.models import ApiToken, utcnow
 from neffcache.db.session import Database
-from neffcache.errors import InvalidParameter, NeffcacheError
+from neffcache.errors import EXIT_QUOTA_BLOCKED, EXIT_SUCCESS, InvalidParameter, NeffcacheError
 from neffcache.settings import Settings
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
@@ -129,6 +129,41 @@ def scrub(
     # sys.exit, not typer.Exit: with standalone_mode=False click returns an Exit's code from
     # app() instead of raising it, and main() would exit 0.
     sys.exit(report.exit_code)
+
+
+@app.command("gc")
+def gc_(
+    dry_run: bool = typer.Option(False, "--dry-run", help="print what would go, and how many bytes; change nothing"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Evict by TTL and quota (never a pinned artifact), sweep unused blobs, old jobs and orphan
+    objects, delete what was marked a grace period ago, roll up old cache events
+    (NEFFCACHE_GC_* settings; README, "Quota, eviction and GC"). The workers run the same pass
+    every NEFFCACHE_GC_INTERVAL_S; one pass runs at a time (when another holds the lease this one
+    says so and does nothing). Exit 0; 7 when eviction stops short of a quota because pinned
+    artifacts alone exceed it."""
+    import socket
+
+    from neffcache import gc
+    from neffcache.storage import open_store
+
+    settings = Settings()
+    report = gc.run_gc(Database(settings.database_url), open_store(settings), settings,
+                       holder=f"neffcache-admin@{socket.gethostname()}", dry_run=dry_run,
+                       announce=invalidation.publisher(settings.redis_url, settings.queue_prefix),
+                       roll_up=gc.default_roll_up)
+    if as_json:
+        print(json.dumps(report.to_json()))
+    else:
+        if dry_run:
+            for e in report.evicted:
+                print(f"evict {e.key} ({e.namespace}, {e.size} bytes, last used {_when(e.last_used)}): {e.reason}")
+            for digest, size in report.blobs:
+                print(f"blob {digest} ({size} bytes): unused")
+            for digest, size in report.objects_due:
+                print(f"object {digest} ({size} bytes): marked and past the grace period")
+        print(report.summary())
+    sys.exit(EXIT_QUOTA_BLOCKED if report.blocked else EXIT_SUCCESS)
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import case, select
+from sqlalchemy import case, select, update
 from sqlalchemy.orm import Session
 
 from neffcache import dispatch as dispatching
@@ -287,6 +287,10 @@ def _decide(ctx: ServiceContext, model_digest: str, manifest: dict[str, Any], ke
     job = _new_job(ctx, manifest, key, caller, annotations)
     created: Job | None
     with ctx.db.session() as session:
+        # The model is in use: first, so that it holds the blob's row lock, which the GC deletes
+        # an unused blob under (neffcache.gc.delete_blob): either the GC sees this use, or this
+        # request sees the blob gone (BlobMissing, and the client uploads it again).
+        touch_blob(session, model_digest)
         # The first request of a key (no job yet, its model uploaded) takes one statement; any
         # other request the reads it needs.
         if lifecycle.create_for_new_key(session, job, model_digest):
@@ -299,6 +303,13 @@ def _decide(ctx: ServiceContext, model_digest: str, manifest: dict[str, Any], ke
         assert created.enqueued_at is not None
         dispatching.send_created(ctx.db, ctx.redis, created.queue, created.id, created.enqueued_at)
     return outcome
+
+
+def touch_blob(session: Session, digest: str) -> None:
+    """Record that the blob was just used (uploaded, or named by a compile request): the GC
+    sweeps only blobs unused for NEFFCACHE_GC_BLOB_TTL_S."""
+    session.execute(update(Blob).where(Blob.digest == digest).values(last_used_at=utcnow())
+                    .execution_options(synchronize_session=False))
 
 
 def _read_and_decide(ctx: ServiceContext, session: Session, new: Job, model_digest: str, spec_out: dict[str, Any],

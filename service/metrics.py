@@ -14,8 +14,10 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from sqlalchemy import case, func, select
+from sqlalchemy.orm import Session
 
-from neffcache.db.models import Artifact, Job, Worker
+from neffcache import gc
+from neffcache.db.models import Artifact, GcRun, Job, Worker, utcnow
 from neffcache.lifecycle import FINAL_STATES, JobState, heard_since
 
 if TYPE_CHECKING:
@@ -65,6 +67,7 @@ class _DatabaseCollector:
             row = s.execute(
                 select(func.count(), func.coalesce(func.sum(Artifact.compile_seconds), 0.0), *buckets_sql)
             ).one()
+            yield from self._storage(s)
         total, seconds_sum, *cumulative = row
         hist = HistogramMetricFamily(
             "neffcache_compile_duration_seconds", "Compile time of published artifacts",
@@ -73,6 +76,41 @@ class _DatabaseCollector:
             sum_value=float(seconds_sum),
         )
         yield from (compiles, hist, queued, live)
+
+
+    def _storage(self, s: Session) -> Iterator[Metric]:
+        """What the cache holds against its quota, and what the GC passes did (summed over the
+        gc_runs table, so every replica reports the same counts)."""
+        sizes = gc.artifact_sizes()
+        now = utcnow()
+        stored, pinned = s.execute(
+            select(func.coalesce(func.sum(sizes.c.size), 0),
+                   func.coalesce(func.sum(sizes.c.size).filter(gc.pinned(sizes.c.artifact_key, now)), 0))).one()
+        yield GaugeMetricFamily("neffcache_stored_bytes", "Bytes of the published artifacts' files", value=int(stored))
+        yield GaugeMetricFamily("neffcache_pinned_bytes", "Bytes of the artifacts a pin holds", value=int(pinned))
+        if self.settings.gc_quota_bytes is not None:
+            yield GaugeMetricFamily("neffcache_quota_bytes", "The deployment's quota (NEFFCACHE_GC_QUOTA_BYTES)",
+                                    value=self.settings.gc_quota_bytes)
+        totals = s.execute(select(func.count(), *(func.coalesce(func.sum(c), 0) for c in (
+            GcRun.evicted_artifacts, GcRun.evicted_bytes, GcRun.objects_deleted, GcRun.bytes_deleted,
+            GcRun.blobs_deleted)))).one()
+        runs, evictions, evicted_bytes, objects, deleted_bytes, blobs = (int(v) for v in totals)
+        for name, doc, value in (
+            ("neffcache_gc_runs", "GC passes that ran", runs),
+            ("neffcache_gc_evictions", "Artifacts evicted by the GC", evictions),
+            ("neffcache_gc_evicted_bytes", "Bytes of the artifacts evicted by the GC", evicted_bytes),
+            ("neffcache_gc_objects_deleted",
+             "Stored objects the GC deleted, a grace period after their mark", objects),
+            ("neffcache_gc_deleted_bytes", "Bytes of the stored objects the GC deleted", deleted_bytes),
+            ("neffcache_gc_blobs_deleted", "Unused blobs whose rows the GC deleted", blobs),
+        ):
+            yield CounterMetricFamily(name, doc, value=value)
+        last = s.scalars(select(GcRun).order_by(GcRun.id.desc()).limit(1)).first()
+        if last is not None:
+            yield GaugeMetricFamily("neffcache_gc_last_run_timestamp_seconds", "When the last GC pass finished",
+                                    value=(last.finished_at or last.started_at).timestamp())
+        yield GaugeMetricFamily("neffcache_gc_blocked", "1 when the last GC pass stopped short of a quota because "
+                                "pinned artifacts alone exceed it", value=1 if last is not None and last.blocked else 0)
 
 
 class ServiceMetrics:

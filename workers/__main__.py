@@ -18,7 +18,7 @@ from neffcache.db.session import Database
 from neffcache.queue import connect_redis, queues_for_toolchain
 from neffcache.settings import Settings
 from neffcache.storage import open_store
-from neffcache.workers import context, registry
+from neffcache.workers import context, maintenance, registry
 from neffcache.workers.backends.registry import load_backend
 
 log = logging.getLogger("neffcache.worker")
@@ -68,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     heartbeat.start()
     health = registry.HealthProbe(ctx)  # a worker that cannot reach storage claims nothing
     health.start()
+    upkeep = maintenance.Maintenance(ctx)  # the periodic GC: one worker at a time holds its lease
+    upkeep.start()
     log.info("worker %s: %s==%s for %s; queues %s", ctx.worker_id, ctx.toolchain.compiler_name,
              ctx.toolchain.compiler_version, ", ".join(ctx.toolchain.targets), ", ".join(ctx.queues))
     # SimpleWorker runs each job in this process: the compiler itself already runs in a child
@@ -80,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         # a database call included), it is gone within the grace: past it, every thread's stack
         # goes to the log and the process exits, rather than hang on with its heartbeat stopped.
         faulthandler.dump_traceback_later(SHUTDOWN_GRACE_S, exit=True)
+        upkeep.stop()
         health.stop()
         heartbeat.stop()
         registry.mark_stopped(ctx)

@@ -10,13 +10,14 @@ its health check passes (`registry.unavailable`).
 
 from __future__ import annotations
 
+import functools
 import logging
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from neffcache import neff
+from neffcache import neff, object_deletion
 from neffcache.db.session import DATABASE_UNAVAILABLE
 from neffcache.digests import bare_hex, digest_of
 from neffcache.errors import CorruptObject, InvalidNeff, NeffcacheError, StorageError
@@ -177,6 +178,14 @@ def _log_state(path: Path, limit: int, digest: str | None = None) -> jobs.LogSta
         return None
 
 
+def _stored_again(ctx: WorkerContext, paths: dict[str, Path]) -> None:
+    """After the commit of a row naming these objects (bare hex digest -> the local file): if
+    the GC was deleting any of them as this worker found it stored, store it again
+    (neffcache.object_deletion)."""
+    object_deletion.ensure_stored(ctx.db, ctx.store, {d: functools.partial(ctx.store.put_path, p, d)
+                                                      for d, p in paths.items()})
+
+
 def _finish(ctx: WorkerContext, job: jobs.ClaimedJob, outcome: CompileOutcome) -> str:
     log_put = ctx.store.put_path(outcome.log_path)
     log_digest = digest_of(log_put.digest)
@@ -184,6 +193,7 @@ def _finish(ctx: WorkerContext, job: jobs.ClaimedJob, outcome: CompileOutcome) -
     if not outcome.ok:
         jobs.record_failure(ctx, job.id, outcome.failure_class or FailureClass.COMPILE_ERROR, outcome.message,
                             log=log, expected_worker=ctx.worker_id)
+        _stored_again(ctx, {log_put.digest: outcome.log_path})
         return f"failed: {outcome.failure_class}"
     try:
         neff_headers = {name: _neff_summary(path) for name, path in outcome.files.items() if name.endswith(".neff")}
@@ -193,10 +203,13 @@ def _finish(ctx: WorkerContext, job: jobs.ClaimedJob, outcome: CompileOutcome) -
                             log=log, expected_worker=ctx.worker_id)
         return f"failed: {FailureClass.INVALID_OUTPUT}"
     files = [jobs.PublishedFile("compile.log", log_digest, log_put.size)]
+    stored = {log_put.digest: outcome.log_path}
     for name, path in sorted(outcome.files.items()):
         put = ctx.store.put_path(path)  # digest computed while writing; atomic under its name
         files.append(jobs.PublishedFile(name, digest_of(put.digest), put.size, neff_headers.get(name)))
+        stored[put.digest] = path
     assert log is not None  # the backend always writes its log file
     published = jobs.publish(ctx, job, files, log, outcome.seconds,
                              f"compiled in {outcome.seconds:.1f} s on {ctx.worker_id}")
+    _stored_again(ctx, stored)
     return "published" if published else "finished elsewhere"

@@ -21,6 +21,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import IO, BinaryIO
 
@@ -66,6 +67,9 @@ PROBE_BYTES = b"neffcache storage probe: a worker stores and reads this to know 
 class StoredObject:
     digest: str
     size: int
+    # When the store last wrote it (S3's LastModified, a file's mtime), where the store says: the
+    # GC sweeps an object no row names only once this is older than its grace period.
+    modified_at: datetime | None = None
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
@@ -111,12 +112,12 @@ class FilesystemObjectStore(ObjectStore):
                 if not (is_bare_hex(name) and name.startswith(part)):
                     continue  # not an object of this layout (a stray file): not ours to judge
                 try:
-                    size = entry.stat(follow_symlinks=False).st_size
+                    stat = entry.stat(follow_symlinks=False)
                 except FileNotFoundError:
                     continue  # deleted while we listed
                 except OSError as exc:
                     raise StorageError(f"object folder: cannot stat {name}: {exc}") from exc
-                yield StoredObject(name, size)
+                yield StoredObject(name, stat.st_size, datetime.fromtimestamp(stat.st_mtime, UTC))
 
     def _quarantine(self, digest: str) -> str | None:
         aside = self.root / quarantine_key(digest)

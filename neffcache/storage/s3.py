@@ -210,7 +210,7 @@ class S3ObjectStore(ObjectStore):
                     digest = item["Key"].rsplit("/", 1)[-1]
                     # Only keys of this layout are objects; anything else there is not ours to judge.
                     if is_bare_hex(digest) and item["Key"] == self.key_for(digest):
-                        yield StoredObject(digest, int(item["Size"]))
+                        yield StoredObject(digest, int(item["Size"]), item.get("LastModified"))
         except ClientError as exc:
             raise StorageError(f"S3: cannot list {listed!r}: {_describe(exc)}") from exc
         except (BotoCoreError, Boto3Error) as exc:

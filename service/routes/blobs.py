@@ -10,10 +10,12 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from neffcache.db.models import Blob
+from neffcache.db.models import Blob, utcnow
 from neffcache.digests import digest_of
 from neffcache.errors import InvalidParameter, NotFound, TooLarge
+from neffcache.object_deletion import ensure_stored
 from neffcache.service.auth import READ, WRITE
+from neffcache.service.cache import touch_blob
 from neffcache.service.context import ServiceContext
 from neffcache.service.routes.deps import context, parse_digest
 from neffcache.service.streaming import object_response
@@ -34,9 +36,11 @@ def _known_size(ctx: ServiceContext, digest: str) -> int | None:
 
 
 def _record(ctx: ServiceContext, digest: str, size: int) -> None:
+    """The blob's row, made or marked as just used (the GC keeps used blobs)."""
     with ctx.db.session() as session:
+        touch_blob(session, digest)
         if session.get(Blob, digest) is None:
-            session.add(Blob(digest=digest, size=size))
+            session.add(Blob(digest=digest, size=size, last_used_at=utcnow()))
 
 
 def _too_large(limit: int) -> TooLarge:
@@ -67,7 +71,15 @@ async def put_blob(digest: str, request: Request) -> JSONResponse:
             spool.write(chunk)
         spool.seek(0)
         result = await run_in_threadpool(ctx.store.put, spool, hex_digest, limit)
-    await run_in_threadpool(_record, ctx, digest, result.size)
+        await run_in_threadpool(_record, ctx, digest, result.size)
+
+        def put_again() -> object:
+            spool.seek(0)
+            return ctx.store.put(spool, hex_digest, limit)
+
+        # The row is committed: if the GC was deleting these very bytes as we found them stored,
+        # store them again (neffcache.object_deletion).
+        await run_in_threadpool(ensure_stored, ctx.db, ctx.store, {hex_digest: put_again})
     if result.repaired:
         ctx.metrics.corrupt_object("upload")
         log.warning("blob %s: the stored copy was corrupt; replaced by this upload", digest)

@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -415,6 +416,8 @@ def test_iter_objects_lists_every_object_with_its_size_and_nothing_else(
 ) -> None:
     assert list(object_store.iter_objects()) == []
     blobs = [b"one", b"two" * 1000, b""]
+    # Whole seconds: S3 servers keep LastModified to the second.
+    before = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=1)
     for data in blobs:
         object_store.put(io.BytesIO(data))
     # Not objects: an upload in progress, a quarantined object, a stray name in the layout.
@@ -432,8 +435,11 @@ def test_iter_objects_lists_every_object_with_its_size_and_nothing_else(
                                        Key=raw_name(object_store, "sha256/ab/notes.txt"))
 
     listed = sorted(object_store.iter_objects(), key=lambda o: o.digest)
+    after = datetime.now(UTC) + timedelta(seconds=1)
 
-    assert listed == sorted((StoredObject(sha256(d), len(d)) for d in blobs), key=lambda o: o.digest)
+    assert [(o.digest, o.size) for o in listed] == sorted((sha256(d), len(d)) for d in blobs)
+    # When each was written, which the GC's orphan sweep compares with its grace period.
+    assert all(o.modified_at is not None and before <= o.modified_at <= after for o in listed), listed
 
 
 def test_quarantine_moves_a_corrupt_object_aside_and_the_next_put_recreates_it(
