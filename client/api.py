@@ -350,6 +350,10 @@ class NeffcacheClient:
     def stats(self) -> dict[str, Any]:
         return self._json("GET", "/v1/stats")
 
+    def storage(self) -> dict[str, Any]:
+        """Stored and pinned bytes against the quotas, and the last GC pass (GET /v1/storage)."""
+        return self._json("GET", "/v1/storage")
+
     def hits(self, key: str | None = None, limit: int = 50, caller: str | None = None) -> dict[str, Any]:
         return self._json("GET", "/v1/hits", params=_params(key=key, caller=caller, limit=limit))
 

@@ -1,4 +1,5 @@
-"""Byte counts as people write them: 1048576, 500GiB, 2TB, 1.5 GiB. Pure, standard library only."""
+"""Byte counts as people write them (1048576, 500GiB, 2TB, 1.5 GiB), for settings. Pure, standard
+library only."""
 
 from __future__ import annotations
 
@@ -25,12 +26,3 @@ def parse_size(value: object) -> object:
         raise ValueError(f"{value!r} is not a byte count (e.g. 1048576, 500GiB, 2TB)")
     return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
 
-
-def format_size(count: int) -> str:
-    """1536 -> '1.5 KiB': for people, never parsed back."""
-    size = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(size) < 1024 or unit == "TiB":
-            return f"{int(size)} B" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")

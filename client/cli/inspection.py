@@ -12,7 +12,7 @@ from neffcache.client.cli import session
 from neffcache.client.cli.compile import usage_counts
 from neffcache.client.cli.options import JsonOpt, LimitOpt, TokenOpt, UrlOpt
 from neffcache.digests import is_digest
-from neffcache.errors import UsageError
+from neffcache.errors import NotFound, UsageError
 
 
 def ls_cmd(
@@ -123,8 +123,12 @@ def stats_cmd(json_out: JsonOpt = False, url: UrlOpt = None, token: TokenOpt = N
     """Hit rate and compile time saved, in total and by target and compiler."""
     with session.open_client(url, token) as client:
         s = client.stats()
+        try:
+            storage: dict[str, Any] | None = client.storage()
+        except NotFound:  # a service older than GET /v1/storage
+            storage = None
     if json_out:
-        output.print_json(s)
+        output.print_json({**s, "storage": storage} if storage is not None else s)
         return
 
     def row(name: str, v: dict[str, Any]) -> list[Any]:
@@ -138,6 +142,28 @@ def stats_cmd(json_out: JsonOpt = False, url: UrlOpt = None, token: TokenOpt = N
     output.table(None, ["", "lookups", "lookup hits", "misses", "hit rate", "compile time saved"], rows)
     output.line(f"downloads {s.get('downloads', 0)}, compiles succeeded {s.get('compiles_succeeded', 0)}, "
                 f"failed {s.get('compiles_failed', 0)}")
+    if storage is not None:
+        _storage_lines(storage)
+
+
+def _storage_lines(storage: dict[str, Any]) -> None:
+    """Stored and pinned bytes against the quotas, the last GC pass, and why it fell short."""
+    quota = storage.get("quota_bytes")
+    against = f" of a {output.human_bytes(quota)} quota" if quota is not None else " (no quota)"
+    output.line(f"stored {output.human_bytes(storage['stored_bytes'])}{against} in {storage['artifacts']} artifacts, "
+                f"{output.human_bytes(storage['pinned_bytes'])} pinned")
+    for namespace, v in storage.get("by_namespace", {}).items():
+        if v.get("quota_bytes") is not None:
+            output.line(f"  namespace {namespace}: {output.human_bytes(v['stored_bytes'])} of a "
+                        f"{output.human_bytes(v['quota_bytes'])} quota, {output.human_bytes(v['pinned_bytes'])} pinned")
+    last = storage.get("last_gc")
+    if last:
+        evicted, deleted = output.human_bytes(last["evicted_bytes"]), output.human_bytes(last["bytes_deleted"])
+        output.line(f"last gc {output.when(last['finished_at'] or last['started_at'])}: evicted "
+                    f"{last['evicted_artifacts']} artifacts ({evicted}), deleted {last['objects_deleted']} "
+                    f"objects ({deleted})")
+    for blocked in storage.get("blocked", []):
+        output.say(f"eviction is blocked: {blocked}")
 
 
 def hits_cmd(

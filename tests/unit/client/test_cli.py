@@ -137,10 +137,17 @@ class _Neffcache(StubHandler):
 
     artifact: dict[str, Any] = {}
     stats: dict[str, Any] = {}
+    storage: dict[str, Any] | None = None  # None: a service older than GET /v1/storage (404)
 
     service_version = "0.1.0"
 
     def do_GET(self) -> None:
+        if self.path == "/v1/storage":
+            if self.storage is None:
+                self.send_json(404, {"error": "not_found", "detail": "Not Found"})
+            else:
+                self.send_json(200, self.storage)
+            return
         self.send_json(200, self.stats if self.path == "/v1/stats" else self.artifact)
 
     def do_POST(self) -> None:
@@ -170,6 +177,29 @@ def test_lookup_hits_and_downloads_are_named_apart(counts: dict[str, int], looku
         assert stat.rc == 0 and re.search(r"lookups\s*\S\s*lookup hits\s*\S\s*misses", stat.stdout), stat.stdout
         assert re.search(rf"│ all\s*│ 4\s*│ {summary.get('lookup_hits', 2)}\s*│ 3", stat.stdout), stat.stdout
         assert "downloads 1," in stat.stdout
+        assert "stored" not in stat.stdout  # this service has no GET /v1/storage: nothing said of it
+
+
+def test_stats_shows_the_storage_against_the_quota_and_a_blocked_eviction() -> None:
+    summary = {"lookups": 0, "lookup_hits": 0, "misses": 0, "hit_rate": None, "compile_seconds_saved": 0}
+    storage = {"artifacts": 3, "stored_bytes": 3 * 1024**3, "pinned_bytes": 2 * 1024**3, "quota_bytes": 1024**3,
+               "by_namespace": {"team-a": {"artifacts": 3, "stored_bytes": 3 * 1024**3, "pinned_bytes": 2 * 1024**3,
+                                           "quota_bytes": 2 * 1024**3}},
+               "last_gc": {"started_at": "2026-12-04T10:00:00+00:00", "finished_at": "2026-12-04T10:00:05+00:00",
+                           "evicted_artifacts": 4, "evicted_bytes": 5 * 1024**2, "objects_deleted": 2,
+                           "bytes_deleted": 1024},
+               "blocked": ["the deployment keeps 3221225472 bytes, over its quota of 1073741824: ..."]}
+    handler = type("Handler", (_Neffcache,), {"stats": {**summary, "by_target": {}, "by_compiler": {}},
+                                              "storage": storage})
+    with serve(handler) as url:
+        shown = run_cli(["stats"], client_env(url))
+        assert shown.rc == 0, shown.stderr
+        assert "stored 3.0 GiB of a 1.0 GiB quota in 3 artifacts, 2.0 GiB pinned" in shown.stdout
+        assert "namespace team-a: 3.0 GiB of a 2.0 GiB quota" in shown.stdout
+        assert "evicted 4 artifacts (5.0 MiB), deleted 2 objects (1.0 KiB)" in shown.stdout
+        assert "eviction is blocked: the deployment keeps" in shown.stderr
+        as_json = run_cli(["stats", "--json"], client_env(url))
+        assert json.loads(as_json.stdout)["storage"] == storage
 
 
 # --- pulls that fail -----------------------------------------------------------------------------

@@ -144,3 +144,33 @@ def test_concurrent_records_and_flushes_lose_nothing(db: Database, recorder: Eve
         t.join()
     recorder.flush()
     assert usage(db, KEY_A) == (800, 0) and event_count(db) == 800
+
+
+def last_used(db: Database, key: str) -> Any:
+    with db.session() as session:
+        return session.scalar(select(ArtifactUsage.last_used_at).where(ArtifactUsage.key == key))
+
+
+def test_each_flush_moves_an_artifacts_last_use_forward_never_back(db: Database, recorder: EventRecorder) -> None:
+    """The GC's LRU order, written with the counts: no write on the request path."""
+    record(recorder, "lookup", outcome="miss")
+    recorder.flush()
+    assert last_used(db, KEY_A) is None  # a miss is not a use
+
+    record(recorder, "lookup")
+    first = recorder._pending[-1].at
+    record(recorder, "download")
+    newest = recorder._pending[-1].at
+    assert last_used(db, KEY_A) is None
+    recorder.flush()
+    assert last_used(db, KEY_A) == newest >= first
+
+    # Another process flushing an older hit later does not move it back.
+    other = EventRecorder(db, recorder.metrics, flush_interval_s=60)
+    record(other, "lookup")
+    late = other._pending[-1]
+    other._pending[-1] = events.Event(**{**late.__dict__, "at": newest.replace(year=newest.year - 1)})
+    other._pending_last_use[KEY_A] = other._pending[-1].at
+    other.flush()
+    assert last_used(db, KEY_A) == newest
+    assert usage(db, KEY_A) == (2, 1)
