@@ -116,6 +116,8 @@ def stack_settings(request: pytest.FixtureRequest, tmp_path_factory: pytest.Temp
         "max_upload_bytes": MAX_UPLOAD_BYTES,
         "auth_required": True,
         "bootstrap_admin_token": ADMIN_TOKEN,
+        # No periodic GC in the session's workers: a test that wants one starts a worker with it.
+        "gc_interval_s": 0,
         **FAST_CLOCKS,
         **storage,
     }

@@ -133,3 +133,27 @@ def test_0008_counts_each_artifacts_hits_and_downloads_from_the_events(empty_dat
         assert [tuple(r) for r in rows] == [("k1", 2, 1), ("k2", 0, 1)]
     finally:
         engine.dispose()
+
+
+def test_0009_takes_each_artifacts_last_use_from_its_newest_hit(empty_database: str) -> None:
+    migrate.upgrade(empty_database, "0008")
+    engine = create_engine(normalise_url(empty_database))
+    try:
+        with engine.begin() as conn:
+            for key, at, outcome in [("k1", "2026-11-01 10:00:00", "hit"), ("k1", "2026-11-03 09:30:00", "hit"),
+                                     ("k1", "2026-11-05 08:00:00", "miss"), ("k2", "2026-11-02 12:00:00", "miss")]:
+                conn.execute(text(
+                    "INSERT INTO cache_events (at, kind, outcome, key, target, compiler_name, compiler_version, "
+                    "saved_seconds) VALUES (:at, 'lookup', :outcome, :key, 'trn1', 'neuronx-cc', '2', 0)"),
+                    {"key": key, "at": at, "outcome": outcome})
+            for key in ("k1", "k2"):
+                conn.execute(text("INSERT INTO artifact_usage (key, lookup_hits, downloads) VALUES (:key, 0, 0)"),
+                             {"key": key})
+        migrate.upgrade(empty_database)
+        with engine.connect() as conn:
+            used = dict(conn.execute(text("SELECT key, last_used_at FROM artifact_usage")).all())
+        assert str(used["k1"]).startswith("2026-11-03 09:30:00") and used["k2"] is None
+        migrate.downgrade(empty_database, "0008")
+        migrate.upgrade(empty_database)
+    finally:
+        engine.dispose()
