@@ -7,6 +7,8 @@ fixtures of test_registry.py (SQLite migrated by Alembic, the session's Redis, a
 - outputs reach the object store before the artifact's row reaches the database, and an attempt
   whose outputs could not all be stored leaves no artifact row: a reader never sees half an
   artifact;
+- a worker whose outputs the GC deleted between storing them and its commit (it found them
+  stored: a dedupe) stores them again after the commit, so its artifact names no missing object;
 - each job's scratch dir is deleted when the job ends, however it ends;
 - a job reaches only a worker with exactly the compiler its key names;
 - with the default settings, a store that never comes back fails a job after 60 + 120 s of
@@ -25,7 +27,7 @@ from typing import Any
 
 from sqlalchemy import update
 
-from neffcache import lifecycle
+from neffcache import lifecycle, object_deletion
 from neffcache.db.models import Artifact, Job, utcnow
 from neffcache.db.session import Database
 from neffcache.dispatch import dispatch
@@ -34,6 +36,7 @@ from neffcache.lifecycle import FailureClass, JobState
 from neffcache.queue import connect_redis, queue_for_manifest, queues_for_toolchain
 from neffcache.settings import Settings
 from neffcache.storage import FilesystemObjectStore
+from neffcache.storage.base import PutResult
 from neffcache.workers import context as worker_context
 from neffcache.workers import jobs, registry, tasks
 from neffcache.workers.backends.base import CompileOutcome
@@ -149,6 +152,45 @@ def test_outputs_are_stored_before_the_artifact_row_and_half_stored_outputs_publ
     for _, digest in files:
         assert store.stat(digest.split(":", 1)[1]) is not None
     assert (read_job(db, job_id).state, backend.compiles) == (S, 2)
+
+
+class DeletedUnderTheWorker(FilesystemObjectStore):
+    """A folder store where the GC deletes each object just after the worker stored it and
+    before its row is committed: the order a deduping writer must survive
+    (neffcache/object_deletion.py)."""
+
+    def __init__(self, root: Path, database: Database) -> None:
+        super().__init__(root)
+        self.db = database
+        self.deleted: list[str] = []
+
+    def put_path(self, path: Path, expected_digest: str | None = None) -> PutResult:
+        result = super().put_path(path, expected_digest)
+        if expected_digest is None:  # the worker's first put, not its repair
+            with self.db.session() as session:
+                object_deletion.mark(session, [(result.digest, result.size)], "evicted", utcnow())
+            assert object_deletion.begin_deletion(self.db, result.digest, utcnow())
+            # (an object an earlier test's artifact names is kept, as the GC keeps it)
+            if object_deletion.finish_deletion(self.db, self, result.digest):
+                self.deleted.append(result.digest)
+        return result
+
+
+def test_outputs_the_gc_deleted_before_the_commit_are_stored_again_after_it(make_ctx, db: Database) -> None:  # noqa: F811
+    ctx = make_ctx(backend=CountingBackend())
+    job_id = queued_job(ctx, with_model=True, enqueue=False)
+    key = read_job(db, job_id).key
+    store = DeletedUnderTheWorker(Path(ctx.store.root), db)  # type: ignore[attr-defined]
+    ctx.store = store
+    worker_context.install(ctx)
+
+    assert tasks.run_compile_job(job_id) == "published"
+    with db.session() as session:
+        artifact = session.get(Artifact, key)
+        assert artifact is not None
+        named = sorted(f.digest.removeprefix("sha256:") for f in artifact.files)
+    assert store.deleted and set(store.deleted) <= set(named)  # deleted under the worker
+    assert all(store.verify(d) is not None and store.verify(d).ok for d in named)  # type: ignore[union-attr]
 
 
 # --- each job's scratch dir goes when the job ends ----------------------------------------------
