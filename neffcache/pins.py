@@ -178,9 +178,11 @@ def _check_owner(pin: Pin, caller: str, admin: bool, doing: str,
         return
     if anyone_once_expired_at is not None and not is_live(pin, anyone_once_expired_at):
         return
+    until = ""
+    if anyone_once_expired_at is not None and pin.expires_at is not None:
+        until = f" until it expires ({pin.expires_at.isoformat()})"
     raise Forbidden(f"pin {pin.name!r} belongs to {pin.owner!r}: only its owner or an admin token may {doing} it"
-                    + (" until it expires" if anyone_once_expired_at is not None and pin.expires_at else ""),
-                    pin=pin.name, owner=pin.owner)
+                    f"{until}", pin=pin.name, owner=pin.owner)
 
 
 def _pin_row(session: Session, name: str, caller: str, admin: bool, now: datetime) -> tuple[Pin, bool]:
