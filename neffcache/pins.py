@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, delete, exists, func, insert, or_, select
@@ -77,6 +77,11 @@ def expiry(now: datetime, expires_in: str | None = None, expires_at: datetime | 
     if expires_at is not None:
         if expires_at.tzinfo is None:
             raise InvalidSpec("expires_at: give a time zone, e.g. 2030-01-02T03:04:05Z", field="expires_at")
+        try:
+            expires_at = expires_at.astimezone(UTC)  # as it is stored
+        except OverflowError:
+            raise InvalidSpec(f"expires_at: {expires_at.isoformat()} is past the year 9999 in UTC",
+                              field="expires_at") from None
         if expires_at <= now:
             raise InvalidSpec(f"expires_at: {expires_at.isoformat()} is not in the future", field="expires_at")
     return expires_at
