@@ -152,6 +152,8 @@ PUT_REFUSALS = [
      "expires_at: 2020-01-01T00:00:00+00:00 is not in the future"),
     ("an expiry without a time zone", "owner", _bad_expiry(expires_at="2999-01-01T00:00:00"), 422, "invalid_spec",
      "expires_at"),
+    ("an expiry past the year 9999 in UTC", "owner", _bad_expiry(expires_at="9999-12-31T23:00:00-12:00"), 422,
+     "invalid_spec", "past the year 9999"),
     ("both expiries", "owner", _bad_expiry(expires_in="1d", expires_at="2999-01-01T00:00:00Z"), 422, "invalid_spec",
      "not both"),
     ("a note too long", "owner", _bad_expiry(note="n" * (pins.MAX_NOTE + 1)), 422, "invalid_spec", "note"),
