@@ -193,21 +193,19 @@ def _check_owner(pin: Pin, caller: str, admin: bool, doing: str,
 def _pin_row(session: Session, name: str, caller: str, admin: bool, now: datetime) -> tuple[Pin, bool]:
     """(the pin named `name`, locked, whether it is new): an existing one if `caller` may replace
     it, else a new row, flushed. Two requests creating one name at once: the second waits for the
-    first's row and replaces it, as if it had come after."""
-    pin = session.get(Pin, name, with_for_update=True)
-    if pin is None:
+    first's row (the primary key's index) and then replaces it, as if it had come after."""
+    while True:
+        pin = session.get(Pin, name, with_for_update=True, populate_existing=True)
+        if pin is not None:
+            _check_owner(pin, caller, admin, "replace", anyone_once_expired_at=now)
+            return pin, False
         try:
             with session.begin_nested():
                 pin = Pin(name=name, owner=caller, created_at=now)
                 session.add(pin)
         except IntegrityError:
-            pin = session.get(Pin, name, with_for_update=True, populate_existing=True)
-            if pin is None:  # made and removed again meanwhile: this request's turn to make it
-                raise
-        else:
-            return pin, True
-    _check_owner(pin, caller, admin, "replace", anyone_once_expired_at=now)
-    return pin, False
+            continue  # made by another request meanwhile: read it, locked
+        return pin, True
 
 
 def put_pin(session: Session, name: str, keys: Iterable[str], caller: str, *, now: datetime, admin: bool = False,
