@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -346,6 +347,25 @@ class NeffcacheClient:
         response = self.request("POST", f"/v1/jobs/{job_id}/cancel", ok=(200, 202))
         return response.json(), response.status_code == 200
 
+    # --- pins ----------------------------------------------------------------------------------
+    def put_pin(self, name: str, keys: list[str], *, expires_in: str | None = None,
+                note: str | None = None) -> dict[str, Any]:
+        """Pin the artifacts of `keys` (whole keys or unique prefixes) under `name`, replacing the
+        pin of that name: the pin, with its entries."""
+        body = {"keys": keys, **_params(expires_in=expires_in, note=note)}
+        return self._json("PUT", f"/v1/pins/{_segment(name)}", json=body)
+
+    def pins(self) -> dict[str, Any]:
+        """{"pins": [...]}: every pin, without its entries."""
+        return self._json("GET", "/v1/pins")
+
+    def pin(self, name: str) -> dict[str, Any]:
+        return self._json("GET", f"/v1/pins/{_segment(name)}")
+
+    def remove_pin(self, name: str) -> dict[str, Any]:
+        """Remove the pin `name`: the pin as it was."""
+        return self._json("DELETE", f"/v1/pins/{_segment(name)}")
+
     # --- inspection ----------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
         return self._json("GET", "/v1/stats")
@@ -370,6 +390,11 @@ def _tls_context() -> ssl.SSLContext:
     """The TLS settings httpx makes by default (certifi's CAs, or SSL_CERT_FILE / SSL_CERT_DIR), made
     once per process: each client would load the CA bundle again (20 ms each, at every start-up)."""
     return httpx.create_ssl_context()
+
+
+def _segment(name: str) -> str:
+    """`name` as one path segment (the service refuses a name that needs quoting, naming it)."""
+    return quote(name, safe="")
 
 
 def _params(**values: Any) -> dict[str, Any]:

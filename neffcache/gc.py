@@ -31,11 +31,10 @@ from typing import Any
 
 from sqlalchemy import and_, delete, exists, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import InstrumentedAttribute, Session
+from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
-from sqlalchemy.sql.selectable import Exists
 
-from neffcache import invalidation
+from neffcache import invalidation, pins
 from neffcache.db.models import (
     Artifact,
     ArtifactFile,
@@ -45,8 +44,6 @@ from neffcache.db.models import (
     Job,
     MaintenanceLease,
     ObjectDeletion,
-    Pin,
-    PinnedArtifact,
     UTCDateTime,
     utcnow,
 )
@@ -75,12 +72,6 @@ def default_roll_up(db: Database, before: datetime) -> int:
     from neffcache.rollup import roll_up_events
 
     return roll_up_events(db, before)
-
-
-def pinned(key: ColumnElement[str] | InstrumentedAttribute[str], now: datetime) -> Exists:
-    """Whether a pin that has not expired names the artifact `key`."""
-    return exists().where(PinnedArtifact.artifact_key == key, PinnedArtifact.pin_name == Pin.name,
-                          or_(Pin.expires_at.is_(None), Pin.expires_at > now))
 
 
 def blocked_of(run: GcRun) -> list[Blocked]:
@@ -130,7 +121,7 @@ def candidates(session: Session, now: datetime) -> list[Candidate]:
     rows = session.execute(
         select(Artifact.key, Artifact.namespace, func.coalesce(sizes.c.size, 0),
                func.coalesce(ArtifactUsage.last_used_at, Artifact.created_at, type_=UTCDateTime),
-               pinned(Artifact.key, now))
+               pins.pinned_clause(Artifact.key, now))
         .outerjoin(sizes, sizes.c.artifact_key == Artifact.key)
         .outerjoin(ArtifactUsage, ArtifactUsage.key == Artifact.key))
     return [Candidate(key, namespace, int(size), last_used, bool(is_pinned))
@@ -143,11 +134,9 @@ def evict(db: Database, eviction: Eviction, now: datetime) -> bool:
     """Delete the artifact's rows and mark its files, in one transaction under its row lock,
     unless it was pinned or used since the plan (or is gone). Whether it was evicted."""
     with db.session() as session:
-        row = session.execute(select(Artifact.key).where(Artifact.key == eviction.key).with_for_update()).first()
-        if row is None:
-            return False
-        # Statements after the lock see every commit before it (a pin added, a use flushed).
-        if session.scalar(select(pinned(Artifact.key, now)).where(Artifact.key == eviction.key)):
+        # The row locked, then the pins read in a statement of their own (neffcache.pins): a pin
+        # being added either committed before (seen here) or waits for this and finds no artifact.
+        if not pins.lock_for_eviction(session, [eviction.key], now):
             return False
         used = session.scalar(select(ArtifactUsage.last_used_at).where(ArtifactUsage.key == eviction.key))
         if used is not None and used > eviction.last_used:
@@ -247,9 +236,7 @@ def mark_orphans(db: Database, found: list[tuple[str, int, datetime]]) -> None:
 
 def expire_pins(db: Database, now: datetime) -> int:
     with db.session() as session:
-        gone = session.execute(delete(Pin).where(Pin.expires_at.is_not(None), Pin.expires_at <= now)
-                               .execution_options(synchronize_session=False))
-        return int(getattr(gone, "rowcount", 0) or 0)
+        return len(pins.remove_expired(session, now))
 
 
 # --- the pass ------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from neffcache.service.routes import (
     compile,
     health,
     jobs,
+    pins,
     stats,
     storage,
     tokens,
@@ -93,7 +94,7 @@ def create_app(settings: Settings | None = None, ctx: ServiceContext | None = No
     app.add_middleware(HitLane, ctx=context)  # innermost: inside the error catcher and the version header
     errors.install(app)
     app.add_middleware(ServiceHeader, version=app.version)
-    for module in (blobs, compile, jobs, artifacts, stats, storage, workers, toolchains, tokens, health):
+    for module in (blobs, compile, jobs, artifacts, pins, stats, storage, workers, toolchains, tokens, health):
         app.include_router(module.router, responses=ROUTER_RESPONSES.get(module.__name__))
     return app
 

@@ -16,7 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
-from neffcache import gc
+from neffcache import gc, pins
 from neffcache.db.models import Artifact, GcRun, Job, Worker, utcnow
 from neffcache.lifecycle import FINAL_STATES, JobState, heard_since
 
@@ -83,9 +83,9 @@ class _DatabaseCollector:
         gc_runs table, so every replica reports the same counts)."""
         sizes = gc.artifact_sizes()
         now = utcnow()
-        stored, pinned = s.execute(
-            select(func.coalesce(func.sum(sizes.c.size), 0),
-                   func.coalesce(func.sum(sizes.c.size).filter(gc.pinned(sizes.c.artifact_key, now)), 0))).one()
+        held = pins.pinned_clause(sizes.c.artifact_key, now)
+        stored, pinned = s.execute(select(func.coalesce(func.sum(sizes.c.size), 0),
+                                          func.coalesce(func.sum(sizes.c.size).filter(held), 0))).one()
         yield GaugeMetricFamily("neffcache_stored_bytes", "Bytes of the published artifacts' files", value=int(stored))
         yield GaugeMetricFamily("neffcache_pinned_bytes", "Bytes of the artifacts a pin holds", value=int(pinned))
         if self.settings.gc_quota_bytes is not None:

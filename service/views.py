@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
-from neffcache.db.models import Artifact, Job, Worker
+from neffcache.db.models import Artifact, Job, Pin, Worker
 from neffcache.digests import bare_hex
 from neffcache.lifecycle import JobState
 
@@ -82,3 +82,35 @@ def worker_view(worker: Worker, state: str) -> dict[str, Any]:
         "started_at": iso(worker.started_at),
         "last_heartbeat": iso(worker.last_heartbeat),
     }
+
+
+def pin_view(pin: Pin, sizes: Mapping[str, tuple[str, int]], expired: bool, shown: Callable[[str | None], bool],
+             with_entries: bool = True) -> dict[str, Any]:
+    """A pin. `sizes`: {key: (namespace, bytes)} of its artifacts that exist (neffcache.pins.
+    artifact_sizes); `shown(namespace)` says whether an entry is shown to this token (None: an
+    artifact that no longer exists); the others are only counted, as `hidden`. `artifacts`,
+    `missing` and `bytes` count the entries shown."""
+    entries = []
+    hidden = 0
+    for entry in pin.entries:
+        namespace, size = sizes.get(entry.artifact_key, (None, None))
+        if not shown(namespace):
+            hidden += 1
+            continue
+        entries.append({"key": entry.artifact_key, "namespace": namespace, "exists": namespace is not None,
+                        "bytes": size})
+    body: dict[str, Any] = {
+        "name": pin.name,
+        "owner": pin.owner,
+        "note": pin.note,
+        "created_at": iso(pin.created_at),
+        "expires_at": iso(pin.expires_at),
+        "expired": expired,
+        "artifacts": len(entries),
+        "missing": sum(1 for e in entries if not e["exists"]),
+        "bytes": sum(e["bytes"] or 0 for e in entries),
+        "hidden": hidden,
+    }
+    if with_entries:
+        body["entries"] = entries
+    return body

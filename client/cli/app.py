@@ -21,7 +21,7 @@ from rich.text import Text
 from typer.exceptions import TyperException
 
 from neffcache.client import output
-from neffcache.client.cli import compile, inspection, jobs, pull, push, session
+from neffcache.client.cli import compile, inspection, jobs, pin, pull, push, session
 from neffcache.client.cli.exits import Finished
 from neffcache.client.cli.options import TokenOpt, UrlOpt
 from neffcache.errors import (
@@ -54,6 +54,10 @@ COMMANDS = (
 )
 for _name, _command in COMMANDS:
     app.command(_name)(_command)
+# Commands with subcommands (`neffcache pin add|rm|ls`), after the others in --help.
+GROUPS = (("pin", pin.app),)
+for _name, _group in GROUPS:
+    app.add_typer(_group, name=_name)
 
 
 def _version(value: bool) -> None:

@@ -247,6 +247,12 @@ def lock_cmd(
     spec: SpecOpt = None,
     output_file: Annotated[Path | None, typer.Option("--output", "-o", metavar="FILE", help="Write the lock here "
                                                         "(default: stdout).", show_default=False)] = None,
+    pin: Annotated[str | None, typer.Option("--pin", metavar="NAME", help="Then pin every artifact the lock names "
+                                               "under NAME (replacing that pin), so eviction never removes them.",
+                                               show_default=False)] = None,
+    pin_expires_in: Annotated[str | None, typer.Option("--pin-expires-in", metavar="DURATION", help="The pin "
+                                                          "protects nothing after this long, e.g. 30d (default: "
+                                                          "until removed).", show_default=False)] = None,
     json_out: JsonOpt = False,
     url: UrlOpt = None,
     token: TokenOpt = None,
@@ -255,10 +261,13 @@ def lock_cmd(
 
     `neffcache pull --lock FILE --dest DIR` then pulls exactly those, without asking the service to
     compute any key. Any spec not published: exit 4, nothing written. An artifact whose file
-    names would be unsafe on disk (which `pull` refuses): exit 5, nothing written.
+    names would be unsafe on disk (which `pull` refuses): exit 5, nothing written. With --pin, a
+    pin the service refuses exits with its error's code, the lock written already.
     """
     if not keys and not spec:
         raise UsageError("nothing to lock: give --spec FILE (or artifact KEYs)")
+    if pin_expires_in is not None and pin is None:
+        raise UsageError("--pin-expires-in is the expiry of --pin NAME: give --pin too")
     session.check_keys(keys)
     if output_file is not None and output_file.exists() and output_file.is_dir():
         raise UsageError(f"--output {output_file} is a folder")
@@ -269,6 +278,16 @@ def lock_cmd(
         for item in wanted:  # names `pull --lock` would refuse are not locked (exit 5)
             check_locked_names(item)
         doc: dict[str, Any] = lock_document(client.url, wanted)
+        _write_lock_doc(doc, output_file, json_out)
+        if pin is not None:
+            from neffcache.client.cli.pin import pin_lock
+
+            pin_lock(client, pin, [w.key for w in wanted], pin_expires_in,
+                     f"to {output_file}" if output_file is not None else "to stdout")
+
+
+def _write_lock_doc(doc: dict[str, Any], output_file: Path | None, json_out: bool) -> None:
+    """The lock on stdout, or in `output_file` (and on stdout too with --json), saying so."""
     if output_file is None:
         output.write(dump(doc))
         return
@@ -276,4 +295,4 @@ def lock_cmd(
     if json_out:
         output.write(dump(doc))
     n_files = sum(len(a["files"]) for a in doc["artifacts"])
-    output.say(f"locked {len(wanted)} artifact(s), {n_files} file(s), in {output_file}")
+    output.say(f"locked {len(doc['artifacts'])} artifact(s), {n_files} file(s), in {output_file}")

@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from sqlalchemy import func, select
 
-from neffcache import gc
+from neffcache import gc, pins
 from neffcache.db.models import Artifact, GcRun, utcnow
 from neffcache.service.auth import READ, grant
 from neffcache.service.routes.deps import context
@@ -30,7 +30,7 @@ def storage(request: Request) -> dict[str, Any]:
     with ctx.db.session() as session:
         rows = session.execute(seen.limit(
             select(Artifact.namespace, func.count(), func.coalesce(func.sum(sizes.c.size), 0),
-                   func.coalesce(func.sum(sizes.c.size).filter(gc.pinned(Artifact.key, now)), 0))
+                   func.coalesce(func.sum(sizes.c.size).filter(pins.pinned_clause(Artifact.key, now)), 0))
             .outerjoin(sizes, sizes.c.artifact_key == Artifact.key), Artifact.namespace)
             .group_by(Artifact.namespace)).all()
         last = session.scalars(select(GcRun).order_by(GcRun.id.desc()).limit(1)).first()

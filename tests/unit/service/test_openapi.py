@@ -36,6 +36,9 @@ DOMAIN = {
     ("post", "/v1/artifacts"): {"blob_missing", "artifact_exists", "invalid_neff", "toolchain_mismatch",
                                 "corrupt_object", "storage_unavailable"},
     ("get", "/v1/hits"): {"not_found", "ambiguous_prefix"},
+    ("put", "/v1/pins/{name}"): {"not_found", "ambiguous_prefix", "invalid_spec"},
+    ("get", "/v1/pins/{name}"): {"not_found"},
+    ("delete", "/v1/pins/{name}"): {"not_found"},
     ("get", "/readyz"): {"not_ready"},
 }
 
