@@ -14,7 +14,18 @@ from neffcache import errors as domain
 from neffcache.service import errors
 from neffcache.service.context import ServiceContext
 from neffcache.service.hit_lane import HitLane
-from neffcache.service.routes import artifacts, blobs, compile, health, jobs, stats, tokens, toolchains, workers
+from neffcache.service.routes import (
+    artifacts,
+    blobs,
+    compile,
+    health,
+    jobs,
+    prewarm,
+    stats,
+    tokens,
+    toolchains,
+    workers,
+)
 from neffcache.settings import Settings
 
 log = logging.getLogger("neffcache.service")
@@ -82,7 +93,7 @@ def create_app(settings: Settings | None = None, ctx: ServiceContext | None = No
     app.add_middleware(HitLane, ctx=context)  # innermost: inside the error catcher and the version header
     errors.install(app)
     app.add_middleware(ServiceHeader, version=app.version)
-    for module in (blobs, compile, jobs, artifacts, stats, workers, toolchains, tokens, health):
+    for module in (blobs, compile, prewarm, jobs, artifacts, stats, workers, toolchains, tokens, health):
         app.include_router(module.router, responses=ROUTER_RESPONSES.get(module.__name__))
     return app
 
