@@ -225,6 +225,18 @@ class NeffcacheClient:
         """The hit ({"status": "hit", "key", "spec", "artifact"}); NotFound with key and nearest on a miss."""
         return self._json("POST", "/v1/lookup", json={"spec": spec})
 
+    def prewarm(self, compiler_version: str, runtime_version: str | None = None, *, keys: list[str] | None = None,
+                specs: list[dict[str, Any]] | None = None, top: dict[str, Any] | None = None,
+                submit: bool = True) -> dict[str, Any]:
+        """Re-key one source (artifact `keys`, `specs` [{"name", "spec"}], or `top` {"n", "since_days"})
+        for a new toolchain and submit each (or, `submit` false, only report readiness):
+        {"entries": [{"source_key"|"spec", "key", "status", ...}], "totals": {status: n}, ...}."""
+        body: dict[str, Any] = {"compiler_version": compiler_version, "runtime_version": runtime_version,
+                                "submit": submit}
+        body.update({name: value for name, value in (("keys", keys), ("specs", specs), ("top", top))
+                     if value is not None})
+        return self._json("POST", "/v1/prewarm", json=body)
+
     def artifact(self, key: str) -> dict[str, Any]:
         return self._json("GET", f"/v1/artifacts/{key}")
 
@@ -381,7 +393,8 @@ class NeffcacheClient:
         return self._json("GET", "/v1/workers")
 
     def toolchains(self) -> dict[str, Any]:
-        """{"releases": [{"sdk", "neuronx_cc", "runtime", "instances", "live_workers"}], "live": [...]}."""
+        """{"releases": [{"sdk", "neuronx_cc", "runtime", "instances", "live_workers", "artifacts", "bytes",
+        "lookup_hits", "lookup_hits_share"}], "live": [...], "serving": [...]} (the toolchains serving artifacts)."""
         return self._json("GET", "/v1/toolchains")
 
 

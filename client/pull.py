@@ -119,18 +119,21 @@ def safe_link_name(name: str, what: str) -> str:
     return name
 
 
+def add_wanted(wanted: dict[str, Wanted], key: str, artifact: dict[str, Any], requested: str,
+               name: str | None) -> None:
+    """Record that `requested` (a key or spec label, with its spec `name`) resolved to `key`: one
+    Wanted per key, however many ask for it."""
+    item = wanted.setdefault(key, Wanted(key, artifact))
+    item.requested_as.append(requested)
+    if name and name not in item.names:
+        item.names.append(name)
+
+
 def resolve(client: NeffcacheClient, keys: list[str], entries: list[SpecEntry],
             outcome: str = "nothing was pulled") -> list[Wanted]:
     """Every key and spec -> its artifact. All are asked before failing, so the miss lists them all."""
     wanted: dict[str, Wanted] = {}
     misses: list[str] = []
-
-    def add(key: str, artifact: dict[str, Any], requested: str, name: str | None) -> None:
-        item = wanted.setdefault(key, Wanted(key, artifact))
-        item.requested_as.append(requested)
-        if name and name not in item.names:
-            item.names.append(name)
-
     for key in keys:
         # A key may be a unique prefix (8 hex characters at least): the service answers with the whole key.
         try:
@@ -141,7 +144,7 @@ def resolve(client: NeffcacheClient, keys: list[str], entries: list[SpecEntry],
         full = str(artifact.get("key", ""))
         if not is_bare_hex(full) or not full.startswith(key.lower()):
             raise IntegrityFailure(f"asked for artifact {key}, the service answered with key {full!r}")
-        add(full, artifact, key, None)
+        add_wanted(wanted, full, artifact, key, None)
     for entry in entries:
         try:
             hit = client.lookup(entry.spec)
@@ -155,7 +158,7 @@ def resolve(client: NeffcacheClient, keys: list[str], entries: list[SpecEntry],
             misses.append(f"{entry.label} (key {key}{why})")
             continue
         entry.result = hit
-        add(hit["key"], hit["artifact"], entry.label, entry.name)
+        add_wanted(wanted, hit["key"], hit["artifact"], entry.label, entry.name)
     if misses:
         total = len(keys) + len(entries)
         raise NotFound(

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from neffcache.errors import InvalidFlags, InvalidSpec
 from neffcache.flags_common import FIELD, CanonicalFlags, check_tokens, one_of
-from neffcache.flags_inductor import canonical_inductor
+from neffcache.flags_inductor import canonical_inductor, isa_flag
 from neffcache.toolchain import NEURON_TARGETS
 
 NEURONX_CC = "neuronx-cc"
@@ -55,6 +55,14 @@ def canonical_flags_and_isa(
         f"compiler.name: {compiler_name!r}: no flag rules for this compiler "
         f"(known: {NEURONX_CC}, {INDUCTOR}, {TORCH_NEURONX})"
     )
+
+
+def isa_flags(compiler_name: str, target: str, isa: str | None) -> list[str]:
+    """The flags canonical_flags_and_isa splits off as `isa`, given back: for inductor the
+    `cpp.march` or `cuda.arch` assignment; none for neuronx-cc and torch-neuronx (isa None)."""
+    if compiler_name != INDUCTOR or isa is None:
+        return []
+    return [isa_flag(target, isa)]
 
 
 def canonical_flags(compiler_name: str, flags: Sequence[str], target: str) -> list[str]:

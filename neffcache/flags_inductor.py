@@ -11,6 +11,9 @@ from neffcache.errors import InvalidFlags, InvalidSpec
 from neffcache.flags_common import FIELD, CanonicalFlags, check_tokens, one_of
 from neffcache.toolchain import CPU_ISA_LEVELS, DEFAULT_CPU_ISA, INDUCTOR_TARGETS
 
+# The two assignments split off as the manifest's `isa` (isa_flag gives them back).
+CPU_ISA_OPTION = "cpp.march"
+CUDA_ARCH_OPTION = "cuda.arch"
 _CONFIG_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 _CUDA_ARCH = re.compile(r"(?:sm_)?([1-9][0-9]*)")
 
@@ -89,8 +92,8 @@ def canonical_inductor(flags: Sequence[str], target: str) -> CanonicalFlags:
             )
         chosen[name] = value
 
-    march = chosen.pop("cpp.march", None)
-    cuda_arch = chosen.pop("cuda.arch", None)
+    march = chosen.pop(CPU_ISA_OPTION, None)
+    cuda_arch = chosen.pop(CUDA_ARCH_OPTION, None)
     if target == "cpu":
         if cuda_arch is not None:
             raise InvalidFlags(f"{FIELD}: cuda.arch={cuda_arch}: only for target cuda")
@@ -109,6 +112,14 @@ def canonical_inductor(flags: Sequence[str], target: str) -> CanonicalFlags:
             )
         isa = _cuda_isa(cuda_arch)
     return CanonicalFlags(isa, [f"{name}={chosen[name]}" for name in sorted(chosen)])
+
+
+def isa_flag(target: str, isa: str) -> str:
+    """The flag canonical_inductor turns into `isa` for `target`: `cpp.march=<level>` (cpu) or
+    `cuda.arch=<arch>` (cuda), so that a manifest's isa can be given back as a spec's flag."""
+    if target not in INDUCTOR_TARGETS:
+        raise InvalidSpec(f"target: inductor compiles for {one_of(INDUCTOR_TARGETS)}, not {target!r}")
+    return f"{CUDA_ARCH_OPTION if target == 'cuda' else CPU_ISA_OPTION}={isa}"
 
 
 def _cpu_isa(march: str) -> str:

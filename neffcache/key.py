@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from neffcache.errors import InvalidSpec
-from neffcache.flags import canonical_flags_and_isa
+from neffcache.flags import canonical_flags_and_isa, isa_flags
 from neffcache.toolchain import CPU_ISA_LEVELS, DEFAULT_CPU_ISA, TORCH_NEURONX_PACKAGE
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "canonical_json",
     "key_for_spec",
     "manifest_diff",
+    "spec_for_manifest",
 ]
 
 KEY_VERSION = 1
@@ -188,6 +189,36 @@ def build_manifest(spec: Mapping[str, Any]) -> dict[str, Any]:
         **({"neuron_config": canonical_neuron_config(spec["neuron_config"])}
            if spec.get("neuron_config") is not None else {}),
     }
+
+
+def spec_for_manifest(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """The compile spec whose manifest `manifest` is: build_manifest's inverse, so that the spec's
+    key is the manifest's own (for a manifest of this KEY_VERSION). Everything the manifest holds
+    goes back where a spec has it: the flags as canonicalised (canonical flags are a fixed point of
+    the rules), inductor's `isa` as the `cpp.march` / `cuda.arch` flag it came from, torch-neuronx's
+    and NxD Inference's versions, the canonical neuron config, allow_toolchain_mismatch. With other
+    versions put in, it is the same build for another toolchain (POST /v1/prewarm)."""
+    compiler = manifest["compiler"]
+    target = manifest["target"]
+    extra = (*TORCH_NEURONX_COMPILER_FIELDS, NXD_INFERENCE_COMPILER_FIELD)
+    spec: dict[str, Any] = {
+        "namespace": manifest["namespace"],
+        "model": {"format": manifest["model"]["format"], "digest": manifest["model"]["digest"]},
+        "inputs": [{"name": item["name"], "shape": list(item["shape"]), "dtype": item["dtype"]}
+                   for item in manifest["inputs"]],
+        "target": target,
+        "compiler": {
+            "name": compiler["name"],
+            "version": compiler["version"],
+            "flags": [*compiler["flags"], *isa_flags(compiler["name"], target, manifest.get("isa"))],
+            **{name: compiler[name] for name in extra if name in compiler},
+        },
+        "runtime": {"name": manifest["runtime"]["name"], "version": manifest["runtime"]["version"]},
+        "allow_toolchain_mismatch": bool(manifest.get("allow_toolchain_mismatch", False)),
+    }
+    if manifest.get("neuron_config") is not None:
+        spec["neuron_config"] = dict(manifest["neuron_config"])
+    return spec
 
 
 def _nxd_inference_fields(spec: Mapping[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from neffcache.digests import DIGEST_PATTERN, is_digest  # noqa: F401 - the spec's digest rule, named with the schema
+from neffcache.digests import (  # noqa: F401 - is_digest: the spec's digest rule, named with the schema
+    DIGEST_PATTERN,
+    HEX_PATTERN,
+    is_digest,
+)
 from neffcache.errors import InvalidSpec
 from neffcache.key import canonical_neuron_config
 from neffcache.toolchain import (
@@ -383,3 +387,41 @@ class PublishRequest(_Strict):
 
 class LookupRequest(_Strict):
     spec: CompileSpec
+
+
+# POST /v1/prewarm: at most this many entries (sources) in one request, each one compile decision.
+MAX_PREWARM_ENTRIES = 500
+MAX_PREWARM_DAYS = 366
+
+
+class PrewarmSpecEntry(_Strict):
+    name: str = Field(min_length=1, max_length=256, description="what the answer calls the entry (a spec file "
+                                                                  "entry's name or label)")
+    spec: CompileSpec
+
+
+class PrewarmTop(_Strict):
+    n: int = Field(ge=1, le=MAX_PREWARM_ENTRIES, description="the N artifacts with the most lookup hits")
+    since_days: float = Field(default=7.0, gt=0, le=MAX_PREWARM_DAYS, description="counted over the last DAYS days")
+
+
+class PrewarmRequest(_Strict):
+    """Build what a deployment uses again for a new toolchain: one source (artifact keys, specs, or
+    the most used artifacts), each re-keyed with the new versions and submitted as a compile."""
+
+    compiler_version: str = Field(pattern=VERSION_PATTERN, description="the new compiler: neuronx-cc's version, "
+                                  "torch-neuronx's (the rest of its toolchain is resolved), or inductor's torch")
+    runtime_version: str | None = Field(default=None, pattern=VERSION_PATTERN, description="left out: resolved "
+                                        "(the SDK release's runtime; for inductor the torch version)")
+    keys: list[Annotated[str, Field(pattern=HEX_PATTERN)]] | None = Field(
+        default=None, min_length=1, max_length=MAX_PREWARM_ENTRIES, description="artifacts (whole keys: a lock file's)")
+    specs: list[PrewarmSpecEntry] | None = Field(default=None, min_length=1, max_length=MAX_PREWARM_ENTRIES)
+    top: PrewarmTop | None = None
+    submit: bool = Field(default=True, description="false: report readiness only; nothing is compiled or counted")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> PrewarmRequest:
+        given = [name for name in ("keys", "specs", "top") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one source of keys, specs or top, got {' and '.join(given) or 'none'}")
+        return self

@@ -10,7 +10,7 @@ import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from sqlalchemy import case, select, update
 from sqlalchemy.orm import Session
@@ -204,6 +204,13 @@ def latest_job(session: Session, key: str) -> Job | None:
     return session.scalar(select(Job).where(Job.key == key).order_by(active_first, Job.created_at.desc()).limit(1))
 
 
+def remembered_failure(job: Job | None) -> TypeGuard[Job]:
+    """Whether a key's latest job (`latest_job`) is a failure that a request without `force` is
+    answered with instead of compiling again: the one rule for compile requests and for prewarm's
+    readiness."""
+    return job is not None and job.state == JobState.FAILED and job.failure_class in REMEMBERED_FAILURES
+
+
 def _new_job(ctx: ServiceContext, manifest: dict[str, Any], key: str, caller: str | None,
              annotations: dict[str, str]) -> Job:
     """The key's job, to insert. It is inserted marked enqueued (`dispatch.send_created` sends it
@@ -265,10 +272,7 @@ def submit_compile(ctx: ServiceContext, spec: CompileSpec, force: bool, caller: 
         artifact = published(ctx, session, key)
     if artifact is not None:  # a hit needs no model: it is compiled already
         return _hit(ctx, "compile", spec_out, manifest, artifact, caller)
-    if resolved.model.format == FOLDER_FORMAT:
-        raise InvalidSpec(f"spec.model.format: {FOLDER_FORMAT} folders are compiled by NxD Inference on a Neuron "
-                          "host, not by the farm: publish the folder with `neffcache push --dir DIR --spec SPEC` "
-                          "(a compile request of its spec is a hit once it is pushed)")
+    check_farm_builds(resolved)
 
     def decide() -> Outcome:
         return _decide(ctx, resolved.model.digest, manifest, key, spec_out, force, caller, annotations or {})
@@ -278,6 +282,14 @@ def submit_compile(ctx: ServiceContext, spec: CompileSpec, force: bool, caller: 
     outcome, shared = (decide(), False) if force else ctx.compile_decisions.share(key, decide)
     _record(ctx, "compile", manifest, key, None, caller)
     return _as_joined(outcome, spec_out) if shared else outcome
+
+
+def check_farm_builds(spec: CompileSpec) -> None:
+    """InvalidSpec unless the farm compiles what `spec` names (it does not compile folders)."""
+    if spec.model.format == FOLDER_FORMAT:
+        raise InvalidSpec(f"spec.model.format: {FOLDER_FORMAT} folders are compiled by NxD Inference on a Neuron "
+                          "host, not by the farm: publish the folder with `neffcache push --dir DIR --spec SPEC` "
+                          "(a compile request of its spec is a hit once it is pushed)")
 
 
 def _decide(ctx: ServiceContext, model_digest: str, manifest: dict[str, Any], key: str, spec_out: dict[str, Any],
@@ -329,8 +341,7 @@ def _read_and_decide(ctx: ServiceContext, session: Session, new: Job, model_dige
             reconciled = {"reconciled": reason, "stale_job": current.id}
     if active is not None:
         return _queued(new.key, spec_out, active, deduplicated=True, **reconciled), send, None
-    if (not force and current is not None and current.state == JobState.FAILED
-            and current.failure_class in REMEMBERED_FAILURES):
+    if not force and remembered_failure(current):
         failed = {"status": "failed", "key": new.key, "spec": spec_out, "job": job_view(current)}
         return Outcome(200, failed), None, None
     job, created_now = lifecycle.create(session, new)

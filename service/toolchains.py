@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -59,6 +60,26 @@ def registered_toolchains(session: Session, ttl_s: float) -> list[RegisteredTool
         for w in rows
     }
     return sorted(found, key=lambda t: (t.compiler_name, t.compiler_version, t.runtime_version))
+
+
+def live_queues(session: Session, lost_after_s: float) -> set[str]:
+    """Every queue a live worker listens to: heard from within `lost_after_s` and not stopped. A
+    job whose queue is not among them waits until a worker with its toolchain starts."""
+    return {queue for queues in session.scalars(select(Worker.queues).where(heard_since(lost_after_s)))
+            for queue in queues or ()}
+
+
+def require_live_worker(queues: set[str], queue: str, manifest: dict[str, Any]) -> None:
+    """ToolchainUnavailable unless a live worker listens to `queue` (the job of `manifest`'s)."""
+    if queue not in queues:
+        compiler, runtime = manifest["compiler"], manifest["runtime"]
+        with_packages = "".join(f", {name} {compiler[name]}" for name in ("torch_version", "neuronx_cc_version")
+                                if name in compiler)
+        raise ToolchainUnavailable(
+            f"no live worker offers {compiler['name']}=={compiler['version']}{with_packages} for target "
+            f"{manifest['target']} ({runtime['name']} {runtime['version']}): start a worker with that toolchain",
+            candidates=[],
+        )
 
 
 def _pick(field: str, values: set[str], spec: CompileSpec, candidates: list[RegisteredToolchain],
@@ -187,6 +208,11 @@ def resolve_torch_neuronx(toolchains: Callable[[], list[RegisteredToolchain]], s
         "compiler.neuronx_cc_version": compiler.neuronx_cc_version,
     }
     runtime_version = spec.runtime.version
+    if (compiler.version and runtime_version and not spec.allow_toolchain_mismatch
+            and sdk.torch_neuronx_paired(compiler.version, runtime_version) is False):
+        # Refused as a pair before any worker is asked: no worker could make it a valid one.
+        raise _unpaired(TORCH_NEURONX_PACKAGE, compiler.version, sdk.with_torch_neuronx(compiler.version),
+                        runtime_version, sdk)
     if not (all(versions.values()) and runtime_version):
         candidates = [t for t in toolchains() if t.compiler_name == TORCH_NEURONX_PACKAGE and spec.target in t.targets
                       and _offers(t, versions)]

@@ -20,6 +20,7 @@ The package:
   pull.py        pull, lock               jobs.py        jobs, logs, cancel
   inspection.py  ls, show, stats, hits, workers, toolchains
   pin.py         pin add, pin rm, pin ls (and lock --pin)
+  prewarm.py     prewarm (and the readiness lock --compiler requires)
 
 Start-up is part of every command's time (a deployment's `pull` is timed against a plain boto3
 download): modules that only some commands need (client/specs.py with yaml and the spec models,

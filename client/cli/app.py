@@ -21,7 +21,7 @@ from rich.text import Text
 from typer.exceptions import TyperException
 
 from neffcache.client import output
-from neffcache.client.cli import compile, inspection, jobs, pin, pull, push, session
+from neffcache.client.cli import compile, inspection, jobs, pin, prewarm, pull, push, session
 from neffcache.client.cli.exits import Finished
 from neffcache.client.cli.options import TokenOpt, UrlOpt
 from neffcache.errors import (
@@ -47,7 +47,7 @@ app = typer.Typer(
 # In this order in --help.
 COMMANDS = (
     ("compile", compile.compile_cmd), ("push", push.push_cmd), ("lookup", compile.lookup_cmd),
-    ("pull", pull.pull_cmd), ("lock", pull.lock_cmd),
+    ("pull", pull.pull_cmd), ("lock", pull.lock_cmd), ("prewarm", prewarm.prewarm_cmd),
     ("ls", inspection.ls_cmd), ("show", inspection.show_cmd), ("stats", inspection.stats_cmd),
     ("hits", inspection.hits_cmd), ("jobs", jobs.jobs_cmd), ("logs", jobs.logs_cmd), ("cancel", jobs.cancel_cmd),
     ("workers", inspection.workers_cmd), ("toolchains", inspection.toolchains_cmd),

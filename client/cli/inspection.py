@@ -214,20 +214,39 @@ def workers_cmd(json_out: JsonOpt = False, url: UrlOpt = None, token: TokenOpt =
 
 def toolchains_cmd(json_out: JsonOpt = False, url: UrlOpt = None, token: TokenOpt = None) -> None:
     """Neuron SDK releases (which neuronx-cc and runtime ship together, which have live workers),
-    and the toolchains live workers offer."""
+    the toolchains live workers offer, and every toolchain that serves artifacts: how many, how many
+    bytes, and its share of last week's lookup hits (an old release serving none can be retired)."""
     with session.open_client(url, token) as client:
         body = client.toolchains()
     if json_out:
         output.print_json(body)
         return
     releases = body.get("releases", [])
-    output.table("SDK releases", ["sdk", "neuronx-cc", "runtime", "torch-neuronx", "live workers"],
+    output.table("SDK releases", ["sdk", "neuronx-cc", "runtime", "torch-neuronx", "live workers", *_USAGE],
                  [[r.get("sdk"), ", ".join(r.get("neuronx_cc", [])), ", ".join(r.get("runtime", [])),
-                   ", ".join(r.get("torch_neuronx", [])), r.get("live_workers") or ""] for r in releases])
+                   ", ".join(r.get("torch_neuronx", [])), r.get("live_workers") or "", *_usage(r)] for r in releases])
+    serving = body.get("serving")
+    if serving:
+        output.table("toolchains serving artifacts", ["compiler", "runtime", "live", *_USAGE, "SDK releases"],
+                     [[t.get("compiler"), t.get("runtime"), "yes" if t.get("live") else "no", *_usage(t),
+                       ", ".join(t.get("sdk_releases") or [])] for t in serving])
     live = body.get("live", [])
     if not live:
         output.say("no live workers")
         return
-    output.table("live toolchains", ["compiler", "runtime", "with", "workers", "SDK releases"],
-                 [[t.get("compiler"), t.get("runtime"), t.get("packages") or "", t.get("workers"),
+    output.table("live toolchains", ["compiler", "runtime", "with", "workers", *_USAGE, "SDK releases"],
+                 [[t.get("compiler"), t.get("runtime"), t.get("packages") or "", t.get("workers"), *_usage(t),
                    ", ".join(t.get("sdk_releases") or [])] for t in live])
+
+
+_USAGE = ["artifacts", "size", "lookup hits (7 d)", "share"]
+
+
+def _usage(row: dict[str, Any]) -> list[Any]:
+    """A toolchain's (or release's) artifacts, their size, and its lookup hits and their share; blank
+    where the service does not say (an older one)."""
+    if "artifacts" not in row:
+        return ["", "", "", ""]
+    share = row.get("lookup_hits_share")
+    return [row["artifacts"] or "", output.human_bytes(row.get("bytes")) if row["artifacts"] else "",
+            row.get("lookup_hits") or "", "" if share is None else f"{share * 100:.1f}%"]

@@ -253,6 +253,12 @@ def lock_cmd(
     pin_expires_in: Annotated[str | None, typer.Option("--pin-expires-in", metavar="DURATION", help="The pin "
                                                           "protects nothing after this long, e.g. 30d (default: "
                                                           "until removed).", show_default=False)] = None,
+    compiler: Annotated[str | None, typer.Option("--compiler", metavar="VERSION", help="Lock the --spec entries "
+                                                    "built for this compiler (a new SDK release's, see `neffcache "
+                                                    "prewarm`) instead of the versions they name.",
+                                                    show_default=False)] = None,
+    runtime: Annotated[str | None, typer.Option("--runtime", metavar="VERSION", help="With --compiler: the runtime "
+                                                   "(default: the SDK release's).", show_default=False)] = None,
     json_out: JsonOpt = False,
     url: UrlOpt = None,
     token: TokenOpt = None,
@@ -262,19 +268,30 @@ def lock_cmd(
     `neffcache pull --lock FILE --dest DIR` then pulls exactly those, without asking the service to
     compute any key. Any spec not published: exit 4, nothing written. An artifact whose file
     names would be unsafe on disk (which `pull` refuses): exit 5, nothing written. With --pin, a
-    pin the service refuses exits with its error's code, the lock written already.
+    pin the service refuses exits with its error's code, the lock written already. With --compiler,
+    every entry must be ready for that toolchain (else each one not ready is named with its state,
+    exit 4, nothing written).
     """
     if not keys and not spec:
         raise UsageError("nothing to lock: give --spec FILE (or artifact KEYs)")
     if pin_expires_in is not None and pin is None:
         raise UsageError("--pin-expires-in is the expiry of --pin NAME: give --pin too")
+    if runtime is not None and compiler is None:
+        raise UsageError("--runtime VERSION goes with --compiler VERSION")
+    if compiler is not None and (keys or not spec):
+        raise UsageError("--compiler VERSION locks the --spec entries rebuilt for it: give --spec FILE, without KEYs")
     session.check_keys(keys)
     if output_file is not None and output_file.exists() and output_file.is_dir():
         raise UsageError(f"--output {output_file} is a folder")
     entries = _spec_entries(spec)
     with session.open_client(url, token) as client:
-        # Keys may be prefixes: the lock records the whole key the service answered with.
-        wanted = resolve(client, list(dict.fromkeys(keys or [])), entries, "nothing was written")
+        if compiler is not None:
+            from neffcache.client.cli.prewarm import ready_for_toolchain
+
+            wanted = ready_for_toolchain(client, entries, compiler, runtime, "nothing was written")
+        else:
+            # Keys may be prefixes: the lock records the whole key the service answered with.
+            wanted = resolve(client, list(dict.fromkeys(keys or [])), entries, "nothing was written")
         for item in wanted:  # names `pull --lock` would refuse are not locked (exit 5)
             check_locked_names(item)
         doc: dict[str, Any] = lock_document(client.url, wanted)

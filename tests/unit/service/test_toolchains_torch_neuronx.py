@@ -132,6 +132,13 @@ def test_pairs_that_never_shipped_together_are_refused(db: Database, named: dict
     assert resolve(db, allowed)[0] == full["version"]
 
 
+def test_a_named_torch_neuronx_and_runtime_of_two_releases_are_refused_before_any_worker_is_asked(
+        db: Database) -> None:
+    register(db, worker(TNX_2_31, CC_2_31, "2.33.10.0"))  # neuronx-cc and torch left out: a worker has them
+    with pytest.raises(errors.ToolchainMismatch, match=f"torch-neuronx {TNX_2_31} ships in SDK 2.31"):
+        resolve(db, spec(version=TNX_2_31, runtime="2.34.10.0"))
+
+
 def test_registered_toolchains_carry_the_packages(db: Database) -> None:
     register(db, worker(TNX_2_31, CC_2_31, "2.33.10.0"))
     with db.session() as session:
