@@ -4,8 +4,6 @@ and the migrated schema matches the models."""
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,35 +15,17 @@ from sqlalchemy import create_engine, inspect, text
 from neffcache.db import migrate
 from neffcache.db.models import Base
 from neffcache.db.session import normalise_url
+from tests.support.databases import DATABASE_KINDS, own_database
 
 TABLES = {"blobs", "jobs", "artifacts", "artifact_files", "cache_events", "workers", "api_tokens", "artifact_usage",
           "pins", "pinned_artifacts", "object_deletions", "cache_event_hours", "maintenance_leases", "gc_runs"}
 
 
-def _databases() -> list[str]:
-    kinds = ["sqlite"]
-    if os.environ.get("NEFFCACHE_TEST_DATABASE_URL", "").startswith("postgres"):
-        kinds.append("postgres")
-    return kinds
-
-
-@pytest.fixture(params=_databases())
+@pytest.fixture(params=DATABASE_KINDS)
 def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A database of its own (not the one the running stack uses), dropped afterwards."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'migrations.db'}"
-        return
-    server = normalise_url(os.environ["NEFFCACHE_TEST_DATABASE_URL"])
-    name = f"neffcache_migrations_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield server.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with own_database(request.param, tmp_path, "migrations") as url:
+        yield url
 
 
 def _tables(url: str) -> set[str]:
