@@ -24,7 +24,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -34,7 +33,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
-from neffcache import invalidation, pins
+from neffcache import invalidation, pins, rollup
 from neffcache.db.models import (
     Artifact,
     ArtifactFile,
@@ -63,16 +62,6 @@ LEASE_S = 3600.0
 # Rows deleted per transaction where a pass deletes many (jobs), so none holds locks for long.
 BATCH = 500
 _PROBE_DIGEST = hashlib.sha256(PROBE_BYTES).hexdigest()
-
-RollUp = Callable[[Database, datetime], int]
-
-
-def default_roll_up(db: Database, before: datetime) -> int:
-    """Cache events older than `before` rolled up into hourly counts (neffcache.rollup)."""
-    from neffcache.rollup import roll_up_events
-
-    return roll_up_events(db, before)
-
 
 def blocked_of(run: GcRun) -> list[Blocked]:
     """The quotas a recorded pass could not meet."""
@@ -313,10 +302,9 @@ class GcReport:
 
 
 def run_gc(db: Database, store: ObjectStore, settings: Settings, *, holder: str, now: datetime | None = None,
-           dry_run: bool = False, announce: invalidation.Announce = invalidation.nobody,
-           roll_up: RollUp | None = None) -> GcReport:
+           dry_run: bool = False, announce: invalidation.Announce = invalidation.nobody) -> GcReport:
     """One pass. `now` is the pass's clock (tests move it); `announce` tells the API processes
-    which artifacts are gone; `roll_up(db, before)` rolls up cache events older than `before`."""
+    which artifacts are gone."""
     now = now or utcnow()
     report = GcReport(holder, dry_run, now)
     if not dry_run:
@@ -325,7 +313,7 @@ def run_gc(db: Database, store: ObjectStore, settings: Settings, *, holder: str,
             report.skipped = f"another pass holds the lease ({other})"
             return report
     try:
-        _run(db, store, settings, report, now, announce, roll_up)
+        _run(db, store, settings, report, now, announce)
     finally:
         if not dry_run:
             release_lease(db, holder)
@@ -334,7 +322,7 @@ def run_gc(db: Database, store: ObjectStore, settings: Settings, *, holder: str,
 
 
 def _run(db: Database, store: ObjectStore, settings: Settings, report: GcReport, now: datetime,
-         announce: invalidation.Announce, roll_up: RollUp | None) -> None:
+         announce: invalidation.Announce) -> None:
     with db.session() as session:
         report.plan = plan = plan_evictions(candidates(session, now), policy_of(settings), now)
     for blocked in plan.blocked:
@@ -364,8 +352,7 @@ def _run(db: Database, store: ObjectStore, settings: Settings, report: GcReport,
     deleted = delete_due(db, store, now, settings.gc_grace_s)
     report.objects_deleted, report.bytes_deleted, report.objects_rescued = (deleted.objects, deleted.bytes,
                                                                             deleted.rescued)
-    if roll_up is not None:
-        report.events_rolled_up = roll_up(db, now - timedelta(seconds=settings.event_retention_s))
+    report.events_rolled_up = rollup.roll_up_events(db, now - timedelta(seconds=settings.event_retention_s))
     _record(db, report)
     log.info("%s", report.summary())
 

@@ -150,8 +150,7 @@ def gc_(
     settings = Settings()
     report = gc.run_gc(Database(settings.database_url), open_store(settings), settings,
                        holder=f"neffcache-admin@{socket.gethostname()}", dry_run=dry_run,
-                       announce=invalidation.publisher(settings.redis_url, settings.queue_prefix),
-                       roll_up=gc.default_roll_up)
+                       announce=invalidation.publisher(settings.redis_url, settings.queue_prefix))
     if as_json:
         print(json.dumps(report.to_json()))
     else:

@@ -10,6 +10,7 @@ import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, TypeGuard
 
 from sqlalchemy import case, select, update
@@ -204,11 +205,13 @@ def latest_job(session: Session, key: str) -> Job | None:
     return session.scalar(select(Job).where(Job.key == key).order_by(active_first, Job.created_at.desc()).limit(1))
 
 
-def remembered_failure(job: Job | None) -> TypeGuard[Job]:
+def remembered_failure(job: Job | None, ttl_s: float | None) -> TypeGuard[Job]:
     """Whether a key's latest job (`latest_job`) is a failure that a request without `force` is
-    answered with instead of compiling again: the one rule for compile requests and for prewarm's
-    readiness."""
-    return job is not None and job.state == JobState.FAILED and job.failure_class in REMEMBERED_FAILURES
+    answered with instead of compiling again: a deterministic class, finished less than `ttl_s`
+    ago (NEFFCACHE_FAILURE_TTL_S; None: for ever). The one rule for compile requests and for
+    prewarm's readiness."""
+    return (job is not None and job.state == JobState.FAILED and job.failure_class in REMEMBERED_FAILURES
+            and _remembered(job, ttl_s))
 
 
 def _new_job(ctx: ServiceContext, manifest: dict[str, Any], key: str, caller: str | None,
@@ -266,7 +269,9 @@ def submit_compile(ctx: ServiceContext, spec: CompileSpec, force: bool, caller: 
                    annotations: dict[str, str] | None = None) -> Outcome:
     """A hit, a remembered failure, the key's active job to join, or a new job. With `force` a
     remembered failure is compiled again, and an active job that will never finish by itself
-    (`dispatch.stale_reason`) is reconciled first: the answer then says `reconciled`."""
+    (`dispatch.stale_reason`) is reconciled first: the answer then says `reconciled`. Without it,
+    a remembered failure older than `failure_ttl_s` is compiled again too: the answer then says
+    `retried_after_ttl` (and `failed_job`)."""
     resolved, spec_out, manifest, key = resolve_key(ctx, spec)
     with ctx.db.session() as session:  # no connection is taken unless a query needs one
         artifact = published(ctx, session, key)
@@ -341,17 +346,29 @@ def _read_and_decide(ctx: ServiceContext, session: Session, new: Job, model_dige
             reconciled = {"reconciled": reason, "stale_job": current.id}
     if active is not None:
         return _queued(new.key, spec_out, active, deduplicated=True, **reconciled), send, None
-    if not force and remembered_failure(current):
+    retried: dict[str, Any] = {}
+    if not force and remembered_failure(current, ctx.settings.failure_ttl_s):
         failed = {"status": "failed", "key": new.key, "spec": spec_out, "job": job_view(current)}
         return Outcome(200, failed), None, None
+    if not force and remembered_failure(current, None):
+        # Compilers get fixed: a failure older than the TTL is compiled again, as `force` would.
+        retried = {"retried_after_ttl": True, "failed_job": current.id}
     job, created_now = lifecycle.create(session, new)
-    return (_queued(new.key, spec_out, job, deduplicated=not created_now, **reconciled), send,
+    return (_queued(new.key, spec_out, job, deduplicated=not created_now, **reconciled, **retried), send,
             job if created_now else None)
 
 
-def _queued(key: str, spec_out: dict[str, Any], job: Job, deduplicated: bool, **reconciled: str) -> Outcome:
+def _remembered(failed: Job, ttl_s: float | None) -> bool:
+    """Whether a remembered failure is still the answer: it finished less than `ttl_s` ago
+    (None: for ever, until a request forces a retry)."""
+    finished = failed.finished_at or failed.created_at
+    return ttl_s is None or utcnow() - finished < timedelta(seconds=ttl_s)
+
+
+def _queued(key: str, spec_out: dict[str, Any], job: Job, deduplicated: bool, **said: Any) -> Outcome:
+    """A queued job's answer; `said`: why it is this job (reconciled, retried_after_ttl)."""
     return Outcome(202, {"status": "queued", "key": key, "spec": spec_out, "job": job_view(job),
-                         "deduplicated": deduplicated, **reconciled})
+                         "deduplicated": deduplicated, **said})
 
 
 def _as_joined(outcome: Outcome, spec_out: dict[str, Any]) -> Outcome:

@@ -41,7 +41,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 # Events kept while flushes fail (a database outage); beyond this the oldest are dropped.
 MAX_PENDING = 100_000
-LOOKUP_KINDS = ("lookup", "compile")  # what an artifact's `lookup_hits` counts
 
 
 @dataclass(frozen=True)

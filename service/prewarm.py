@@ -24,15 +24,16 @@ from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from neffcache.db.models import Artifact, CacheEvent, Job, utcnow
+from neffcache import rollup
+from neffcache.db.models import Artifact, Job, utcnow
 from neffcache.errors import InvalidSpec, NeffcacheError, NotFound, ToolchainUnavailable
 from neffcache.key import spec_for_manifest
 from neffcache.lifecycle import ACTIVE_STATES
 from neffcache.queue import queue_for_manifest
+from neffcache.rollup import LOOKUP_KINDS
 from neffcache.service import cache
 from neffcache.service.auth import Grant
 from neffcache.service.context import ServiceContext
-from neffcache.service.routes.stats import LOOKUP_KINDS
 from neffcache.service.toolchains import live_queues, require_live_worker
 from neffcache.service.views import job_view
 from neffcache.spec import TORCH_NEURONX, CompileSpec, PrewarmRequest
@@ -112,10 +113,11 @@ def _sources(ctx: ServiceContext, request: PrewarmRequest, grant: Grant) -> list
 def most_used(session: Session, grant: Grant, n: int, since: Any) -> list[tuple[Artifact, int]]:
     """The `n` published artifacts with the most lookup hits (lookups and compile requests they
     answered) since `since`, in the token's namespaces, most used first, with their counts."""
-    hits = func.count().label("hits")
-    counted = (grant.limit(select(CacheEvent.key, hits), CacheEvent.namespace)
-               .where(CacheEvent.kind.in_(LOOKUP_KINDS), CacheEvent.outcome == "hit", CacheEvent.at >= since)
-               .group_by(CacheEvent.key).subquery())
+    events = rollup.counted_events()  # raw and rolled-up events alike
+    hits = func.sum(events.c["count"]).label("hits")
+    counted = (grant.limit(select(events.c.key, hits), events.c.namespace)
+               .where(events.c.kind.in_(LOOKUP_KINDS), events.c.outcome == "hit", events.c.at >= since)
+               .group_by(events.c.key).subquery())
     query = (grant.limit(select(Artifact, counted.c.hits), Artifact.namespace)
              .join(counted, counted.c.key == Artifact.key)
              .order_by(counted.c.hits.desc(), Artifact.key).limit(n))
@@ -166,7 +168,8 @@ def _decide(ctx: ServiceContext, spec: CompileSpec, manifest: dict[str, Any], ke
     """A re-keyed spec's status: submitted as a compile request (`submit`), or read as it stands."""
     with ctx.db.session() as session:
         artifact = cache.published(ctx, session, key)
-        standing = _standing(cache.latest_job(session, key)) if artifact is None and not submit else None
+        standing = (_standing(cache.latest_job(session, key), ctx.settings.failure_ttl_s)
+                    if artifact is None and not submit else None)
     if artifact is None:
         # Checked before anything is submitted: a job no live worker listens for would wait unseen.
         try:
@@ -187,12 +190,12 @@ def _decide(ctx: ServiceContext, spec: CompileSpec, manifest: dict[str, Any], ke
     return {"status": READY} if body["status"] == "hit" else _job_status(body["job"], body["status"] == "failed")
 
 
-def _standing(job: Job | None) -> dict[str, Any]:
+def _standing(job: Job | None, failure_ttl_s: float | None) -> dict[str, Any]:
     """What a compile request would find for a key that has no artifact, without making it: the
     key's active job (compiling), a remembered failure (failed), or nothing (missing)."""
     if job is not None and job.state in ACTIVE_STATES:
         return _job_status(job_view(job), failed=False)
-    if cache.remembered_failure(job):
+    if cache.remembered_failure(job, failure_ttl_s):
         return _job_status(job_view(job), failed=True)
     return {"status": MISSING}
 

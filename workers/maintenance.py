@@ -23,8 +23,7 @@ def run_once(ctx: WorkerContext) -> gc.GcReport:
     def announce(what: invalidation.Invalidation) -> bool:
         return invalidation.announce(ctx.redis, ctx.settings.queue_prefix, what)
 
-    return gc.run_gc(ctx.db, ctx.store, ctx.settings, holder=ctx.worker_id, announce=announce,
-                     roll_up=gc.default_roll_up)
+    return gc.run_gc(ctx.db, ctx.store, ctx.settings, holder=ctx.worker_id, announce=announce)
 
 
 class Maintenance(threading.Thread):

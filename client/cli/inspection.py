@@ -175,7 +175,8 @@ def hits_cmd(
     url: UrlOpt = None,
     token: TokenOpt = None,
 ) -> None:
-    """Which token hit which artifact, and when (newest first)."""
+    """Which token hit which artifact, and when (newest first); hits older than the service's
+    event retention are counted per hour (`count`, `when`: the hour)."""
     if key is not None:
         session.check_keys([key])
     with session.open_client(url, token) as client:
@@ -183,12 +184,12 @@ def hits_cmd(
     if json_out:
         output.print_json(body)
         return
-    rows = [[h.get("at") and output.when(h["at"]), h.get("caller") or "(anonymous)", h.get("kind"), h.get("outcome"),
-             h.get("key")] for h in body.get("hits", [])]
+    rows = [[h.get("at") and output.when(h["at"]), h.get("count", 1), h.get("caller") or "(anonymous)", h.get("kind"),
+             h.get("outcome"), h.get("key")] for h in body.get("hits", [])]
     if not rows:
         output.say("no hits recorded" + (f" for {key}" if key else ""))
         return
-    output.table(None, ["when", "caller", "kind", "outcome", "key"], rows)
+    output.table(None, ["when", "count", "caller", "kind", "outcome", "key"], rows)
 
 
 def workers_cmd(json_out: JsonOpt = False, url: UrlOpt = None, token: TokenOpt = None) -> None:

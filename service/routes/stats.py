@@ -2,18 +2,24 @@
 
 Two counts, named apart here and in the artifact view: `lookup_hits` (lookups and compile
 requests answered by a published artifact) and `downloads` (artifact files fetched). `hits` is a
-deprecated alias of `lookup_hits`, kept for clients that read it."""
+deprecated alias of `lookup_hits`, kept for clients that read it.
+
+Both routes read the raw cache events and their hourly roll-ups (neffcache.rollup) alike, so an
+answer is the same before and after a roll-up, and costs what the buckets cost past the
+retention instead of what every event ever recorded costs."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
-from neffcache.db.models import CacheEvent, Job
+from neffcache.db.models import CacheEvent, CacheEventHour, Job
 from neffcache.lifecycle import JobState
+from neffcache.rollup import LOOKUP_KINDS, counted_events
 from neffcache.service.auth import READ, Grant, grant
 from neffcache.service.errors import error_responses
 from neffcache.service.pagination import MAX_LIMIT
@@ -23,24 +29,27 @@ from neffcache.service.views import iso
 from neffcache.spec import Text
 
 router = APIRouter(prefix="/v1", tags=["stats"], dependencies=[READ])
-LOOKUP_KINDS = ("lookup", "compile")
 
 
-def _cache_counts(session: Session, seen: Grant, *group: Any) -> list[tuple[Any, ...]]:
-    hit = func.sum(case((CacheEvent.outcome == "hit", 1), else_=0))
+def _cache_counts(session: Session, seen: Grant, *group: str) -> list[tuple[Any, ...]]:
+    """(*group, lookups, lookup hits, seconds saved) from raw and rolled-up events alike."""
+    events = counted_events()
+    columns = [events.c[name] for name in group]
+    count = events.c["count"]
     query = seen.limit(select(
-        *group,
-        func.count(),
-        hit,
-        func.coalesce(func.sum(CacheEvent.saved_seconds), 0.0),
-    ), CacheEvent.namespace).where(CacheEvent.kind.in_(LOOKUP_KINDS))
-    if group:
-        query = query.group_by(*group)
+        *columns,
+        func.coalesce(func.sum(count), 0),
+        func.sum(case((events.c.outcome == "hit", count), else_=0)),
+        func.coalesce(func.sum(events.c.saved_seconds), 0.0),
+    ), events.c.namespace).where(events.c.kind.in_(LOOKUP_KINDS))
+    if columns:
+        query = query.group_by(*columns)
     return [tuple(r) for r in session.execute(query)]
 
 
 def _summary(lookups: int, lookup_hits: int | None, saved: float) -> dict[str, Any]:
-    lookup_hits = int(lookup_hits or 0)
+    # Postgres sums a bigint as numeric: the driver gives a Decimal.
+    lookups, lookup_hits = int(lookups), int(lookup_hits or 0)
     return {
         "lookups": lookups,
         "lookup_hits": lookup_hits,
@@ -60,14 +69,14 @@ def stats(request: Request) -> dict[str, Any]:
     context(request).events.flush()  # this process's own events count at once
     with context(request).db.session() as session:
         (lookups, lookup_hits, saved), = _cache_counts(session, seen)
-        by_target = {t: _summary(n, h, s) for t, n, h, s in _cache_counts(session, seen, CacheEvent.target)}
+        by_target = {t: _summary(n, h, s) for t, n, h, s in _cache_counts(session, seen, "target")}
         by_compiler = {
             f"{name}=={version}": _summary(n, h, s)
-            for name, version, n, h, s in _cache_counts(session, seen, CacheEvent.compiler_name,
-                                                        CacheEvent.compiler_version)
+            for name, version, n, h, s in _cache_counts(session, seen, "compiler_name", "compiler_version")
         }
-        downloads = session.scalar(seen.limit(select(func.count()).where(CacheEvent.kind == "download"),
-                                              CacheEvent.namespace)) or 0
+        events = counted_events()
+        downloads = int(session.scalar(seen.limit(select(func.sum(events.c["count"])), events.c.namespace)
+                                       .where(events.c.kind == "download")) or 0)
         compiles = dict(
             session.execute(
                 seen.limit(select(Job.state, func.count()), Job.namespace)
@@ -93,16 +102,37 @@ def hits(
     caller: Annotated[Text | None, Query(description="token name")] = None,
     limit: int = Query(100, ge=1, le=MAX_LIMIT),
 ) -> dict[str, Any]:
-    """Which caller hit which artifact, and when (newest first), in the token's namespaces."""
-    query = grant(request).limit(select(CacheEvent), CacheEvent.namespace).where(CacheEvent.outcome == "hit")
+    """Which caller hit which artifact, and when, in the token's namespaces: raw hits newest first
+    (`count` 1), then the hits rolled up into hourly counts past the event retention, newest
+    hour first (`at`: the hour, `count`: its hits of that key, kind and caller)."""
+    seen = grant(request)
     context(request).events.flush()  # this process's own events count at once
-    if caller:
-        query = query.where(CacheEvent.caller == caller)
     with context(request).db.session() as session:
-        if key:
-            # A whole key filters as it is (no artifact, no hits); a shorter one names an artifact.
-            full = key_prefix(key)
-            query = query.where(CacheEvent.key == (full if len(full) == KEY_LENGTH else resolve_key(session, key)))
-        rows = session.scalars(query.order_by(CacheEvent.at.desc(), CacheEvent.id.desc()).limit(limit)).all()
-        return {"hits": [{"key": e.key, "caller": e.caller, "kind": e.kind, "outcome": e.outcome,
-                          "target": e.target, "at": iso(e.at)} for e in rows]}
+        # A whole key filters as it is (no artifact, no hits); a shorter one names an artifact.
+        full = key_prefix(key) if key else None
+        if key and len(full or "") != KEY_LENGTH:
+            full = resolve_key(session, key)
+        raw = _hits_query(seen, CacheEvent, full, caller).order_by(CacheEvent.at.desc(), CacheEvent.id.desc())
+        found = [_hit_view(e, e.caller, e.at, 1) for e in session.scalars(raw.limit(limit))]
+        if len(found) < limit:
+            rolled = _hits_query(seen, CacheEventHour, full, caller).order_by(CacheEventHour.hour.desc(),
+                                                                               CacheEventHour.id.desc())
+            found += [_hit_view(h, h.caller or None, h.hour, h.count)
+                      for h in session.scalars(rolled.limit(limit - len(found)))]
+        return {"hits": found}
+
+
+def _hits_query(seen: Grant, table: type[CacheEvent] | type[CacheEventHour], key: str | None,
+                caller: str | None) -> Any:
+    """The token's hits in raw events or roll-ups (same columns), of `key` and `caller` if given."""
+    query = seen.limit(select(table), table.namespace).where(table.outcome == "hit")
+    if key is not None:
+        query = query.where(table.key == key)
+    if caller:
+        query = query.where(table.caller == caller)
+    return query
+
+
+def _hit_view(e: CacheEvent | CacheEventHour, caller: str | None, at: datetime, count: int) -> dict[str, Any]:
+    return {"key": e.key, "caller": caller, "kind": e.kind, "outcome": e.outcome, "target": e.target, "at": iso(at),
+            "count": count}

@@ -8,19 +8,19 @@ toolchain and name no key, model or namespace."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from fastapi import APIRouter, Request
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from neffcache.db.models import Artifact, ArtifactFile, CacheEvent, Worker, utcnow
+from neffcache import rollup
+from neffcache.db.models import Artifact, ArtifactFile, Worker, utcnow
 from neffcache.lifecycle import heard_since
 from neffcache.sdk import SdkRelease, sdk_releases_of
 from neffcache.service.auth import READ
 from neffcache.service.routes.deps import context
-from neffcache.service.routes.stats import LOOKUP_KINDS
 from neffcache.service.views import iso
 from neffcache.toolchain import COMPILER_PACKAGE, TORCH_NEURONX_PACKAGE, release_version
 
@@ -28,20 +28,6 @@ router = APIRouter(prefix="/v1", tags=["toolchains"], dependencies=[READ])
 # The share of lookup hits is over this window: the traffic an old release still serves.
 HITS_WINDOW = timedelta(days=7)
 Served = tuple[str, str, str]  # (compiler name, compiler version, runtime version)
-
-
-def hits_by_toolchain(session: Session, since: datetime) -> dict[tuple[str, str], int]:
-    """Lookup hits (lookups and compile requests an artifact answered) since `since`, by
-    (compiler name, compiler version), every namespace counted.
-
-    Moves to neffcache.rollup (which also reads the hourly roll-ups of older events) when that
-    lands; until then it counts the events themselves."""
-    rows = session.execute(
-        select(CacheEvent.compiler_name, CacheEvent.compiler_version, func.count())
-        .where(CacheEvent.kind.in_(LOOKUP_KINDS), CacheEvent.outcome == "hit", CacheEvent.at >= since)
-        .group_by(CacheEvent.compiler_name, CacheEvent.compiler_version)
-    ).all()
-    return {(name, version): int(count) for name, version, count in rows}
 
 
 def _served(session: Session) -> dict[Served, tuple[int, int]]:
@@ -90,7 +76,7 @@ def toolchains(request: Request) -> dict[str, Any]:
             ident = (w.compiler_name, w.compiler_version, w.runtime_version, packages)
             offered[ident] = offered.get(ident, 0) + 1
         served = _served(session)
-        hits = hits_by_toolchain(session, since)
+        hits = rollup.hits_by_toolchain(session, since)
     total_hits = sum(hits.values())
     neuron_live = {release_version(v): n for (name, v, _, _), n in offered.items() if name == "neuronx-cc"}
     live_toolchains = {(name, version, runtime) for name, version, runtime, _ in offered}

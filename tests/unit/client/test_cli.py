@@ -7,7 +7,8 @@
 - a closed stdout (`neffcache toolchains | head`) is exit 0, quietly;
 - artifact keys may be unique prefixes (8 hex characters at least); what is written downstream
   (DEST folders, lock files) carries the whole key;
-- an artifact's lookup hits and downloads are named apart;
+- an artifact's lookup hits and downloads are named apart; `hits` shows each row's count (an hour
+  of rolled-up hits counts them all);
 - a pull whose transfer the service cuts short (it does for a corrupt object) is exit 5, one line;
   one that cannot reach the service is exit 6;
 - a pull of an artifact whose file names would be unsafe on disk is exit 5, nothing written;
@@ -200,6 +201,28 @@ def test_stats_shows_the_storage_against_the_quota_and_a_blocked_eviction() -> N
         assert "eviction is blocked: the deployment keeps" in shown.stderr
         as_json = run_cli(["stats", "--json"], client_env(url))
         assert json.loads(as_json.stdout)["storage"] == storage
+
+
+class _Hits(_Neffcache):
+    """/v1/hits with one raw hit and one hour of rolled-up hits (a service past its retention)."""
+
+    def do_GET(self) -> None:
+        self.send_json(200, {"hits": [
+            {"key": KEY, "caller": "ci", "kind": "lookup", "outcome": "hit", "target": "trn1",
+             "at": "2026-01-02T03:04:05Z", "count": 1},
+            {"key": KEY, "caller": None, "kind": "compile", "outcome": "hit", "target": "trn1",
+             "at": "2025-11-02T03:00:00Z", "count": 40}]})
+
+
+def test_hits_show_how_many_each_row_counts() -> None:
+    with serve(_Hits) as url:
+        shown = run_cli(["hits"], client_env(url))
+        as_json = run_cli(["hits", "--json"], client_env(url))
+    assert shown.rc == 0, shown.stderr
+    assert re.search(r"when\s*\S count\s*\S caller", shown.stdout), shown.stdout
+    counts = re.findall(r"Z[^│]*│ (\d+)\s*│ (\S+)", shown.stdout)
+    assert counts == [("1", "ci"), ("40", "(anonymous)")], shown.stdout
+    assert [h["count"] for h in as_json.json()["hits"]] == [1, 40]
 
 
 # --- pulls that fail -----------------------------------------------------------------------------
