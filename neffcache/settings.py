@@ -18,7 +18,9 @@ ByteCount = Annotated[int, BeforeValidator(parse_size), Field(ge=0)]
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="NEFFCACHE_", extra="ignore")
+    # "none" is None for the settings that may be None (NEFFCACHE_FAILURE_TTL_S=none: remembered
+    # for ever; NEFFCACHE_GC_QUOTA_BYTES=none: no quota).
+    model_config = SettingsConfigDict(env_prefix="NEFFCACHE_", extra="ignore", env_parse_none_str="none")
 
     # --- where things live ---
     database_url: str = "sqlite:///var/neffcache.db"
