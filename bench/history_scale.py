@@ -1,9 +1,10 @@
-"""History benchmark: what `/v1/stats` costs as the cache's history grows, before and after the
-cache events older than a day are rolled up into hourly counts (neffcache.rollup).
+"""History benchmark: what `/v1/stats` and a GC pass cost as the cache and its history grow,
+before and after the cache events older than a day are rolled up into hourly counts
+(neffcache.rollup, neffcache.gc).
 
     .venv/bin/python bench/history_scale.py [--artifacts 10000] [--events 1000000]
         [--baseline-artifacts 1000] [--baseline-events 100000] [--days 14] [--rounds 5]
-        [--batch-size 10000] [--postgres URL] [--json]
+        [--batch-size 10000] [--quota-fraction 0.9] [--postgres URL] [--json]
 
 What it sets up, for each size (the baseline, then the big one) and each database (the embedded
 SQLite in a temp folder; with --postgres URL also a database of its own on that server,
@@ -22,7 +23,12 @@ What it measures, one function per operation (`measure_*`), in this order on eac
   - stats before: GET /v1/stats, the median of --rounds answers after one unmeasured;
   - roll-up:      roll_up_events(before = now - 1 day), timed once; how many events it moved and
                   how many hourly buckets hold them;
-  - stats after:  GET /v1/stats again (the same answer, checked: the script fails if it differs).
+  - stats after:  GET /v1/stats again (the same answer, checked: the script fails if it differs);
+  - gc:           a full GC pass with a quota of --quota-fraction of what is stored (so it evicts
+                  the least recently used tenth): its dry run (the plan alone), the pass itself
+                  (plan, evictions one transaction each, blob and job sweeps, the store's listing
+                  for orphans, the roll-up's remainder), and the pass a grace period later that
+                  deletes the evicted artifacts' marked objects.
 On Postgres each phase starts after VACUUM ANALYZE (what autovacuum leaves a while later: the
 planner's statistics of the new rows, and the dead rows of the roll-up's deletes cleared).
 
@@ -51,12 +57,14 @@ from typing import Any
 from bench_databases import each_database  # bench/, this script's folder
 from sqlalchemy import func, insert, select, text
 
+from neffcache import gc
 from neffcache.db import migrate
 from neffcache.db.models import Artifact, ArtifactFile, ArtifactUsage, Blob, CacheEventHour, Job, utcnow
 from neffcache.db.session import Database
 from neffcache.rollup import roll_up_events
 from neffcache.service.events import Event, _insert_events  # the event writer's own bulk insert
 from neffcache.settings import Settings
+from neffcache.storage import ObjectStore, open_store
 
 ROLL_UP_AGE = timedelta(days=1)
 COMPILERS = (("neuronx-cc", "2.20.10051.0+c3e72c4a"), ("neuronx-cc", "2.21.18209.0+043b1bf7"))
@@ -210,6 +218,28 @@ def measure_roll_up(db: Database, batch_size: int) -> tuple[float, int, int]:
     return took, moved, buckets
 
 
+def measure_gc(db: Database, store: ObjectStore, settings: Settings, quota_fraction: float) -> dict[str, float]:
+    """A full GC pass (neffcache.gc) with a quota of `quota_fraction` of what is stored, so it
+    evicts the least recently used rest: a dry run (the plan alone), the pass that evicts and
+    marks, and the pass a grace period later that deletes the marked objects. Seconds of each,
+    and how many it evicted."""
+    with db.session() as session:
+        stored = sum(c.size for c in gc.candidates(session, utcnow()))
+    settings = settings.model_copy(update={"gc_quota_bytes": int(stored * quota_fraction)})
+    start = time.perf_counter()
+    dry = gc.run_gc(db, store, settings, holder="bench", dry_run=True)
+    dry_s = time.perf_counter() - start
+    start = time.perf_counter()
+    done = gc.run_gc(db, store, settings, holder="bench")
+    pass_s = time.perf_counter() - start
+    assert len(done.evicted) == len(dry.evicted), (len(done.evicted), len(dry.evicted))
+    start = time.perf_counter()
+    later = gc.run_gc(db, store, settings, holder="bench", now=utcnow() + timedelta(seconds=settings.gc_grace_s + 1))
+    delete_s = time.perf_counter() - start
+    return {"gc_dry_run_s": dry_s, "gc_pass_s": pass_s, "gc_delete_pass_s": delete_s,
+            "gc_evicted": float(len(done.evicted)), "gc_marks_deleted": float(later.objects_deleted)}
+
+
 def bench_size(url: str, work: Path, size: Size, args: argparse.Namespace, say: Callable[[str], None]) -> Figures:
     from fastapi.testclient import TestClient
 
@@ -229,10 +259,13 @@ def bench_size(url: str, work: Path, size: Size, args: argparse.Namespace, say: 
             figures.roll_up_s, figures.rolled_up, figures.buckets = measure_roll_up(db, args.batch_size)
             settle(db)
             figures.stats_after_s, after = measure_stats(client, args.rounds)
-            # The GC pass (neffcache.gc) is measured here, on the rolled-up history: figures.extra["gc_pass_s"].
+            # The GC passes, on the rolled-up history (nothing is left to roll up: it is the rest).
+            figures.extra = measure_gc(db, open_store(settings), settings, args.quota_fraction)
         say(f"   {size.name}: stats {figures.stats_before_s * 1000:.1f} ms; rolled up {figures.rolled_up:,} events "
             f"into {figures.buckets:,} buckets in {figures.roll_up_s:.1f} s; "
-            f"stats {figures.stats_after_s * 1000:.1f} ms")
+            f"stats {figures.stats_after_s * 1000:.1f} ms; gc dry run {figures.extra['gc_dry_run_s']:.2f} s, "
+            f"pass {figures.extra['gc_pass_s']:.2f} s ({figures.extra['gc_evicted']:.0f} evicted), "
+            f"deleting pass {figures.extra['gc_delete_pass_s']:.2f} s")
         if after != before:
             raise SystemExit(f"{size.name}: /v1/stats answered differently after the roll-up:\n{before}\n{after}")
     finally:
@@ -254,6 +287,10 @@ def print_summary(label: str, baseline: Figures, big: Figures, say: Callable[[st
     for name, attr, scale, unit in ROWS:
         b, g = getattr(baseline, attr), getattr(big, attr)
         say(f"{name + ' ' + unit:<22}{b * scale:>12.1f}{g * scale:>12.1f}{g / b:>16.2f}")
+    for name, attr in (("gc dry run s", "gc_dry_run_s"), ("gc pass s", "gc_pass_s"),
+                       ("gc deleting pass s", "gc_delete_pass_s")):
+        b, g = baseline.extra[attr], big.extra[attr]
+        say(f"{name:<22}{b:>12.2f}{g:>12.2f}{g / b:>16.2f}")
     for which, f in (("baseline", baseline), ("big", big)):
         say(f"stats after / before, {which}: {f.stats_after_s / f.stats_before_s:.2f}")
 
@@ -283,6 +320,8 @@ def main() -> int:
                                                               "one are rolled up)")
     parser.add_argument("--rounds", type=int, default=5, help="measured /v1/stats answers per phase")
     parser.add_argument("--batch-size", type=int, default=10_000, help="events per roll-up transaction")
+    parser.add_argument("--quota-fraction", type=float, default=0.9,
+                        help="the GC pass's quota, as a fraction of what is stored (it evicts the rest)")
     parser.add_argument("--postgres", metavar="URL", help="also on a database of its own on this server")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON at the end")
     args = parser.parse_args()
