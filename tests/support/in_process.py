@@ -4,6 +4,8 @@ an app on it with the folder object store."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +18,7 @@ from neffcache.settings import Settings
 
 if TYPE_CHECKING:
     import pytest
+    from fastapi.testclient import TestClient
 
 # Nothing answers here: an app that never enqueues needs no Redis, and says so if it tries.
 NO_REDIS = "redis://127.0.0.1:1/0"
@@ -39,6 +42,28 @@ def service_settings(root: Path, *, database_url: str | None = None, **overrides
         "hot_cache_s": 0.0,
         **overrides,
     })
+
+
+@contextmanager
+def app_on_redis(root: Path, redis_url: str, queue_prefix: str, **overrides: Any) -> Iterator[TestClient]:
+    """The app in process (auth off) on the session's Redis, its queues under `queue_prefix`;
+    afterwards every Redis key it made is deleted, and the test fails if any is left."""
+    from fastapi.testclient import TestClient
+
+    from neffcache.queue import connect_redis
+    from neffcache.service.app import create_app
+    from tests.support.rq_keys import delete_run_keys, run_leftovers
+
+    settings = service_settings(root, **{"auth_required": False, "redis_url": redis_url,
+                                         "queue_prefix": queue_prefix, **overrides})
+    with TestClient(create_app(settings)) as client:
+        yield client
+    redis = connect_redis(redis_url)
+    try:
+        delete_run_keys(redis, queue_prefix)
+        assert run_leftovers(redis, queue_prefix) == ([], [])
+    finally:
+        redis.close()
 
 
 def read_job(db: Database, job_id: str) -> Job:

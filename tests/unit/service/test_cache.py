@@ -17,9 +17,7 @@ from sqlalchemy import update
 
 from neffcache.db.models import Blob, Job, Worker, utcnow
 from neffcache.queue import RQ_QUEUE_KEY, connect_redis, presence
-from neffcache.service.app import create_app
-from tests.support.in_process import service_settings
-from tests.support.rq_keys import delete_run_keys, run_leftovers
+from tests.support.in_process import app_on_redis
 
 LOST_AFTER_S = 60.0
 
@@ -31,15 +29,9 @@ def prefix() -> str:
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory, redis_url: str, prefix: str) -> Iterator[TestClient]:
-    tmp = tmp_path_factory.mktemp("cache")
-    settings = service_settings(tmp, auth_required=False, redis_url=redis_url, queue_prefix=prefix, max_attempts=2,
-                        worker_lost_after_s=LOST_AFTER_S)
-    with TestClient(create_app(settings)) as client:
+    with app_on_redis(tmp_path_factory.mktemp("cache"), redis_url, prefix, max_attempts=2,
+                      worker_lost_after_s=LOST_AFTER_S) as client:
         yield client
-    redis = connect_redis(redis_url)
-    delete_run_keys(redis, prefix)
-    assert run_leftovers(redis, prefix) == ([], [])
-    redis.close()
 
 
 @pytest.fixture

@@ -20,8 +20,7 @@ from sqlalchemy import update
 from neffcache.db.models import Blob, Job
 from neffcache.queue import presence
 from neffcache.service.app import create_app
-from tests.support.in_process import read_job, service_settings
-from tests.support.rq_keys import delete_run_keys, run_leftovers
+from tests.support.in_process import app_on_redis, read_job, service_settings
 
 REQUESTS = 24
 
@@ -33,16 +32,8 @@ def prefix() -> str:
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory, redis_url: str, prefix: str) -> Iterator[TestClient]:
-    settings = service_settings(tmp_path_factory.mktemp("decisions"), auth_required=False, redis_url=redis_url,
-                                queue_prefix=prefix)
-    with TestClient(create_app(settings)) as client:
+    with app_on_redis(tmp_path_factory.mktemp("decisions"), redis_url, prefix) as client:
         yield client
-    from neffcache.queue import connect_redis
-
-    redis = connect_redis(redis_url)
-    delete_run_keys(redis, prefix)
-    assert run_leftovers(redis, prefix) == ([], [])
-    redis.close()
 
 
 @pytest.fixture

@@ -18,10 +18,7 @@ from sqlalchemy import update
 
 from neffcache.db.models import Blob, Job, utcnow
 from neffcache.lifecycle import REMEMBERED_FAILURES, TRANSIENT_FAILURES, FailureClass
-from neffcache.queue import connect_redis
-from neffcache.service.app import create_app
-from tests.support.in_process import service_settings
-from tests.support.rq_keys import delete_run_keys, run_leftovers
+from tests.support.in_process import app_on_redis
 
 MINUTE, DAY = 60.0, 24 * 3600.0
 AGES_S = (MINUTE, 2 * DAY, 30 * DAY)
@@ -31,14 +28,8 @@ TTLS_S = (None, DAY, 7 * DAY)
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory, database_url: str, redis_url: str) -> Iterator[TestClient]:
     prefix = f"neffcache-unit-{uuid.uuid4().hex[:10]}"
-    settings = service_settings(tmp_path_factory.mktemp("failure-ttl"), database_url=database_url,
-                                auth_required=False, redis_url=redis_url, queue_prefix=prefix)
-    with TestClient(create_app(settings)) as client:
+    with app_on_redis(tmp_path_factory.mktemp("failure-ttl"), redis_url, prefix, database_url=database_url) as client:
         yield client
-    redis = connect_redis(redis_url)
-    delete_run_keys(redis, prefix)
-    assert run_leftovers(redis, prefix) == ([], [])
-    redis.close()
 
 
 @pytest.fixture

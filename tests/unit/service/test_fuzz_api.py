@@ -268,6 +268,8 @@ def valid_bodies(s: Seeded) -> dict[tuple[str, str], dict[str, Any]]:
         ("post", "/v1/artifacts"): {"spec": spec, "files": [{"name": "model.pt2", "digest": s.package_digest}],
                                     "compile_seconds": 1.5, "annotations": {"neuron_cache.module": "MODULE_1"}},
         ("put", "/v1/pins/{name}"): {"keys": [s.key, s.keys[0]], "expires_in": "1d", "note": "fuzz"},
+        ("post", "/v1/prewarm"): {"compiler_version": spec["compiler"].get("version") or "2.0.0", "keys": [s.key],
+                                  "submit": False},
     }
 
 
