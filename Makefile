@@ -42,7 +42,8 @@ test-embedded: $(STAMP)
 
 # Every benchmark in bench/ with its defaults, one after another (each starts and stops what it
 # needs; see bench/README.md). All of them run even if one fails; the target fails if any did.
-BENCHMARKS := hit_path.py pull_benchmark.py hit_vs_compile.py faults.py compile_storm.py submit_latency.py db_checkout.py
+BENCHMARKS := hit_path.py pull_benchmark.py hit_vs_compile.py faults.py compile_storm.py submit_latency.py db_checkout.py \
+	history_scale.py
 
 bench: $(STAMP)
 	@failed=""; for script in $(BENCHMARKS); do \
