@@ -4,7 +4,7 @@ The figures the API already gives are the API's own route functions called with 
 request (its grant, so a token sees only its namespaces as it does through the API): /v1/stats,
 /v1/storage, /v1/toolchains, /v1/workers and /v1/jobs?state=failed. What no route gives as such
 is put together here from the API's helpers: the hourly history (raw and rolled-up cache events,
-neffcache.rollup), the queues beside the workers that serve them, the recent misses with the
+neffcache.rollup), the queues per toolchain beside the workers that serve them, the recent misses with the
 fields that differ from the nearest published artifact (service.cache.nearest_manifests, the
 lookup's own answer) and the most used artifacts (service.prewarm.most_used, prewarm's top-N).
 
@@ -53,13 +53,15 @@ class Hour:
 
 
 @dataclass
-class Queue:
-    """One queue: its jobs in the token's namespaces, and the live workers listening to it."""
+class Toolchain:
+    """A toolchain's queues (those its live workers listen to), their jobs in the token's
+    namespaces, and those workers; or a queue no live worker listens to (`workers` empty)."""
 
-    name: str
+    name: str  # compiler==version and runtime; the queue's name when no live worker serves it
+    queues: set[str] = field(default_factory=set)
     queued: int = 0
     running: int = 0
-    oldest_queued_at: str | None = None
+    oldest_queued_at: datetime | None = None
     workers: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -93,16 +95,13 @@ def panels(request: Request, hours: int = HISTORY_HOURS) -> dict[str, Any]:
     now = utcnow()
     with ctx.db.session() as session:
         history = hourly(session, seen, now, hours)
-        queues = queues_with_workers(session, seen, worker_rows)
+        queues = queues_by_toolchain(session, seen, worker_rows)
         misses = recent_misses(session, seen)
-        used = [{"artifact": a, "lookup_hits": n}
-                for a, n in prewarm.most_used(session, seen, SHOWN, now - timedelta(days=MOST_USED_DAYS))]
         # Plain values before the session ends (its objects expire on commit).
-        most_used = [{"key": u["artifact"].key, "namespace": u["artifact"].namespace,
-                      "target": u["artifact"].target,
-                      "compiler": f"{u['artifact'].compiler_name}=={u['artifact'].compiler_version}",
-                      "compile_seconds": u["artifact"].compile_seconds, "created_at": iso(u["artifact"].created_at),
-                      "lookup_hits": u["lookup_hits"]} for u in used]
+        most_used = [{"key": a.key, "namespace": a.namespace, "target": a.target,
+                      "compiler": f"{a.compiler_name}=={a.compiler_version}", "compile_seconds": a.compile_seconds,
+                      "created_at": iso(a.created_at), "lookup_hits": hits}
+                     for a, hits in prewarm.most_used(session, seen, SHOWN, now - timedelta(days=MOST_USED_DAYS))]
     return {
         "caller": seen.caller,
         "namespaces": list(seen.namespaces),
@@ -143,25 +142,36 @@ def hourly(session: Session, seen: Grant, now: datetime, hours: int) -> list[Hou
             for start in (first + timedelta(hours=i) for i in range(hours))]
 
 
-def queues_with_workers(session: Session, seen: Grant, worker_rows: Iterable[Mapping[str, Any]]) -> list[Queue]:
-    """Each queue that has jobs queued or running in the token's namespaces, or a live worker
-    listening to it: its counts, its oldest queued job, and those workers (as /v1/workers shows
-    them)."""
-    queues: dict[str, Queue] = {}
-    for name, state, n, oldest in session.execute(
-            seen.limit(select(Job.queue, Job.state, func.count(), func.min(Job.created_at)), Job.namespace)
-            .where(Job.state.in_([s.value for s in ACTIVE_STATES])).group_by(Job.queue, Job.state)):
-        queue = queues.setdefault(name, Queue(name))
-        if state == JobState.QUEUED:
-            queue.queued, queue.oldest_queued_at = int(n), iso(oldest)
-        else:
-            queue.running += int(n)
+def _toolchain_name(toolchain: Mapping[str, Any]) -> str:
+    packages = "".join(f", {k}=={v}" for k, v in sorted((toolchain.get("packages") or {}).items()))
+    return (f"{toolchain.get('compiler_name')}=={toolchain.get('compiler_version')}{packages} "
+            f"({toolchain.get('runtime_name')} {toolchain.get('runtime_version')})")
+
+
+def queues_by_toolchain(session: Session, seen: Grant, worker_rows: Iterable[Mapping[str, Any]]) -> list[Toolchain]:
+    """Each toolchain live workers offer (/v1/workers' rows), with the jobs queued and running in
+    its queues in the token's namespaces; then each queue that has such jobs and no live worker
+    listening (its jobs wait for one), most queued first."""
+    found: dict[str, Toolchain] = {}
+    by_queue: dict[str, Toolchain] = {}
     for worker in worker_rows:
         if worker["state"] in (WorkerState.LOST, WorkerState.STOPPED):
             continue
-        for name in worker["queues"] or ():
-            queues.setdefault(name, Queue(name)).workers.append(dict(worker))
-    return sorted(queues.values(), key=lambda q: (-q.queued, q.name))
+        name = _toolchain_name(worker["toolchain"] or {})
+        toolchain = found.setdefault(name, Toolchain(name))
+        toolchain.workers.append(dict(worker))
+        toolchain.queues.update(worker["queues"] or ())
+        by_queue.update((q, toolchain) for q in worker["queues"] or ())
+    for queue, state, n, oldest in session.execute(
+            seen.limit(select(Job.queue, Job.state, func.count(), func.min(Job.created_at)), Job.namespace)
+            .where(Job.state.in_([s.value for s in ACTIVE_STATES])).group_by(Job.queue, Job.state)):
+        toolchain = by_queue.get(queue) or found.setdefault(queue, Toolchain(queue, {queue}))
+        if state == JobState.QUEUED:
+            toolchain.queued += int(n)
+            toolchain.oldest_queued_at = min(filter(None, (toolchain.oldest_queued_at, oldest)))
+        else:
+            toolchain.running += int(n)
+    return sorted(found.values(), key=lambda t: (-t.queued, -t.running, t.name))
 
 
 def recent_misses(session: Session, seen: Grant) -> list[Miss]:

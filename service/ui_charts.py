@@ -11,7 +11,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-WIDTH, HEIGHT = 720, 190
+WIDTH, HEIGHT = 1200, 180
 LEFT, RIGHT, TOP, BOTTOM = 56, 8, 10, 24  # room for the axes' labels
 TICKS = 4  # horizontal grid lines above the baseline
 LABEL_EVERY = 6  # an x label every this many bars (hours)

@@ -41,14 +41,15 @@ def percent(ratio: float | None) -> str:
     return "–" if ratio is None else f"{ratio * 100:.1f}%"
 
 
-def when(iso: str | None) -> str:
-    """'2026-01-02 03:04Z (5.0 min ago)'; the API's ISO text when it does not read as one."""
-    if not iso:
+def when(at: str | datetime | None) -> str:
+    """'2026-01-02 03:04Z (5.0 min ago)' of a time or the API's ISO text of one (that text as it
+    is when it does not read as one)."""
+    if not at:
         return "–"
     try:
-        ts = datetime.fromisoformat(iso)
+        ts = at if isinstance(at, datetime) else datetime.fromisoformat(at)
     except ValueError:
-        return iso
+        return str(at)
     ts = ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
     ago = max((datetime.now(UTC) - ts).total_seconds(), 0.0)
     return f"{ts:%Y-%m-%d %H:%M}Z ({human_seconds(ago)} ago)"
