@@ -57,7 +57,7 @@ _UTC: ColumnElement[str] = literal_column("'UTC'")
 _NOT_RECORDED: ColumnElement[str] = literal_column("''")
 
 
-def _hour(dialect: str, at: Any) -> ColumnElement[Any]:
+def hour_of(dialect: str, at: Any) -> ColumnElement[Any]:
     """`at` truncated to its hour, in UTC, as the column stores it."""
     if dialect == "postgresql":
         # date_trunc truncates in the session's time zone: truncate the UTC wall clock instead.
@@ -85,7 +85,7 @@ def _roll_up_batch(session: Session, before: datetime, batch_size: int) -> int:
     batch = _batch(session, dialect, before, batch_size)
     if batch is None:
         return 0
-    hour = _hour(dialect, CacheEvent.at)
+    hour = hour_of(dialect, CacheEvent.at)
     grouped = [func.coalesce(c, _NOT_RECORDED) if c.nullable else c
                for c in (CacheEvent.__table__.c[name] for name in BUCKET_COLUMNS)]
     counts = (select(hour, *grouped, func.count(), func.coalesce(func.sum(CacheEvent.saved_seconds), 0.0))

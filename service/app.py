@@ -26,6 +26,7 @@ from neffcache.service.routes import (
     storage,
     tokens,
     toolchains,
+    ui,
     workers,
 )
 from neffcache.settings import Settings
@@ -95,7 +96,8 @@ def create_app(settings: Settings | None = None, ctx: ServiceContext | None = No
     app.add_middleware(HitLane, ctx=context)  # innermost: inside the error catcher and the version header
     errors.install(app)
     app.add_middleware(ServiceHeader, version=app.version)
-    for module in (blobs, compile, prewarm, jobs, artifacts, pins, stats, storage, workers, toolchains, tokens, health):
+    for module in (blobs, compile, prewarm, jobs, artifacts, pins, stats, storage, workers, toolchains, tokens, health,
+                   ui):
         app.include_router(module.router, responses=ROUTER_RESPONSES.get(module.__name__))
     return app
 

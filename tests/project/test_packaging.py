@@ -111,11 +111,14 @@ def test_the_only_top_level_import_name_is_neffcache(wheel: Path) -> None:
 
 
 def test_the_wheel_holds_every_source_file(wheel: Path) -> None:
-    """Each .py of each part, and the migration scripts, at its namespaced path: a folder missing
+    """Each .py of each part, the migration scripts and the data files, at its namespaced path: a folder missing
     from pyproject's package list would otherwise be missing from every install."""
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
     expected = {"neffcache/migrations/script.py.mako", "neffcache/data/sdk_releases.json"}
+    # /ui's templates, script and stylesheet (pyproject's package-data).
+    expected |= {f"neffcache/service/{path.relative_to(REPO / 'service').as_posix()}"
+                 for part in ("ui_templates", "ui_static") for path in (REPO / "service" / part).iterdir()}
     for folder, installed_as in SOURCE_FOLDERS.items():
         for path in (REPO / folder).rglob("*.py"):
             if "__pycache__" in path.parts or (folder == "neffcache" and path.relative_to(REPO / folder).parts[0]

@@ -82,12 +82,18 @@ class Stack:
 
     def create_admin_token(self, name: str = SESSION_ADMIN) -> str:
         """An admin token made with the real `neffcache-admin`, used by auth_headers from now on."""
-        made = subprocess.run(
-            [sys.executable, "-m", "neffcache.service.admin", "token", "create", "--name", name, "--scope", "admin",
-             "--json"], env=self.env(), capture_output=True, text=True, check=True,
-        )
-        self.admin_token = json.loads(made.stdout)["token"]
+        self.admin_token = self.create_token(name, "admin")
         return self.admin_token
+
+    def create_token(self, name: str, scope: str, namespaces: tuple[str, ...] = ()) -> str:
+        """A token made with the real `neffcache-admin token create` (every namespace unless given)."""
+        where = [arg for ns in namespaces for arg in ("--namespace", ns)]
+        made = subprocess.run(
+            [sys.executable, "-m", "neffcache.service.admin", "token", "create", "--name", name, "--scope", scope,
+             *where, "--json"], env=self.env(), capture_output=True, text=True, check=True,
+        )
+        token: str = json.loads(made.stdout)["token"]
+        return token
 
     def env(self, overrides: dict[str, Any] | None = None, extra: dict[str, str] | None = None) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("NEFFCACHE_")}
