@@ -17,7 +17,7 @@ from sqlalchemy import case, select, update
 from sqlalchemy.orm import Session
 
 from neffcache import dispatch as dispatching
-from neffcache import lifecycle
+from neffcache import lifecycle, logs
 from neffcache.db.models import Artifact, ArtifactUsage, Blob, Job, utcnow
 from neffcache.dispatch import dispatch
 from neffcache.errors import (
@@ -29,7 +29,7 @@ from neffcache.errors import (
     ToolchainUnavailable,
 )
 from neffcache.key import key_for_spec, manifest_diff
-from neffcache.lifecycle import ACTIVE_STATES, REMEMBERED_FAILURES, FailureClass, JobState
+from neffcache.lifecycle import ACTIVE_STATES, REMEMBERED_FAILURES, FailureClass, JobState, Step
 from neffcache.queue import queue_for_manifest
 from neffcache.service.auth import Grant
 from neffcache.service.context import ServiceContext
@@ -229,6 +229,7 @@ def _new_job(ctx: ServiceContext, manifest: dict[str, Any], key: str, caller: st
         attempts=0,
         max_attempts=ctx.settings.max_attempts,
         requested_by=caller,
+        request_id=logs.request_id.get(),  # the worker's log lines of the job carry it
         cancel_requested=False,
         annotations=annotations or None,
         created_at=now,
@@ -317,6 +318,8 @@ def _decide(ctx: ServiceContext, model_digest: str, manifest: dict[str, Any], ke
     if send is not None:
         send()
     if created is not None:
+        logs.job_transition(log, job=created.id, key=created.key, state=JobState.QUEUED, step=Step.CREATE,
+                            queue=created.queue, caller=caller)
         assert created.enqueued_at is not None
         dispatching.send_created(ctx.db, ctx.redis, created.queue, created.id, created.enqueued_at)
     return outcome
