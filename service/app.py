@@ -97,7 +97,8 @@ def create_app(settings: Settings | None = None, ctx: ServiceContext | None = No
     app.add_middleware(HitLane, ctx=context)  # innermost: inside the error catcher and the version header
     errors.install(app)
     app.add_middleware(ServiceHeader, version=app.version)
-    app.add_middleware(RequestLog)  # outermost: every answer's status and duration, and its request id
+    # Outermost: every answer's status and duration, and its request id.
+    app.add_middleware(RequestLog, metrics=context.metrics)
     for module in (blobs, compile, prewarm, jobs, artifacts, pins, stats, storage, workers, toolchains, tokens, health):
         app.include_router(module.router, responses=ROUTER_RESPONSES.get(module.__name__))
     return app

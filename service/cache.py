@@ -31,6 +31,7 @@ from neffcache.errors import (
 from neffcache.key import key_for_spec, manifest_diff
 from neffcache.lifecycle import ACTIVE_STATES, REMEMBERED_FAILURES, FailureClass, JobState, Step
 from neffcache.queue import queue_for_manifest
+from neffcache.rollup import LOOKUP_KINDS
 from neffcache.service.auth import Grant
 from neffcache.service.context import ServiceContext
 from neffcache.service.events import UsageSnapshot
@@ -153,6 +154,8 @@ def _record(ctx: ServiceContext, kind: str, manifest: dict[str, Any], key: str, 
     outcome = "hit" if artifact is not None else "miss"
     ctx.events.record(kind, outcome, manifest, key, caller, artifact.compile_seconds if artifact is not None else 0.0)
     ctx.metrics.cache_request(kind, outcome, manifest["target"])
+    if artifact is not None and kind in LOOKUP_KINDS:
+        ctx.metrics.compile_seconds_saved(manifest["target"], artifact.compile_seconds)
 
 
 def usage_in_memory(ctx: ServiceContext, key: str) -> dict[str, int] | None:
@@ -411,5 +414,7 @@ def nearest_manifests(session: Session, manifest: dict[str, Any], grant: Grant) 
     return [{"key": a.key, "differs": diff, "manifest": a.manifest} for diff, a in scored[:NEAREST_LIMIT]]
 
 
-def record_download(ctx: ServiceContext, artifact: Artifact, caller: str | None) -> None:
+def record_download(ctx: ServiceContext, artifact: Artifact, caller: str | None, size: int) -> None:
+    """A download of one of the artifact's files, of `size` bytes."""
     _record(ctx, "download", artifact.manifest, artifact.key, artifact, caller)
+    ctx.metrics.downloaded(artifact.manifest["target"], size)

@@ -17,6 +17,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from neffcache import logs
+from neffcache.service.metrics import ServiceMetrics
 
 log = logging.getLogger("neffcache.service.requests")
 HEADER = b"x-request-id"
@@ -31,10 +32,11 @@ def _header(scope: Scope, name: bytes) -> str | None:
 
 class RequestLog:
     """Outermost: its duration is the whole answer's, and it sees the status of every answer,
-    the error catcher's 500s included."""
+    the error catcher's 500s included; it counts them by status (neffcache_responses_total)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
         self.app = app
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -56,6 +58,7 @@ class RequestLog:
             try:
                 await self.app(scope, receive, send_with_id)
             finally:
+                self.metrics.response(status)
                 self._line(scope, state, status, time.perf_counter() - started, request_id)
 
     @staticmethod
