@@ -6,7 +6,7 @@ Every field is an environment variable with the NEFFCACHE_ prefix (NEFFCACHE_DAT
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -105,6 +105,11 @@ class Settings(BaseSettings):
     # from memory for this long after it failed; the next request after that compiles again.
     # None: remembered until a request forces a retry.
     failure_ttl_s: float | None = Field(default=7 * 24 * 3600.0, gt=0)
+
+    # --- what the processes log (neffcache.logs) ---
+    # text: a line a person reads (`make run`); json: one JSON object per line, with the request
+    # and job ids, for a log pipeline (the Kubernetes manifests set it).
+    log_format: Literal["text", "json"] = "text"
 
     # --- the worker ---
     worker_backend: str = "inductor"  # inductor | neuronx-cc

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
+from neffcache import logs
 from neffcache.settings import Settings
 
 
@@ -19,9 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--migrate", action="store_true", help="apply database migrations first")
     sub.add_parser("migrate", help="apply database migrations (alembic upgrade head)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
     settings = Settings()
+    logs.configure(settings.log_format)
     if args.command == "migrate" or args.migrate:
         from neffcache.db.migrate import upgrade
 
@@ -37,6 +36,10 @@ def main(argv: list[str] | None = None) -> int:
         port=args.port,
         workers=args.workers,
         log_level="info",
+        # The handlers are the app's (neffcache.logs, set up in app_from_env in each process), and
+        # the request log (service.request_log) replaces uvicorn's access log.
+        log_config=None,
+        access_log=False,
     )
     return 0
 

@@ -11,9 +11,11 @@ from anyio import to_thread
 from fastapi import FastAPI
 
 from neffcache import errors as domain
+from neffcache import logs
 from neffcache.service import errors
 from neffcache.service.context import ServiceContext
 from neffcache.service.hit_lane import HitLane
+from neffcache.service.request_log import RequestLog
 from neffcache.service.routes import (
     artifacts,
     blobs,
@@ -96,6 +98,8 @@ def create_app(settings: Settings | None = None, ctx: ServiceContext | None = No
     app.add_middleware(HitLane, ctx=context)  # innermost: inside the error catcher and the version header
     errors.install(app)
     app.add_middleware(ServiceHeader, version=app.version)
+    # Outermost: every answer's status and duration, and its request id.
+    app.add_middleware(RequestLog, metrics=context.metrics)
     for module in (blobs, compile, prewarm, jobs, artifacts, pins, stats, storage, workers, toolchains, tokens, health,
                    ui):
         app.include_router(module.router, responses=ROUTER_RESPONSES.get(module.__name__))
@@ -103,5 +107,8 @@ def create_app(settings: Settings | None = None, ctx: ServiceContext | None = No
 
 
 def app_from_env() -> FastAPI:
-    """For `uvicorn --factory service.app:app_from_env`: settings from the environment."""
-    return create_app(Settings())
+    """For `uvicorn --factory service.app:app_from_env`: settings from the environment. Each
+    uvicorn worker process builds its app here, so this is where its logging is set up."""
+    settings = Settings()
+    logs.configure(settings.log_format)
+    return create_app(settings)

@@ -17,7 +17,7 @@ from sqlalchemy import case, select, update
 from sqlalchemy.orm import Session
 
 from neffcache import dispatch as dispatching
-from neffcache import lifecycle
+from neffcache import lifecycle, logs
 from neffcache.db.models import Artifact, ArtifactUsage, Blob, Job, utcnow
 from neffcache.dispatch import dispatch
 from neffcache.errors import (
@@ -29,8 +29,9 @@ from neffcache.errors import (
     ToolchainUnavailable,
 )
 from neffcache.key import key_for_spec, manifest_diff
-from neffcache.lifecycle import ACTIVE_STATES, REMEMBERED_FAILURES, FailureClass, JobState
+from neffcache.lifecycle import ACTIVE_STATES, REMEMBERED_FAILURES, FailureClass, JobState, Step
 from neffcache.queue import queue_for_manifest
+from neffcache.rollup import LOOKUP_KINDS
 from neffcache.service.auth import Grant
 from neffcache.service.context import ServiceContext
 from neffcache.service.events import UsageSnapshot
@@ -153,6 +154,8 @@ def _record(ctx: ServiceContext, kind: str, manifest: dict[str, Any], key: str, 
     outcome = "hit" if artifact is not None else "miss"
     ctx.events.record(kind, outcome, manifest, key, caller, artifact.compile_seconds if artifact is not None else 0.0)
     ctx.metrics.cache_request(kind, outcome, manifest["target"])
+    if artifact is not None and kind in LOOKUP_KINDS:
+        ctx.metrics.compile_seconds_saved(manifest["target"], artifact.compile_seconds)
 
 
 def usage_in_memory(ctx: ServiceContext, key: str) -> dict[str, int] | None:
@@ -229,6 +232,7 @@ def _new_job(ctx: ServiceContext, manifest: dict[str, Any], key: str, caller: st
         attempts=0,
         max_attempts=ctx.settings.max_attempts,
         requested_by=caller,
+        request_id=logs.request_id.get(),  # the worker's log lines of the job carry it
         cancel_requested=False,
         annotations=annotations or None,
         created_at=now,
@@ -317,6 +321,8 @@ def _decide(ctx: ServiceContext, model_digest: str, manifest: dict[str, Any], ke
     if send is not None:
         send()
     if created is not None:
+        logs.job_transition(log, job=created.id, key=created.key, state=JobState.QUEUED, step=Step.CREATE,
+                            queue=created.queue, caller=caller)
         assert created.enqueued_at is not None
         dispatching.send_created(ctx.db, ctx.redis, created.queue, created.id, created.enqueued_at)
     return outcome
@@ -408,5 +414,7 @@ def nearest_manifests(session: Session, manifest: dict[str, Any], grant: Grant) 
     return [{"key": a.key, "differs": diff, "manifest": a.manifest} for diff, a in scored[:NEAREST_LIMIT]]
 
 
-def record_download(ctx: ServiceContext, artifact: Artifact, caller: str | None) -> None:
+def record_download(ctx: ServiceContext, artifact: Artifact, caller: str | None, size: int) -> None:
+    """A download of one of the artifact's files, of `size` bytes."""
     _record(ctx, "download", artifact.manifest, artifact.key, artifact, caller)
+    ctx.metrics.downloaded(artifact.manifest["target"], size)

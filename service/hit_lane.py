@@ -89,6 +89,12 @@ def _replaying(messages: list[Message], receive: Receive) -> Receive:
     return replay
 
 
+def _note_grant(scope: Scope, grant: Grant) -> None:
+    """The grant of a request the lane answers, where the route's dependency puts it (the
+    request's state): the request's log line names its token (service.request_log)."""
+    scope.setdefault("state", {})["grant"] = grant
+
+
 class HitLane:
     def __init__(self, app: ASGIApp, ctx: ServiceContext) -> None:
         self.app = app
@@ -106,6 +112,7 @@ class HitLane:
                 messages, body = await _read_body(receive)
                 answer = self._posted(kind, body, grant) if body is not None else None
                 if answer is not None:
+                    _note_grant(scope, grant)
                     await JSONResponse(answer.body, status_code=answer.status_code)(scope, receive, send)
                     return
                 receive = _replaying(messages, receive)
@@ -113,7 +120,8 @@ class HitLane:
             key = path[len(ARTIFACTS):]
             grant = grant_in_memory(self.ctx, _bearer(scope), "read")
             view = cache.warm_artifact(self.ctx, key, grant, LANE) if grant is not None and is_bare_hex(key) else None
-            if view is not None:
+            if view is not None and grant is not None:
+                _note_grant(scope, grant)
                 await JSONResponse(view)(scope, receive, send)
                 return
         await self.app(scope, receive, send)

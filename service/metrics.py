@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -18,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from neffcache import gc, pins
 from neffcache.db.models import Artifact, GcRun, Job, Worker, utcnow
-from neffcache.lifecycle import FINAL_STATES, JobState, heard_since
+from neffcache.lifecycle import FINAL_STATES, JobState, WorkerState, heard_since
 
 if TYPE_CHECKING:
     from neffcache.db.session import Database
@@ -27,6 +28,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400)
+# What reads stored objects and finds them corrupt (neffcache_corrupt_objects' found_by).
+CORRUPT_FOUND_BY = ("blob", "artifact_file", "job_log", "upload")
+# The error statuses the service answers with (500 internal, 502 corrupt_object, 503
+# storage_unavailable and not_ready): listed at 0 from the start.
+WATCHED_STATUSES = (500, 502, 503)
 
 
 class _DatabaseCollector:
@@ -35,10 +41,16 @@ class _DatabaseCollector:
         self.settings = settings
 
     def collect(self) -> Iterator[Metric]:
+        # Gathered whole before any is yielded: a database that fails half way shows as down,
+        # not as half of the figures.
         try:
-            yield from self._collect()
+            metrics = list(self._collect())
         except Exception as exc:  # noqa: BLE001 - a scrape must not fail because the DB is down
             log.warning("metrics: database unavailable: %s", exc)
+            metrics = []
+        yield from metrics
+        yield GaugeMetricFamily("neffcache_database_up", "1 when this scrape's reads of the database succeeded",
+                                value=1 if metrics else 0)
 
     def _collect(self) -> Iterator[Metric]:
         compiles = CounterMetricFamily(
@@ -67,6 +79,7 @@ class _DatabaseCollector:
             row = s.execute(
                 select(func.count(), func.coalesce(func.sum(Artifact.compile_seconds), 0.0), *buckets_sql)
             ).one()
+            yield from self._queues(s)
             yield from self._storage(s)
         total, seconds_sum, *cumulative = row
         hist = HistogramMetricFamily(
@@ -77,6 +90,45 @@ class _DatabaseCollector:
         )
         yield from (compiles, hist, queued, live)
 
+
+    def _queues(self, s: Session) -> Iterator[Metric]:
+        """How long the oldest due job of each queue has waited, how many live workers serve
+        each queue (0 for a queue with jobs and no worker: nothing will run them), and the
+        workers that went silent without stopping."""
+        now = utcnow()
+        # A retry waits out its backoff (not_before) before it is due: it waits from then.
+        due_since = func.coalesce(Job.not_before, Job.created_at)
+        oldest = GaugeMetricFamily("neffcache_jobs_queued_oldest_age_seconds",
+                                   "Seconds the oldest due queued job of each queue has waited", labels=["queue"])
+        waiting: set[str] = set()
+        for queue, since in s.execute(
+            select(Job.queue, func.min(due_since)).where(
+                Job.state == JobState.QUEUED, (Job.not_before.is_(None)) | (Job.not_before <= now))
+            .group_by(Job.queue)
+        ):
+            oldest.add_metric([queue], max(0.0, (now - since).total_seconds()))
+            waiting.add(queue)
+        waiting.update(s.scalars(select(Job.queue).where(Job.state == JobState.QUEUED).distinct()))
+        served: dict[str, int] = dict.fromkeys(waiting, 0)
+        for queues in s.scalars(select(Worker.queues).where(heard_since(self.settings.worker_lost_after_s))):
+            for queue in queues or ():
+                served[queue] = served.get(queue, 0) + 1
+        serving = GaugeMetricFamily("neffcache_queue_workers_live",
+                                    "Live workers serving each queue (each queue with queued jobs is listed)",
+                                    labels=["queue"])
+        for queue, count in sorted(served.items()):
+            serving.add_metric([queue], count)
+        lost = GaugeMetricFamily("neffcache_workers_lost",
+                                 "Workers silent past NEFFCACHE_WORKER_LOST_AFTER_S that did not stop cleanly",
+                                 labels=["compiler"])
+        silent = Worker.last_heartbeat < now - timedelta(seconds=self.settings.worker_lost_after_s)
+        for compiler, count in s.execute(
+            select(Worker.compiler_name + "==" + Worker.compiler_version, func.count())
+            .where(silent, Worker.state != WorkerState.STOPPED.value)
+            .group_by(Worker.compiler_name, Worker.compiler_version)
+        ):
+            lost.add_metric([compiler], count)
+        yield from (oldest, serving, lost)
 
     def _storage(self, s: Session) -> Iterator[Metric]:
         """What the cache holds against its quota, and what the GC passes did (summed over the
@@ -152,10 +204,40 @@ class ServiceMetrics:
         self.events_lost = Counter(
             "neffcache_events_dropped", "Cache events dropped after flushes kept failing", registry=self.registry,
         )
+        # Compile seconds the hits of lookups and compile requests saved (each hit saves its
+        # artifact's compile time: /v1/stats' compile_seconds_saved, counted as it happens).
+        self.seconds_saved = Counter(
+            "neffcache_compile_seconds_saved", "Compile seconds saved by cache hits (lookups and compile requests)",
+            ["target"], registry=self.registry,
+        )
+        # Bytes of the artifact files downloads asked for (served by this process, or by S3
+        # through the presigned URL it redirected to).
+        self.downloaded_bytes = Counter(
+            "neffcache_download_bytes", "Bytes of the artifact files downloaded", ["target"], registry=self.registry,
+        )
+        # Every answer by its HTTP status (service.request_log): 5xx are the storage, database and
+        # internal errors (503 storage_unavailable / not_ready, 502 corrupt_object, 500).
+        self.responses = Counter(
+            "neffcache_responses", "HTTP answers by status", ["status"], registry=self.registry,
+        )
+        # The label values an alert watches start at 0, so that rate() sees their first increase.
+        for found_by in CORRUPT_FOUND_BY:
+            self.corrupt_objects.labels(found_by)
+        for status in WATCHED_STATUSES:
+            self.responses.labels(str(status))
         self.registry.register(_DatabaseCollector(db, settings))
 
     def cache_request(self, kind: str, outcome: str, target: str) -> None:
         self.cache_requests.labels(kind, outcome, target).inc()
+
+    def compile_seconds_saved(self, target: str, seconds: float) -> None:
+        self.seconds_saved.labels(target).inc(seconds)
+
+    def downloaded(self, target: str, size: int) -> None:
+        self.downloaded_bytes.labels(target).inc(size)
+
+    def response(self, status: int) -> None:
+        self.responses.labels(str(status)).inc()
 
     def hit_served(self, kind: str, source: str) -> None:
         self.hits_served.labels(kind, source).inc()

@@ -14,6 +14,7 @@ import socket
 import sys
 import uuid
 
+from neffcache import logs
 from neffcache.db.session import Database
 from neffcache.queue import connect_redis, queues_for_toolchain
 from neffcache.settings import Settings
@@ -51,8 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--burst", action="store_true", help="exit when the queues are empty")
     parser.add_argument("--print-toolchain", action="store_true", help="print the detected toolchain and exit")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings()
+    logs.configure(settings.log_format)  # rq's worker logs through it too (it adds none of its own then)
     try:
         ctx = build_context(settings)
     except Exception as exc:  # noqa: BLE001 - one readable line for the operator

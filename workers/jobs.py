@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
-from neffcache import lifecycle
+from neffcache import lifecycle, logs
 from neffcache.db.models import Artifact, ArtifactFile, Job, utcnow
 from neffcache.lifecycle import FailureClass, JobState, Step
 from neffcache.workers.context import WorkerContext
@@ -27,6 +27,7 @@ class ClaimedJob:
     manifest: dict[str, Any]
     attempt: int
     annotations: dict[str, str] | None = None
+    request_id: str | None = None  # of the request that created the job: this worker's lines carry it
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,10 @@ def claim(ctx: WorkerContext, job_id: str) -> ClaimedJob | None:
         job = lifecycle.claim(session, job_id, ctx.worker_id)
         if job is None:
             return None
-        return ClaimedJob(job.id, job.key, job.manifest, job.attempts, job.annotations)
+        claimed = ClaimedJob(job.id, job.key, job.manifest, job.attempts, job.annotations, job.request_id)
+    logs.job_transition(logger, job=claimed.id, key=claimed.key, state=JobState.RUNNING, step=Step.CLAIM,
+                        worker=ctx.worker_id, request=claimed.request_id, attempt=claimed.attempt)
+    return claimed
 
 
 def poll_running(ctx: WorkerContext, job_id: str, progress: LogState | None) -> bool:
@@ -87,10 +91,15 @@ def publish(ctx: WorkerContext, job: ClaimedJob, files: list[PublishedFile], log
                     ))
             except IntegrityError:
                 logger.info("key %s was published concurrently; keeping the first", job.key)
-        return lifecycle.transition(
+        published = lifecycle.transition(
             session, job.id, Step.PUBLISH, worker=ctx.worker_id,
             finished_at=utcnow(), failure_class=None, message=message, **log.columns(),
         )
+    if published:
+        logs.job_transition(logger, job=job.id, key=job.key, state=JobState.SUCCEEDED, step=Step.PUBLISH,
+                            worker=ctx.worker_id, request=job.request_id, attempt=job.attempt,
+                            compile_seconds=round(seconds, 3))
+    return published
 
 
 def record_failure(ctx: WorkerContext, job_id: str, failure_class: FailureClass, message: str,
@@ -99,9 +108,15 @@ def record_failure(ctx: WorkerContext, job_id: str, failure_class: FailureClass,
     Without a `log` (the worker was lost, say) the last stored progress of the log stays.
     The step taken (fail, retry or stop), or None when the attempt had already ended."""
     with ctx.db.session() as session:
-        return lifecycle.end_attempt(
+        step = lifecycle.end_attempt(
             session, job_id, failure_class, message, retry_backoff_s=ctx.settings.retry_backoff_s,
             storage_backoff_s=ctx.settings.storage_retry_backoff_s,
             storage_backoff_max_s=ctx.settings.storage_retry_backoff_max_s,
             worker=expected_worker, log=log.columns() if log is not None else None,
         )
+        job = session.get(Job, job_id)  # end_attempt read it: no query
+        key, request_id = (job.key, job.request_id) if job is not None else ("", None)
+    if step is not None:
+        logs.job_transition(logger, job=job_id, key=key, state=lifecycle.TRANSITIONS[step][1], step=step,
+                            worker=expected_worker, request=request_id, failure_class=str(failure_class))
+    return step

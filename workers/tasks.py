@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from neffcache import neff, object_deletion
+from neffcache import logs, neff, object_deletion
 from neffcache.db.session import DATABASE_UNAVAILABLE
 from neffcache.digests import bare_hex, digest_of
 from neffcache.errors import CorruptObject, InvalidNeff, NeffcacheError, StorageError
@@ -39,24 +39,31 @@ def run_compile_job(job_id: str) -> str:
         # Taken off the queue just as storage went away: leave the job unclaimed (still queued,
         # attempts unspent); the queue check sends it again, to a worker that can run it.
         return f"not claimed: {problem}"
-    with registry.running(ctx, job_id):
+    with registry.running(ctx, job_id), logs.bound(job=job_id):
         claimed = jobs.claim(ctx, job_id)
         if claimed is None:
             return "skipped: not queued"
-        registry.beat(ctx, state=WorkerState.BUSY, current_job=job_id)
-        try:
-            return _run(ctx, claimed)
-        except Exception as exc:
-            failure_class, message = attempt_error(exc)
-            if failure_class == FailureClass.STORAGE_UNAVAILABLE:
-                log.warning("job %s: %s", job_id, message)
-                registry.note_unavailable(ctx, message)
-            else:
-                log.exception("job %s: worker error", job_id)
-            jobs.record_failure(ctx, job_id, failure_class, message, expected_worker=ctx.worker_id)
-            return f"failed: {failure_class}"
-        finally:
-            registry.beat(ctx, state=WorkerState.IDLE, clear_job=True)
+        # Every line logged while the job runs carries its id and its request's (neffcache.logs).
+        with logs.bound(request=claimed.request_id):
+            return _attempt(ctx, claimed)
+
+
+def _attempt(ctx: WorkerContext, claimed: jobs.ClaimedJob) -> str:
+    job_id = claimed.id
+    registry.beat(ctx, state=WorkerState.BUSY, current_job=job_id)
+    try:
+        return _run(ctx, claimed)
+    except Exception as exc:
+        failure_class, message = attempt_error(exc)
+        if failure_class == FailureClass.STORAGE_UNAVAILABLE:
+            log.warning("job %s: %s", job_id, message)
+            registry.note_unavailable(ctx, message)
+        else:
+            log.exception("job %s: worker error", job_id)
+        jobs.record_failure(ctx, job_id, failure_class, message, expected_worker=ctx.worker_id)
+        return f"failed: {failure_class}"
+    finally:
+        registry.beat(ctx, state=WorkerState.IDLE, clear_job=True)
 
 
 def attempt_error(exc: Exception) -> tuple[FailureClass, str]:

@@ -12,6 +12,7 @@
 - maintenance_leases: one GC at a time across every worker and admin.
 - gc_runs: what each GC pass did (the metrics and `neffcache stats` read the latest and the sums).
 - indexes on artifact_files.digest and jobs.log_digest, which the GC's reference checks use.
+- jobs.request_id: the id of the request that created a job, which its worker's log lines carry.
 
 Revision ID: 0009
 Revises: 0008
@@ -43,6 +44,7 @@ def upgrade() -> None:
         batch.create_index("ix_artifact_files_digest", ["digest"])
     with op.batch_alter_table("jobs") as batch:
         batch.create_index("ix_jobs_log_digest", ["log_digest"])
+        batch.add_column(sa.Column("request_id", sa.String(128), nullable=True))
 
     op.create_table(
         "pins",
@@ -130,6 +132,7 @@ def downgrade() -> None:
     op.drop_table("pinned_artifacts")
     op.drop_table("pins")
     with op.batch_alter_table("jobs") as batch:
+        batch.drop_column("request_id")
         batch.drop_index("ix_jobs_log_digest")
     with op.batch_alter_table("artifact_files") as batch:
         batch.drop_index("ix_artifact_files_digest")

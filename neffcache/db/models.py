@@ -99,6 +99,9 @@ class Job(Base):
     max_attempts: Mapped[int] = mapped_column(Integer)
     worker_id: Mapped[str | None] = mapped_column(String(255))
     requested_by: Mapped[str | None] = mapped_column(String(128))
+    # The id of the request that created the job (its X-Request-Id, neffcache.logs): the
+    # worker's log lines of the job carry it, so a job is followed from the API to the worker.
+    request_id: Mapped[str | None] = mapped_column(String(128))
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     annotations: Mapped[dict[str, str] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)

@@ -119,7 +119,7 @@ def download_file(key: KeyInPath, name: str, request: Request) -> Response:
         ctx, bare_hex(entry.digest), name, entry.size, found_by="artifact_file",
         what=f"file {name!r} of artifact {key} ({entry.digest})",
     )
-    cache.record_download(ctx, artifact, caller(request))
+    cache.record_download(ctx, artifact, caller(request), entry.size)
     return response
 
 

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from sqlalchemy import select
 
-from neffcache import lifecycle
+from neffcache import lifecycle, logs
 from neffcache.db.models import Job
 from neffcache.digests import bare_hex
 from neffcache.errors import Forbidden, JobFinished, NotFound
@@ -127,6 +127,9 @@ def cancel_job(job_id: JobIdInPath, request: Request) -> JSONResponse:
             job = _get(request, session, job_id)
             raise JobFinished(f"job {job_id} already ended ({job.state})", job=job_id)
         session.expire_all()
-        body = job_view(_get(request, session, job_id))
+        cancelled = _get(request, session, job_id)
+        body = job_view(cancelled)
+        key, worker = cancelled.key, cancelled.worker_id
+    logs.job_transition(log, job=job_id, key=key, state=body["state"], step=str(step), worker=worker)
     # A cancelled queued job may still sit in RQ; the worker sees its state and skips it.
     return JSONResponse(body, status_code=status)
