@@ -33,7 +33,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
-from neffcache import invalidation, pins, rollup
+from neffcache import invalidation, pins, retired, rollup
 from neffcache.db.models import (
     Artifact,
     ArtifactFile,
@@ -132,6 +132,8 @@ def evict(db: Database, eviction: Eviction, now: datetime) -> bool:
             return False
         files = session.execute(select(ArtifactFile.digest, ArtifactFile.size)
                                 .where(ArtifactFile.artifact_key == eviction.key)).all()
+        seconds = session.scalar(select(Artifact.compile_seconds).where(Artifact.key == eviction.key))
+        retired.retire_artifact(session, float(seconds or 0.0))
         session.execute(delete(ArtifactFile).where(ArtifactFile.artifact_key == eviction.key))
         session.execute(delete(ArtifactUsage).where(ArtifactUsage.key == eviction.key))
         session.execute(delete(Artifact).where(Artifact.key == eviction.key))
@@ -186,13 +188,16 @@ def delete_old_jobs(db: Database, now: datetime, retention_s: float) -> int:
     deleted = 0
     while True:
         with db.session() as session:
-            batch = session.execute(select(Job.id, Job.log_digest, Job.log_bytes)
-                                    .where(_old_jobs(now, retention_s)).limit(BATCH)).all()
+            # Locked: the rows counted as retired are exactly the rows deleted.
+            batch = session.execute(select(Job.id, Job.log_digest, Job.log_bytes, Job.state, Job.failure_class)
+                                    .where(_old_jobs(now, retention_s)).limit(BATCH).with_for_update()).all()
             if not batch:
                 return deleted
-            session.execute(delete(Job).where(Job.id.in_([j for j, _, _ in batch]), _old_jobs(now, retention_s))
+            session.execute(delete(Job).where(Job.id.in_([row.id for row in batch]))
                             .execution_options(synchronize_session=False))
-            mark(session, [(bare_hex(d), size) for _, d, size in batch if d], MarkReason.JOB_LOG, now)
+            retired.retire_jobs(session, [(row.state, row.failure_class) for row in batch])
+            mark(session, [(bare_hex(row.log_digest), row.log_bytes) for row in batch if row.log_digest],
+                 MarkReason.JOB_LOG, now)
             deleted += len(batch)
 
 

@@ -8,6 +8,7 @@ service replica then reports the same truth.
 from __future__ import annotations
 
 import logging
+from collections import Counter as Tally
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import TYPE_CHECKING
@@ -17,9 +18,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
-from neffcache import gc, pins
+from neffcache import gc, pins, retired
 from neffcache.db.models import Artifact, GcRun, Job, Worker, utcnow
 from neffcache.lifecycle import FINAL_STATES, JobState, WorkerState, heard_since
+from neffcache.retired import DURATION_BUCKETS
 
 if TYPE_CHECKING:
     from neffcache.db.session import Database
@@ -27,7 +29,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400)
 # What reads stored objects and finds them corrupt (neffcache_corrupt_objects' found_by).
 CORRUPT_FOUND_BY = ("blob", "artifact_file", "job_log", "upload")
 # The error statuses the service answers with (500 internal, 502 corrupt_object, 503
@@ -61,11 +62,15 @@ class _DatabaseCollector:
         live = GaugeMetricFamily("neffcache_workers_live", "Workers with a recent heartbeat", labels=["compiler"])
         buckets_sql = [func.sum(case((Artifact.compile_seconds <= b, 1), else_=0)) for b in DURATION_BUCKETS]
         with self.db.session() as s:
+            # What the GC deleted is added back: a counter never goes down (neffcache.retired).
+            finished = Tally(retired.retired_compiles(s))
             for state, failure, count in s.execute(
                 select(Job.state, Job.failure_class, func.count()).where(Job.state.in_(FINAL_STATES))
                 .group_by(Job.state, Job.failure_class)
             ):
-                compiles.add_metric([state, failure or ""], count)
+                finished[(state, failure or "")] += count
+            for (state, failure), count in sorted(finished.items()):
+                compiles.add_metric([state, failure], count)
             for queue, count in s.execute(
                 select(Job.queue, func.count()).where(Job.state == JobState.QUEUED).group_by(Job.queue)
             ):
@@ -79,14 +84,16 @@ class _DatabaseCollector:
             row = s.execute(
                 select(func.count(), func.coalesce(func.sum(Artifact.compile_seconds), 0.0), *buckets_sql)
             ).one()
+            evicted_buckets, evicted, evicted_seconds = retired.retired_durations(s)
             yield from self._queues(s)
             yield from self._storage(s)
         total, seconds_sum, *cumulative = row
         hist = HistogramMetricFamily(
-            "neffcache_compile_duration_seconds", "Compile time of published artifacts",
-            buckets=[(str(float(b)), int(c or 0)) for b, c in zip(DURATION_BUCKETS, cumulative, strict=False)]
-            + [("+Inf", int(total))],
-            sum_value=float(seconds_sum),
+            "neffcache_compile_duration_seconds", "Compile time of the artifacts published (evicted ones included)",
+            buckets=[(str(float(b)), int(c or 0) + e)
+                     for b, c, e in zip(DURATION_BUCKETS, cumulative, evicted_buckets, strict=True)]
+            + [("+Inf", int(total) + evicted)],
+            sum_value=float(seconds_sum) + evicted_seconds,
         )
         yield from (compiles, hist, queued, live)
 

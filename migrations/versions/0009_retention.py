@@ -9,6 +9,8 @@
   orphan) with when they were marked; `deleting_since` is set while the GC deletes one, which
   tells a writer that dedupes on that object to check it again after its own commit.
 - cache_event_hours: cache events older than the retention, counted per hour.
+- retired_counts: what the GC deleted (jobs, evicted artifacts' compile times), counted, so the
+  metrics counted from those tables never go down.
 - maintenance_leases: one GC at a time across every worker and admin.
 - gc_runs: what each GC pass did (the metrics and `neffcache stats` read the latest and the sums).
 - indexes on artifact_files.digest and jobs.log_digest, which the GC's reference checks use.
@@ -93,6 +95,14 @@ def upgrade() -> None:
     op.create_index("ix_cache_event_hours_hour", "cache_event_hours", ["hour"])
     op.create_index("ix_cache_event_hours_key", "cache_event_hours", ["key"])
     op.create_table(
+        "retired_counts",
+        sa.Column("name", sa.String(32), nullable=False),
+        sa.Column("label", sa.String(96), nullable=False),
+        sa.Column("count", sa.BigInteger(), nullable=False),
+        sa.Column("total", sa.Float(), nullable=False),
+        sa.PrimaryKeyConstraint("name", "label", name="pk_retired_counts"),
+    )
+    op.create_table(
         "maintenance_leases",
         sa.Column("name", sa.String(32), nullable=False),
         sa.Column("holder", sa.String(255), nullable=False),
@@ -124,6 +134,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("gc_runs")
     op.drop_table("maintenance_leases")
+    op.drop_table("retired_counts")
     op.drop_index("ix_cache_event_hours_key", table_name="cache_event_hours")
     op.drop_index("ix_cache_event_hours_hour", table_name="cache_event_hours")
     op.drop_table("cache_event_hours")

@@ -282,6 +282,17 @@ class CacheEventHour(Base):
     )
 
 
+class RetiredCount(Base):
+    """What the GC deleted, counted (neffcache.retired): the metrics counted from the jobs and
+    artifacts add these back, so they never go down."""
+
+    __tablename__ = "retired_counts"
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    label: Mapped[str] = mapped_column(String(96), primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger)
+    total: Mapped[float] = mapped_column(Float)
+
+
 class MaintenanceLease(Base):
     """Who runs a maintenance pass (the GC) until when: one at a time across every host."""
 

@@ -19,7 +19,8 @@ from tests.support.databases import database_kinds
 from tests.support.databases import empty_database as empty_database_of
 
 TABLES = {"blobs", "jobs", "artifacts", "artifact_files", "cache_events", "workers", "api_tokens", "artifact_usage",
-          "pins", "pinned_artifacts", "object_deletions", "cache_event_hours", "maintenance_leases", "gc_runs"}
+          "pins", "pinned_artifacts", "object_deletions", "cache_event_hours", "maintenance_leases", "gc_runs",
+          "retired_counts"}
 
 
 @pytest.fixture(params=database_kinds())

@@ -114,3 +114,41 @@ def test_answers_are_counted_by_status_and_the_error_statuses_start_at_zero(clie
     client.get("/v1/jobs/" + "0" * 8)  # no such job
     assert sample(client, "neffcache_responses_total", status="404") == 1
     assert (sample(client, "neffcache_responses_total", status="200") or 0) >= 2  # the /metrics answers
+
+
+def test_the_counts_from_the_database_never_go_down_when_the_gc_deletes_what_they_count(client: TestClient) -> None:
+    """The GC deletes old jobs and evicts artifacts; neffcache_compiles_total and the
+    compile-duration histogram add back what it deleted (neffcache.retired), so neither falls
+    (a falling counter reads as a restart to Prometheus, and rate() jumps)."""
+    from neffcache import gc
+    from tests.support.cache_contents import DAY, Cache
+
+    ctx = ctx_of(client)
+    long_ago = utcnow() - 200 * DAY
+    with ctx.db.session() as session:
+        for failure in ("compile_error", "compile_error", "oom"):
+            session.add(Job(id=str(uuid.uuid4()), key=uuid.uuid4().hex * 2, manifest=SAMPLE_MANIFEST, queue=SERVED,
+                            state=JobState.FAILED.value, failure_class=failure, attempts=1, max_attempts=3,
+                            cancel_requested=False, created_at=long_ago, finished_at=long_ago))
+    contents = Cache(ctx.db, ctx.store)
+    evicted = contents.artifact(used=utcnow() - 3 * DAY)
+    kept = contents.artifact(used=utcnow())
+    with ctx.db.session() as session:
+        for key, seconds in ((evicted, 700.0), (kept, 20.0)):
+            row = session.get(Artifact, key)
+            assert row is not None
+            row.compile_seconds = seconds
+
+    def counts() -> tuple[float | None, ...]:
+        return (sample(client, "neffcache_compiles_total", result="failed", failure_class="compile_error"),
+                sample(client, "neffcache_compiles_total", result="failed", failure_class="oom"),
+                sample(client, "neffcache_compile_duration_seconds_count"),
+                sample(client, "neffcache_compile_duration_seconds_sum"),
+                sample(client, "neffcache_compile_duration_seconds_bucket", le="1800.0"),
+                sample(client, "neffcache_compile_duration_seconds_bucket", le="600.0"))
+
+    before = counts()
+    assert before == (2, 1, 2, 720.0, 2, 1)
+    report = gc.run_gc(ctx.db, ctx.store, ctx.settings.model_copy(update={"gc_quota_bytes": 200}), holder="test")
+    assert [e.key for e in report.evicted] == [evicted] and report.jobs == 3
+    assert counts() == before
