@@ -21,6 +21,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from neffcache import sizes
 from neffcache.digests import bare_hex
 
 
@@ -90,14 +91,7 @@ def table(title: str | None, columns: list[str], rows: list[list[Any]]) -> None:
 
 
 def human_bytes(n: int | float | None) -> str:
-    if n is None:
-        return ""
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"
+    return "" if n is None else sizes.human_bytes(n)
 
 
 def human_seconds(s: float | None) -> str:

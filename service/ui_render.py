@@ -10,6 +10,7 @@ from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
+from neffcache import sizes
 from neffcache.service import ui_charts
 from neffcache.service.ui import Hour
 
@@ -19,14 +20,7 @@ LOG_TAIL_LINES = 30  # of a failed job's log, on the page
 
 
 def human_bytes(n: float | None) -> str:
-    if n is None:
-        return "–"
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
+    return "–" if n is None else sizes.human_bytes(n)
 
 
 def human_seconds(s: float | None) -> str:

@@ -14,6 +14,7 @@ from typing import Any
 
 from neffcache.digests import digest_of
 from neffcache.errors import EXIT_INTEGRITY, EXIT_SUCCESS, EXIT_UNAVAILABLE, StorageError
+from neffcache.sizes import human_bytes
 from neffcache.storage.base import ObjectStore, StoredObject
 
 
@@ -60,18 +61,9 @@ class ScrubReport:
         corrupt = f"{len(self.corrupt)} corrupt"
         if self.quarantined:
             corrupt += f" ({self.quarantined} quarantined)"
-        line = (f"scrubbed {self.checked} of {self.listed} objects ({_bytes(self.bytes_checked)}): "
+        line = (f"scrubbed {self.checked} of {self.listed} objects ({human_bytes(self.bytes_checked)}): "
                 f"{corrupt}, {len(self.unreadable)} unreadable")
         return line + (f", {self.vanished} deleted meanwhile" if self.vanished else "")
-
-
-def _bytes(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
 
 
 def pick(store: ObjectStore, sample: int | None, rng: random.Random) -> tuple[list[StoredObject], int]:
