@@ -94,7 +94,9 @@ def test_a_running_workers_sweep_removes_a_dead_workers_scratch(
         doomed.kill()  # SIGKILL of the worker's process group: nothing of it is left to clean up
         # No worker starts: the survivor's sweep (every heartbeat) removes it.
         assert wait_for(lambda: not folder.exists(), 20), "the dead worker's scratch folder is still there"
-        assert f"removed {folder}, left by a dead worker" in survivor.log_tail(20000)
+        # Logged once the folder is gone (the removal comes first): wait for the line too.
+        assert wait_for(lambda: f"removed {folder}, left by a dead worker" in survivor.log_tail(20000), 10), \
+            survivor.log_tail(4000)
         assert own.is_dir() and survivor.alive()
     finally:
         if doomed is not None:
