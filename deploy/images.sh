@@ -147,7 +147,7 @@ ensure_standin() {
     return  # the real image (pulled or loaded): keep it
   fi
   if ! has_image "$image" && pulled "$image"; then return; fi
-  say "building a stand-in for $image (deploy/standins/$dockerfile)"
+  say "stand-in for $image: deploy/standins/$dockerfile on the local base"
   logged "$STATE/build-${dockerfile%.Dockerfile}.log" docker build --network host --label "$STANDIN_LABEL=$image" \
     -t "$image" -f "deploy/standins/$dockerfile" deploy/standins
 }
