@@ -1,4 +1,4 @@
-# The service and worker images (deploy/images.sh builds the first two; see deploy/README.md):
+# The service and worker images (deploy/images.sh builds the first two; README, "Images"):
 #   docker build --target service -t neffcache-service .
 #   docker build --target worker-inductor --build-arg TORCH_WHEEL_IMAGE=... -t neffcache-worker-inductor .
 #   docker build --target worker-neuronx-cc -t neffcache-worker-neuronx-cc .

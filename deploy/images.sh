@@ -20,7 +20,7 @@
 # from PyTorch's CPU index into build/images/wheels; never PyPI's multi-GB CUDA build.
 #
 # worker-neuronx-cc is not built here: AWS's Neuron apt and pip repositories are unreachable from
-# these machines. Build it where they are (see deploy/README.md):
+# these machines. Build it where they are (README, section "Images"):
 #   docker build --network host --target worker-neuronx-cc -t neffcache-worker-neuronx-cc .
 #
 # Settings (environment): NEFFCACHE_IMAGE_TAG (default: the version in pyproject.toml),
@@ -171,5 +171,5 @@ ensure_standin redis:7 redis.Dockerfile
 ensure_standin chrislusf/seaweedfs:4.48 seaweedfs.Dockerfile
 build_target service
 build_target worker-inductor
-say "skipped neffcache-worker-neuronx-cc: AWS's Neuron repositories are unreachable here (see deploy/README.md)"
+say "skipped neffcache-worker-neuronx-cc: AWS's Neuron repositories are unreachable here (README, section Images)"
 say "all images ready in $(seconds_since "$started") s"
