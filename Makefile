@@ -5,7 +5,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.neffcache-installed
 PORT ?= 8080
 
-.PHONY: run test system-packages lint typecheck-tree test-server test-embedded bench install clean
+.PHONY: run test system-packages lint typecheck-tree test-server test-embedded test-containers images bench install \
+	clean
 
 install: $(STAMP)
 
@@ -43,6 +44,17 @@ test-server: $(STAMP)
 
 test-embedded: $(STAMP)
 	NEFFCACHE_TEST_STORAGE=filesystem NEFFCACHE_TEST_DATABASE_URL= $(PY) -m pytest -m stack
+
+# The images (deploy/images.sh: on a machine without a registry it prepares the Docker daemon, a
+# debootstrap base image and stand-ins of the third-party servers first).
+images:
+	deploy/images.sh
+
+# The production-like stack in containers (tests/containers/, deploy/compose.yaml): builds the
+# images, brings the stack up, compiles and pulls through it, tears it down. Needs Docker and
+# docker-compose; not part of `make test`. Prints each phase's time.
+test-containers: $(STAMP)
+	$(PY) -m pytest -m containers -s tests/containers
 
 # Every benchmark in bench/ with its defaults, one after another (each starts and stops what it
 # needs; see bench/README.md). All of them run even if one fails; the target fails if any did.

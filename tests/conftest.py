@@ -44,15 +44,27 @@ ADMIN_TOKEN = "nfc_test-bootstrap-admin"
 
 
 STACK_TESTS = Path(__file__).resolve().parent / "stack"
+# The stack in containers (deploy/compose.yaml): run only when asked for, `pytest -m containers`
+# (`make test-containers`), never by `make test`; it brings up its own stack, not the fixtures here.
+CONTAINER_TESTS = Path(__file__).resolve().parent / "containers"
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "stack: needs the running service, workers and servers (tests/stack/)")
+    config.addinivalue_line("markers", "containers: the stack in containers, with Docker (tests/containers/)")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The tests in tests/stack/ are the stack tests, and only they may start the stack: the rest
-    (tests/unit/, which mirror the source, and tests/project/) run in process or on their own."""
+    (tests/unit/, which mirror the source, and tests/project/) run in process or on their own.
+    The tests in tests/containers/ are collected only where the -m expression names them."""
+    asked_for_containers = "containers" in (config.option.markexpr or "")
+    in_containers = [item for item in items if CONTAINER_TESTS in Path(item.path).parents]
+    for item in in_containers:
+        item.add_marker(pytest.mark.containers)
+    if in_containers and not asked_for_containers:
+        config.hook.pytest_deselected(items=in_containers)
+        items[:] = [item for item in items if item not in in_containers]
     for item in items:
         in_stack = STACK_TESTS in Path(item.path).parents
         if in_stack:

@@ -70,7 +70,7 @@ def _port_is_free(port: int) -> bool:
     return True
 
 
-def _pick_ports(count: int) -> list[int]:
+def pick_ports(count: int) -> list[int]:
     """`count` distinct ports p, each free along with p+10000, none equal to another's twin."""
     chosen: list[int] = []
     taken: set[int] = set()
@@ -151,7 +151,7 @@ class SeaweedFS:
         config_dir = self.workdir / "config"  # empty: no stray filer.toml/s3 config is picked up
         data_dir.mkdir(parents=True, exist_ok=True)
         config_dir.mkdir(parents=True, exist_ok=True)
-        self.ports = dict(zip(_SERVICES, _pick_ports(len(_SERVICES)), strict=True))
+        self.ports = dict(zip(_SERVICES, pick_ports(len(_SERVICES)), strict=True))
         args = [
             str(binary),
             "-logtostderr",  # else glog writes weed.* files into /tmp
