@@ -27,6 +27,7 @@ from urllib.parse import quote
 import httpx
 
 from neffcache import errors
+from neffcache.client.answers import PROXY_STATUSES, error_from, our_error_body, transport_error
 from neffcache.client.transfer_errors import VOUCHED_SHA256, ended_early, log_body_size
 from neffcache.errors import NeffcacheError, Unreachable, UsageError
 
@@ -38,11 +39,6 @@ SERVICE_HEADER = "x-neffcache-version"  # on every answer of the service
 LOG_COMPLETE = "x-neffcache-log-complete"
 API_PREFIX = "/v1"
 
-# Status codes whose error bodies are not ours (a proxy, an older server) -> a code to raise.
-_STATUS_CODES = {401: "unauthorized", 403: "forbidden", 404: "not_found", 413: "too_large",
-                 502: "unreachable", 503: "unreachable", 504: "unreachable"}
-# What a proxy in front of the service answers by itself: worded by status, not "no neffcache".
-_PROXY_STATUSES = frozenset({401, 403, 413, 502, 503, 504})
 
 
 def service_url(url: str) -> str:
@@ -51,15 +47,6 @@ def service_url(url: str) -> str:
     if url.endswith(API_PREFIX):
         url = url[: -len(API_PREFIX)].rstrip("/")
     return url
-
-
-def _our_error_body(response: httpx.Response) -> bool:
-    """{"error": <code>, "detail": <message>}: how the service (any version) words a refusal."""
-    try:
-        body = response.json() if response.content else None
-    except (ValueError, httpx.ResponseNotRead):
-        return False
-    return isinstance(body, dict) and isinstance(body.get("error"), str) and "detail" in body
 
 
 @dataclass(frozen=True)
@@ -101,14 +88,8 @@ class NeffcacheClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _transport_error(self, exc: Exception, what: str, where: str | None = None) -> NeffcacheError:
-        where = where or self.url
-        if isinstance(exc, httpx.TimeoutException):
-            return Unreachable(f"{where} did not answer {what} within {self.timeout_s:g} s")
-        if isinstance(exc, (httpx.InvalidURL, httpx.UnsupportedProtocol)):
-            return UsageError(f"bad service URL {where!r}: {exc}")
-        reason = str(exc) or type(exc).__name__
-        return Unreachable(f"cannot reach the neffcache service at {where} ({what}): {reason}")
+    def _unanswered(self, exc: Exception, what: str, where: str | None = None) -> NeffcacheError:
+        return transport_error(exc, what, where or self.url, self.timeout_s)
 
     def _vet(self, response: httpx.Response, what: str) -> None:
         """Raise Unreachable ("no neffcache service at URL") unless `response` came from neffcache:
@@ -118,10 +99,10 @@ class NeffcacheClient:
             return
         if response.status_code >= 400:
             response.read()  # a streamed error's body, read here rather than by error_from
-        if SERVICE_HEADER in response.headers or _our_error_body(response):
+        if SERVICE_HEADER in response.headers or our_error_body(response):
             self.answered = True
             return
-        if response.status_code in _PROXY_STATUSES:
+        if response.status_code in PROXY_STATUSES:
             return  # a gateway or auth proxy's own answer: error_from words it by its status
         if self._openapi_title() == "neffcache":
             self.answered = True
@@ -134,49 +115,22 @@ class NeffcacheClient:
         try:
             response = self._http.get("/openapi.json")
         except httpx.HTTPError as exc:
-            raise self._transport_error(exc, "GET /openapi.json") from None
+            raise self._unanswered(exc, "GET /openapi.json") from None
         try:
             info = response.json().get("info") if response.status_code == 200 else None
         except (ValueError, AttributeError):
             return None
         return info.get("title") if isinstance(info, dict) else None
 
-    def error_from(self, response: httpx.Response, what: str) -> NeffcacheError:
-        """The exception an error response stands for (our JSON body, or the bare status)."""
-        body: Any = None
-        try:
-            if response.content:
-                body = response.json()
-        except (ValueError, httpx.ResponseNotRead):
-            body = None
-        status = response.status_code
-        if isinstance(body, dict) and "error" in body:
-            err = errors.from_body(body, status)
-            if status == 404 and err.detail == "Not Found":  # the router's own 404: no such endpoint
-                err = errors.NotFound(f"{what}: this service has no such endpoint (is it an older version?)")
-        else:
-            code = _STATUS_CODES.get(status, "internal_error" if status >= 500 else "invalid_parameter")
-            text = (response.text or "").strip().splitlines()
-            detail = f"{what}: HTTP {status}" + (f": {text[0][:200]}" if text else "")
-            err = errors.from_body({"error": code, "detail": detail})
-        if err.code == "unauthorized" and "NEFFCACHE_TOKEN" not in err.detail:
-            err.detail = f"unauthorized: {err.detail} (set NEFFCACHE_TOKEN or pass --token)"
-        elif err.code == "forbidden":
-            err.detail = f"forbidden: {err.detail} ({what})"
-        if err.code in ("unauthorized", "forbidden"):
-            err.args = (err.detail,)
-        err.extra.setdefault("http_status", status)
-        return err
-
     def request(self, method: str, path: str, *, ok: tuple[int, ...] = (200,), **kwargs: Any) -> httpx.Response:
         what = f"{method} {path}"
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
-            raise self._transport_error(exc, what) from None
+            raise self._unanswered(exc, what) from None
         self._vet(response, what)
         if response.status_code not in ok:
-            raise self.error_from(response, what)
+            raise error_from(response, what)
         return response
 
     def _json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
@@ -267,7 +221,7 @@ class NeffcacheClient:
         try:
             first = self._http.send(self._http.build_request("GET", path), stream=True)
         except httpx.HTTPError as exc:
-            raise self._transport_error(exc, what) from None
+            raise self._unanswered(exc, what) from None
         try:
             self._vet(first, what)
             announced = first.headers.get(VOUCHED_SHA256)
@@ -281,7 +235,7 @@ class NeffcacheClient:
                     second = self._plain.send(self._plain.build_request("GET", location), stream=True)
                 except httpx.HTTPError as exc:
                     host = httpx.URL(location).host
-                    raise self._transport_error(exc, f"download of {name}", f"the object store ({host})") from None
+                    raise self._unanswered(exc, f"download of {name}", f"the object store ({host})") from None
                 try:
                     if second.status_code != 200:
                         second.read()
@@ -294,7 +248,7 @@ class NeffcacheClient:
                 return
             if first.status_code != 200:
                 first.read()
-                raise self.error_from(first, what)
+                raise error_from(first, what)
             yield first, announced
         finally:
             first.close()
@@ -338,12 +292,12 @@ class NeffcacheClient:
         try:
             response = self._http.send(self._http.build_request("GET", path, params=params), stream=True)
         except httpx.HTTPError as exc:
-            raise self._transport_error(exc, what) from None
+            raise self._unanswered(exc, what) from None
         try:
             self._vet(response, what)
             if response.status_code != 200:
                 response.read()
-                raise self.error_from(response, what)
+                raise error_from(response, what)
             try:
                 response.read()
             except httpx.TransportError as exc:
