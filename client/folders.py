@@ -3,7 +3,7 @@ compiled_model_path: model.pt, neuron_config.json, weights/tp<rank>_sharded_chec
 ...) as one artifact; `neffcache pull --into DIR` restores it.
 
 A folder artifact's file names are relative paths ('weights/tp0_sharded_checkpoint.safetensors'),
-each checked here with the service's own rule (neffcache.spec.check_file_path): at push, so that a
+each checked here with the service's own rule (neffcache.file_names.check_file_path): at push, so that a
 folder the service would refuse is refused before anything is uploaded; at pull, again, so that no
 name can reach outside DIR even from a service that was compromised.
 
@@ -35,7 +35,8 @@ from neffcache.client.download import download_all
 from neffcache.client.pull import FileResult, Wanted, safe_file_name
 from neffcache.digests import digest_of, is_bare_hex
 from neffcache.errors import IntegrityFailure, InvalidNeff, UsageError
-from neffcache.spec import MAX_PUBLISHED_FILES, check_file_path, check_unique_file_names
+from neffcache.file_names import check_file_path, check_unique_file_names
+from neffcache.spec import MAX_PUBLISHED_FILES
 
 ASSEMBLY_MARK = ".neffcache-"  # DIR's parent/.<DIR name>.neffcache-<random>: one pull's tree, until verified
 

@@ -35,7 +35,7 @@ from neffcache.client.lockfile import LockedArtifact
 from neffcache.client.runtime import RuntimeResolver
 from neffcache.digests import is_bare_hex
 from neffcache.errors import IntegrityFailure, NotFound, OriginRefused, RuntimeMismatch, UsageError
-from neffcache.spec import check_file_name, check_unique_file_names
+from neffcache.file_names import check_file_name, check_unique_file_names
 
 if TYPE_CHECKING:  # client/specs.py (yaml) is imported only by commands that read spec files
     from neffcache.client.specs import SpecEntry
@@ -76,7 +76,7 @@ class FileResult:
 def safe_file_name(name: Any, key: str, outcome: str = "nothing was pulled",
                    rule: Callable[[str], str] = check_file_name) -> str:
     """A file name from the service becomes a path under DEST: refused unless it is one the
-    service takes at publish (neffcache.spec.check_file_name, the same rule; a folder artifact's
+    service takes at publish (neffcache.file_names.check_file_name, the same rule; a folder artifact's
     paths: `rule` check_file_path): no '.', '..', separator, NUL, leading '.' or '-', Windows
     device name, ... `outcome` ends the message."""
     try:

@@ -18,7 +18,7 @@ import pytest
 from neffcache.client.folders import holds_exactly, is_folder_artifact, pull_into, scan_folder, tree_files
 from neffcache.client.pull import Wanted
 from neffcache.errors import IntegrityFailure, UsageError
-from neffcache.spec import MAX_FILE_PATH, check_file_name, check_file_path
+from neffcache.file_names import MAX_FILE_PATH, check_file_name, check_file_path
 from tests.support.snapshot import snapshot
 
 KEY = hashlib.sha256(b"folder artifact").hexdigest()

@@ -141,7 +141,7 @@ def test_a_name_that_is_not_a_plain_folder_name_is_refused_before_anything_is_wr
     assert not dest.exists()
 
 
-# The service refuses these at publish (neffcache.spec.check_file_name): a pull refuses them too,
+# The service refuses these at publish (neffcache.file_names.check_file_name): a pull refuses them too,
 # whatever a service answers, by the same rule.
 UNSAFE_FILE_NAMES = [name for name, _ in UNSAFE_PUBLISHED] + ["con", "NUL.neff", "-", "--help", "C:model.neff"]
 

@@ -10,14 +10,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from neffcache.spec import (
-    FILE_PATH_PATTERN,
-    CompileRequest,
-    PublishRequest,
-    check_file_name,
-    check_text,
-    text_problem,
-)
+from neffcache.file_names import FILE_PATH_PATTERN, check_file_name
+from neffcache.spec import CompileRequest, PublishRequest, check_text, text_problem
 
 DIGEST = "sha256:" + "ab" * 32
 SPEC: dict[str, Any] = {
