@@ -5,7 +5,7 @@ takes the deployment's sources (the artifacts its lock file names, its spec file
 the artifacts with the most lookup hits of late in the token's namespaces), re-keys each for the
 new toolchain (the same model, inputs, target, namespace, compiler name and flags; the new
 compiler version; the runtime given, or resolved as any spec's is) and submits it exactly as
-POST /v1/compile does (service.cache.submit_compile, never forced), so it joins what exists. With
+POST /v1/compile does (service.compile_decisions.submit_compile, never forced), so it joins what exists. With
 `submit` false it only says how ready each entry is, and submits and counts nothing.
 
 Each entry ends in one of STATUSES; what is wrong with one entry (a flag the rules refuse, a
@@ -31,7 +31,7 @@ from neffcache.key import spec_for_manifest
 from neffcache.lifecycle import ACTIVE_STATES
 from neffcache.queue import queue_for_manifest
 from neffcache.rollup import LOOKUP_KINDS
-from neffcache.service import cache
+from neffcache.service import cache, compile_decisions
 from neffcache.service.auth import Grant
 from neffcache.service.context import ServiceContext
 from neffcache.service.toolchains import live_queues, require_live_worker
@@ -168,12 +168,12 @@ def _decide(ctx: ServiceContext, spec: CompileSpec, manifest: dict[str, Any], ke
     """A re-keyed spec's status: submitted as a compile request (`submit`), or read as it stands."""
     with ctx.db.session() as session:
         artifact = cache.published(ctx, session, key)
-        standing = (_standing(cache.latest_job(session, key), ctx.settings.failure_ttl_s)
+        standing = (_standing(compile_decisions.latest_job(session, key), ctx.settings.failure_ttl_s)
                     if artifact is None and not submit else None)
     if artifact is None:
         # Checked before anything is submitted: a job no live worker listens for would wait unseen.
         try:
-            cache.check_farm_builds(spec)
+            compile_decisions.check_farm_builds(spec)
         except NeffcacheError as exc:
             return _refusal(REFUSED, exc)
         try:
@@ -183,7 +183,7 @@ def _decide(ctx: ServiceContext, spec: CompileSpec, manifest: dict[str, Any], ke
     if not submit:
         return {"status": READY} if standing is None else standing
     try:
-        outcome = cache.submit_compile(ctx, spec, force=False, caller=caller)
+        outcome = compile_decisions.submit_compile(ctx, spec, force=False, caller=caller)
     except NeffcacheError as exc:  # blob_missing: the model is no longer stored
         return _refusal(REFUSED, exc)
     body = outcome.body
@@ -195,7 +195,7 @@ def _standing(job: Job | None, failure_ttl_s: float | None) -> dict[str, Any]:
     key's active job (compiling), a remembered failure (failed), or nothing (missing)."""
     if job is not None and job.state in ACTIVE_STATES:
         return _job_status(job_view(job), failed=False)
-    if cache.remembered_failure(job, failure_ttl_s):
+    if compile_decisions.remembered_failure(job, failure_ttl_s):
         return _job_status(job_view(job), failed=True)
     return {"status": MISSING}
 

@@ -29,7 +29,8 @@ from neffcache.lifecycle import ACTIVE_STATES, JobState, WorkerState
 from neffcache.rollup import LOOKUP_KINDS
 from neffcache.service import prewarm
 from neffcache.service.auth import Grant, grant
-from neffcache.service.cache import latest_job, nearest_manifests
+from neffcache.service.cache import nearest_manifests
+from neffcache.service.compile_decisions import latest_job
 from neffcache.service.routes import jobs, stats, storage, toolchains, workers
 from neffcache.service.routes.deps import context
 from neffcache.service.views import iso

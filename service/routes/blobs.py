@@ -15,7 +15,7 @@ from neffcache.digests import digest_of
 from neffcache.errors import InvalidParameter, NotFound, TooLarge
 from neffcache.object_deletion import ensure_stored
 from neffcache.service.auth import READ, WRITE
-from neffcache.service.cache import touch_blob
+from neffcache.service.compile_decisions import touch_blob
 from neffcache.service.context import ServiceContext
 from neffcache.service.routes.deps import context, parse_digest
 from neffcache.service.streaming import object_response

@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from neffcache.errors import BlobMissing, Forbidden, NotFound
-from neffcache.service import cache, hit_lane
+from neffcache.service import cache, compile_decisions, hit_lane
 from neffcache.service.auth import READ, WRITE, grant
 from neffcache.service.errors import KEY_ERRORS, error_responses
 from neffcache.service.routes.deps import caller, context
@@ -33,7 +33,7 @@ async def compile_spec(body: CompileRequest, request: Request) -> JSONResponse:
     grant(request).check(body.spec.namespace)
     outcome = await _warm_hit(request, "compile", body.spec)
     if outcome is None:
-        outcome = await run_in_threadpool(cache.submit_compile, context(request), body.spec, body.force,
+        outcome = await run_in_threadpool(compile_decisions.submit_compile, context(request), body.spec, body.force,
                                           caller(request), body.annotations)
     return JSONResponse(outcome.body, status_code=outcome.status_code)
 

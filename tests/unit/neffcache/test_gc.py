@@ -215,7 +215,7 @@ def test_a_pin_added_as_the_artifact_is_evicted_keeps_it(cache: Cache) -> None:
 
 
 def test_a_compile_request_naming_a_blob_as_it_is_swept_keeps_it(cache: Cache) -> None:
-    from neffcache.service.cache import touch_blob
+    from neffcache.service.compile_decisions import touch_blob
 
     now = utcnow()
     digest = "sha256:" + cache.put(b"a model nobody compiled for a while")

@@ -1,4 +1,4 @@
-"""`force` on a key whose active job is stale (neffcache.service.cache.submit_compile), in process:
+"""`force` on a key whose active job is stale (neffcache.service.compile_decisions.submit_compile), in process:
 the service on SQLite migrated by Alembic and a real Redis (the session's), through
 POST /v1/compile. A forced request reconciles a job that will never finish by itself (queued but
 in no queue; running on a lost worker) instead of joining it blindly; a plain request, or a

@@ -1,4 +1,4 @@
-"""What a compile request that is not a hit decides (neffcache.service.cache.submit_compile), in
+"""What a compile request that is not a hit decides (neffcache.service.compile_decisions.submit_compile), in
 process: the service on SQLite migrated by Alembic and the session's Redis, through
 POST /v1/compile. Identical requests at once make one job that every answer names (the requests a
 decision in the making serves share it, each answering with its own spec); a key's first job is

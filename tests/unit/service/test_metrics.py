@@ -101,8 +101,8 @@ def test_hits_count_the_seconds_they_saved_and_downloads_their_bytes(client: Tes
     artifact = Artifact(key="k" * 64, manifest=SAMPLE_MANIFEST, namespace="default", model_digest="d", target="trn1",
                         compiler_name="neuronx-cc", compiler_version="v", runtime_version="r", compile_seconds=42.5)
     for kind in ("lookup", "compile"):
-        cache._record(ctx_of(client), kind, SAMPLE_MANIFEST, artifact.key, artifact, "ci")
-    cache._record(ctx_of(client), "lookup", SAMPLE_MANIFEST, artifact.key, None, "ci")  # a miss saves nothing
+        cache.record(ctx_of(client), kind, SAMPLE_MANIFEST, artifact.key, artifact, "ci")
+    cache.record(ctx_of(client), "lookup", SAMPLE_MANIFEST, artifact.key, None, "ci")  # a miss saves nothing
     cache.record_download(ctx_of(client), artifact, "pod", 1000)  # a download is not a compile saved
     assert metrics.registry.get_sample_value("neffcache_compile_seconds_saved_total", {"target": "trn1"}) == 85.0
     assert metrics.registry.get_sample_value("neffcache_download_bytes_total", {"target": "trn1"}) == 1000
