@@ -21,7 +21,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from neffcache import sizes
+from neffcache import humanize
 from neffcache.digests import bare_hex
 
 
@@ -91,17 +91,11 @@ def table(title: str | None, columns: list[str], rows: list[list[Any]]) -> None:
 
 
 def human_bytes(n: int | float | None) -> str:
-    return "" if n is None else sizes.human_bytes(n)
+    return "" if n is None else humanize.human_bytes(n)
 
 
 def human_seconds(s: float | None) -> str:
-    if s is None:
-        return ""
-    if s < 60:
-        return f"{s:.1f} s"
-    if s < 3600:
-        return f"{s / 60:.1f} min"
-    return f"{s / 3600:.1f} h"
+    return "" if s is None else humanize.human_seconds(s)
 
 
 def when(iso: str | None, ago: bool = True) -> str:

@@ -1,5 +1,5 @@
-"""Byte counts as people write them (1048576, 500GiB, 2TB, 1.5 GiB) for settings, and as people
-read them (1.5 GiB) in the CLI, the page and the scrub's summary. Pure, standard library only."""
+"""Byte counts as people write them (1048576, 500GiB, 2TB, 1.5 GiB), for settings. Pure,
+standard library only."""
 
 from __future__ import annotations
 
@@ -26,12 +26,3 @@ def parse_size(value: object) -> object:
         raise ValueError(f"{value!r} is not a byte count (e.g. 1048576, 500GiB, 2TB)")
     return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
 
-
-def human_bytes(n: float) -> str:
-    """1536 -> '1.5 KiB', 100 -> '100 B': for people, never parsed back."""
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")

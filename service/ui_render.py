@@ -10,7 +10,7 @@ from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
-from neffcache import sizes
+from neffcache import humanize
 from neffcache.service import ui_charts
 from neffcache.service.ui import Hour
 
@@ -20,15 +20,11 @@ LOG_TAIL_LINES = 30  # of a failed job's log, on the page
 
 
 def human_bytes(n: float | None) -> str:
-    return "–" if n is None else sizes.human_bytes(n)
+    return "–" if n is None else humanize.human_bytes(n)
 
 
 def human_seconds(s: float | None) -> str:
-    if s is None:
-        return "–"
-    if s < 60:
-        return f"{s:.1f} s"
-    return f"{s / 60:.1f} min" if s < 3600 else f"{s / 3600:.1f} h"
+    return "–" if s is None else humanize.human_seconds(s)
 
 
 def percent(ratio: float | None) -> str:

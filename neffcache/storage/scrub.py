@@ -14,7 +14,7 @@ from typing import Any
 
 from neffcache.digests import digest_of
 from neffcache.errors import EXIT_INTEGRITY, EXIT_SUCCESS, EXIT_UNAVAILABLE, StorageError
-from neffcache.sizes import human_bytes
+from neffcache.humanize import human_bytes
 from neffcache.storage.base import ObjectStore, StoredObject
 
 
