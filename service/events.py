@@ -109,8 +109,6 @@ class EventRecorder:
         self.flush_interval_s = flush_interval_s
         self._pending: list[Event] = []
         self._pending_usage: dict[str, Tally[str]] = {}
-        # The newest hit or download of each key among the pending events: its last use.
-        self._pending_last_use: dict[str, datetime] = {}
         # Every event's usage this process recorded, by key, never reset (UsageSnapshot).
         self._recorded_usage: dict[str, tuple[int, int]] = {}
         self._lock = threading.Lock()  # the pending list and counts
@@ -129,7 +127,6 @@ class EventRecorder:
                 counts = self._pending_usage.setdefault(key, Tally())
                 counts["lookup_hits"] += lookups
                 counts["downloads"] += downloads
-                self._pending_last_use[key] = event.at
                 total = self._recorded_usage.get(key, (0, 0))
                 self._recorded_usage[key] = (total[0] + lookups, total[1] + downloads)
 
@@ -161,24 +158,28 @@ class EventRecorder:
             with self._lock:
                 batch, self._pending = self._pending, []
                 usage, self._pending_usage = self._pending_usage, {}
-                last_use, self._pending_last_use = self._pending_last_use, {}
             if not batch:
                 return 0
             try:
-                self._write(batch, usage, last_use)
+                self._write(batch, usage)
             except Exception as exc:  # noqa: BLE001 - the database down: keep them for the next flush
-                self._put_back(batch, usage, last_use)
+                self._put_back(batch, usage)
                 log.warning("cache events: flush of %d failed, kept for the next one: %s", len(batch), exc)
                 self.metrics.event_flush_failed()
                 return 0
             self.metrics.events_flushed(len(batch), (utcnow() - batch[0].at).total_seconds())
             return len(batch)
 
-    def _write(self, batch: list[Event], usage: dict[str, Tally[str]], last_use: dict[str, datetime]) -> None:
+    def _write(self, batch: list[Event], usage: dict[str, Tally[str]]) -> None:
         with self.db.session() as session:
             _insert_events(session, batch)
             dialect = session.get_bind().dialect.name
             upsert = (postgresql if dialect == "postgresql" else sqlite).insert(ArtifactUsage)
+            # Each key's last use: its newest hit or download in the batch.
+            last_use: dict[str, datetime] = {}
+            for event in batch:
+                if event.outcome == "hit" and (event.key not in last_use or event.at > last_use[event.key]):
+                    last_use[event.key] = event.at
             for key, counts in sorted(usage.items()):  # sorted: concurrent flushes lock rows in one order
                 hits, downloads, used = counts["lookup_hits"], counts["downloads"], last_use.get(key)
                 # The last use only moves forward (another process may have flushed a newer one).
@@ -192,12 +193,9 @@ class EventRecorder:
                           "downloads": ArtifactUsage.downloads + downloads,
                           "last_used_at": newest}))
 
-    def _put_back(self, batch: list[Event], usage: dict[str, Tally[str]], last_use: dict[str, datetime]) -> None:
+    def _put_back(self, batch: list[Event], usage: dict[str, Tally[str]]) -> None:
         with self._lock:
             self._pending[:0] = batch
-            for key, at in last_use.items():
-                newer = self._pending_last_use.get(key)
-                self._pending_last_use[key] = at if newer is None else max(at, newer)
             for key, counts in usage.items():
                 self._pending_usage.setdefault(key, Tally()).update(counts)
             dropped = len(self._pending) - MAX_PENDING

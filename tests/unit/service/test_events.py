@@ -170,7 +170,6 @@ def test_each_flush_moves_an_artifacts_last_use_forward_never_back(db: Database,
     record(other, "lookup")
     late = other._pending[-1]
     other._pending[-1] = events.Event(**{**late.__dict__, "at": newest.replace(year=newest.year - 1)})
-    other._pending_last_use[KEY_A] = other._pending[-1].at
     other.flush()
     assert last_used(db, KEY_A) == newest
     assert usage(db, KEY_A) == (2, 1)
